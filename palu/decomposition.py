@@ -1,0 +1,137 @@
+"""Low-rank factorization of grouped k/v projection weights (paper Sec. 3.1-3.2).
+
+A projection weight ``W`` of shape (H_kv·D, d_model) is cut by rows into groups of
+``head_group_size`` KV heads: ``W_g`` is (gs·D, d_model). Each group is factorized as
+``W_g ≈ up_g @ down_g`` with ``down_g`` (r_g, d_model) producing the cached latent and
+``up_g`` (gs·D, r_g) rebuilding keys or values from it.
+
+Decompositions are registered by name (:data:`DECOMPOSITIONS`); all math runs in
+float64 and the caller casts back.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# (W_g (out, in) float64, cholesky factor S of the input Gram (in, in) or None, rank) -> (up, down)
+Decomposition = Callable[[torch.Tensor, Optional[torch.Tensor], int], tuple[torch.Tensor, torch.Tensor]]
+DECOMPOSITIONS: dict[str, Decomposition] = {}
+
+
+def register_decomposition(name: str) -> Callable[[Decomposition], Decomposition]:
+    def wrap(fn: Decomposition) -> Decomposition:
+        DECOMPOSITIONS[name] = fn
+        return fn
+
+    return wrap
+
+
+def regularized_cholesky(gram: torch.Tensor, damp: float) -> torch.Tensor:
+    """Lower Cholesky factor ``S`` with ``S Sᵀ = G + λI``, in float64.
+
+    Calibration Grams of LLM activations are often numerically singular (dead or
+    duplicated channels, fewer tokens than channels). We load the diagonal with
+    ``λ = damp · mean(diag G)`` and multiply ``damp`` by 10 until the factorization
+    succeeds: the smallest load that works, so well-conditioned Grams are barely touched.
+
+    Args:
+        gram: (d, d) symmetric positive semi-definite, ``Σ xᵀx`` over calibration tokens.
+        damp: initial relative diagonal load (> 0).
+    Returns:
+        (d, d) lower-triangular float64.
+    """
+    g = gram.to(torch.float64)
+    g = 0.5 * (g + g.T)
+    scale = g.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    rel = damp
+    for _ in range(12):
+        factor, info = torch.linalg.cholesky_ex(g + rel * scale * eye)
+        if int(info) == 0:
+            if rel > damp:
+                logger.info("Gram not positive definite at damp=%g; used relative load %g", damp, rel)
+            return factor
+        rel *= 10.0
+    raise RuntimeError("calibration Gram could not be made positive definite; it probably holds NaN/inf")
+
+
+def _truncate(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Split Σ as √Σ on each side so neither factor carries the whole dynamic range;
+    # the latent (down side) then has balanced scale for quantization.
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, root[:, None] * vh[:rank]
+
+
+@register_decomposition("svd")
+def svd_factors(weight: torch.Tensor, chol: Optional[torch.Tensor], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain truncated SVD: best rank-r approximation of ``W`` in Frobenius norm.
+
+    Args: weight (out, in) float64; chol ignored; rank r.
+    Returns: up (out, r), down (r, in).
+    """
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    return _truncate(u, s, vh, rank)
+
+
+@register_decomposition("whiten")
+def whitened_factors(weight: torch.Tensor, chol: Optional[torch.Tensor], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncation-aware whitened SVD (SVD-LLM): minimizes ``‖(W − up·down) X‖`` over calibration X.
+
+    With ``S Sᵀ = XᵀX`` (Cholesky), SVD of ``W S = U Σ Vᵀ`` gives
+    ``up = U_r √Σ_r`` and ``down = √Σ_r V_rᵀ S⁻¹``.
+
+    Args: weight (out, in) float64; chol (in, in) lower-triangular float64; rank r.
+    Returns: up (out, r), down (r, in).
+    """
+    if chol is None:
+        raise ValueError("whiten decomposition needs a calibration Gram; run calibration first")
+    u, s, vh = torch.linalg.svd(weight @ chol, full_matrices=False)
+    up, down_white = _truncate(u, s, vh, rank)
+    # down = down_white · S⁻¹, solved rather than inverting S: (S ᵀ downᵀ = down_whiteᵀ).
+    down = torch.linalg.solve_triangular(chol.T, down_white.T, upper=True).T
+    return up, down
+
+
+def group_rows(weight: torch.Tensor, head_dim: int, head_group_size: int) -> list[torch.Tensor]:
+    """Split (H_kv·D, d_model) into groups of ``head_group_size`` heads: list of (gs·D, d_model)."""
+    rows = head_dim * head_group_size
+    if weight.shape[0] % rows:
+        raise ValueError(f"weight rows {weight.shape[0]} not divisible by group rows {rows}")
+    return list(weight.split(rows, dim=0))
+
+
+def decompose_projection(
+    weight: torch.Tensor,
+    ranks: list[int],
+    head_dim: int,
+    head_group_size: int,
+    method: str,
+    chol: Optional[torch.Tensor] = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Factorize one k_proj or v_proj weight group by group.
+
+    Args:
+        weight: (H_kv·D, d_model), any float dtype.
+        ranks: one rank per group, each in [1, min(gs·D, d_model)].
+        method: a key of :data:`DECOMPOSITIONS`.
+        chol: (d_model, d_model) Cholesky factor of this layer's input Gram (whiten only).
+    Returns:
+        (ups, downs): float64 lists, ``ups[g]`` (gs·D, r_g), ``downs[g]`` (r_g, d_model).
+    """
+    if method not in DECOMPOSITIONS:
+        raise ValueError(f"unknown decomposition {method!r}; choose from {sorted(DECOMPOSITIONS)}")
+    groups = group_rows(weight.detach().to(torch.float64), head_dim, head_group_size)
+    if len(groups) != len(ranks):
+        raise ValueError(f"{len(ranks)} ranks given for {len(groups)} groups")
+    ups, downs = [], []
+    for w_g, r in zip(groups, ranks):
+        if not 1 <= r <= min(w_g.shape):
+            raise ValueError(f"rank {r} outside [1, {min(w_g.shape)}] for a group of shape {tuple(w_g.shape)}")
+        up, down = DECOMPOSITIONS[method](w_g, chol, r)
+        ups.append(up)
+        downs.append(down)
+    return ups, downs
