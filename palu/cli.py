@@ -1,0 +1,94 @@
+"""Argparse groups shared by the top-level scripts (scripts never import each other).
+
+Each ``add_*`` adds one group of flags; the matching ``*_from_args`` builds the typed
+config, so a flag accepted is a flag used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .config import SUPPORTED_BITS, LatentQuantConfig
+
+
+def str2bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "y"):
+        return True
+    if value.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model_name_or_path", default=None,
+                   help="original checkpoint (hub id, HF folder, .gguf) or a Palu dump; default: embedded SmolLM2-135M-Instruct")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="auto = float32 on CPU, the checkpoint's dtype on GPU")
+    g.add_argument("--cache_dir", default=None, help="where converted models live (default ~/.cache/palu or $PALU_CACHE)")
+    g.add_argument("--cache_mode", default=None, choices=["latent", "simulate"],
+                   help="Palu dumps: cache latents (default) or rebuild full K/V like the published code")
+    g.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"], help="latent attention implementation")
+
+
+def add_latent_quant_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("latent quantization (Palu dumps only)")
+    g.add_argument("--lt_bits", type=int, default=16, choices=[*SUPPORTED_BITS, 16], help="bits per latent (16 = off)")
+    g.add_argument("--lt_group_size", type=int, default=32, help="latent channels per quantization group (per token)")
+    g.add_argument("--lt_sym", type=str2bool, default=False, help="symmetric quantization")
+    g.add_argument("--lt_clip_ratio", type=float, default=1.0, help="scale the per-group range by this factor (0, 1]")
+    g.add_argument("--lt_hadamard", type=str2bool, default=False, help="fuse a Hadamard rotation into the factors first")
+    g.add_argument("--lt_residual", type=int, default=0,
+                   help="latent cache: newest tokens kept in full precision (0 = quantize all, as the simulation does)")
+
+
+def latent_quant_from_args(args: argparse.Namespace) -> LatentQuantConfig:
+    return LatentQuantConfig(
+        bits=args.lt_bits, group_size=args.lt_group_size, sym=args.lt_sym, clip_ratio=args.lt_clip_ratio,
+        hadamard=args.lt_hadamard, residual_length=args.lt_residual,
+    )
+
+
+def load_for_eval(args: argparse.Namespace):
+    """Model + tokenizer from the model/quant flags: original checkpoints as-is, Palu dumps configured."""
+    from .integrations.hf import configure, palu_modules
+    from .models import load_model
+
+    quant = latent_quant_from_args(args)
+    model, tokenizer = load_model(args.model_name_or_path, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
+    if any(True for _ in palu_modules(model)):
+        configure(model, quant=quant, cache_mode=args.cache_mode, backend=args.backend)
+    elif quant.enabled or quant.hadamard or args.cache_mode:
+        raise SystemExit("error: --lt_* and --cache_mode apply to Palu dumps; this model is not compressed (run compress.py)")
+    return model, tokenizer
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON via a temp file + rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def check_output_file(path: str | None) -> None:
+    if path and Path(path).is_dir():
+        raise SystemExit(f"error: --output_json {path} is a directory; give a file path")
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,1 @@
+"""Evaluation on the same model path for every script: perplexity, lm-eval, LongBench."""

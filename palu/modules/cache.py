@@ -1,0 +1,223 @@
+"""Latent KV cache on the transformers cache-layer API (the memory saving of Palu).
+
+A :class:`PaluLatentLayer` holds, per layer, the *pre-RoPE* key latents (B, S, R_k),
+the value latents (B, S, R_v) and the RoPE position of every slot (B, S) — keys are
+rebuilt and rotated at their own positions on every step. With quantization on,
+all but the newest ``residual_length`` tokens are stored packed (:mod:`palu.quant`)
+with their scales and zero-points (KIVI-style full-precision recent window).
+
+Buffers grow in chunks, not by ``torch.cat`` each step, so decoding does not copy the
+whole cache per token. :meth:`PaluLatentLayer.nbytes` counts what is held.
+
+Attention modules install this layer into whatever :class:`~transformers.Cache` they
+are handed (``DynamicCache`` from ``generate()`` included), see :func:`latent_layer_for`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from ..config import LatentQuantConfig
+from ..quant import QuantizedLatent, dequantize, quantize
+
+_MIN_GROW = 256  # slots added at least per reallocation; bounds the slack to a few hundred tokens
+
+
+class _Growable:
+    """(B, n, *tail) tensor with spare capacity along dim 1."""
+
+    def __init__(self) -> None:
+        self.buf: Optional[torch.Tensor] = None
+        self.length = 0
+
+    def append(self, x: torch.Tensor) -> None:
+        n_new = x.shape[1]
+        if self.buf is None:
+            self.buf = x.new_empty((x.shape[0], n_new, *x.shape[2:]))
+        elif self.length + n_new > self.buf.shape[1]:
+            cap = self.length + n_new + max(_MIN_GROW, (self.length + n_new) // 8)
+            grown = x.new_empty((x.shape[0], cap, *x.shape[2:]))
+            grown[:, : self.length] = self.buf[:, : self.length]
+            self.buf = grown
+        self.buf[:, self.length : self.length + n_new] = x
+        self.length += n_new
+
+    def drop_front(self, n: int) -> torch.Tensor:
+        """Remove and return the oldest ``n`` slots (a copy)."""
+        assert self.buf is not None
+        out = self.buf[:, :n].clone()
+        self.buf[:, : self.length - n] = self.buf[:, n : self.length].clone()
+        self.length -= n
+        return out
+
+    def view(self) -> Optional[torch.Tensor]:
+        return None if self.buf is None else self.buf[:, : self.length]
+
+    def select(self, index: torch.Tensor) -> None:
+        if self.buf is not None:
+            self.buf = self.buf.index_select(0, index.to(self.buf.device))
+
+    def nbytes(self, used_only: bool) -> int:
+        if self.buf is None:
+            return 0
+        per_slot = self.buf[:, :1].numel() * self.buf.element_size()
+        return per_slot * (self.length if used_only else self.buf.shape[1])
+
+
+@dataclasses.dataclass
+class LatentStore:
+    """One projection's latents: quantized part (oldest slots) then full-precision part."""
+
+    quant: LatentQuantConfig
+    fp: _Growable = dataclasses.field(default_factory=_Growable)
+    codes: _Growable = dataclasses.field(default_factory=_Growable)
+    scale: _Growable = dataclasses.field(default_factory=_Growable)
+    zero: _Growable = dataclasses.field(default_factory=_Growable)
+    rank: int = 0
+
+    def append(self, latent: torch.Tensor) -> None:
+        """latent: (B, n, R)."""
+        self.rank = latent.shape[-1]
+        self.fp.append(latent)
+        overflow = self.fp.length - self.quant.residual_length
+        if self.quant.enabled and overflow > 0:
+            q = quantize(self.fp.drop_front(overflow), self.quant)
+            self.codes.append(q.codes)
+            self.scale.append(q.scale)
+            if q.zero is not None:
+                self.zero.append(q.zero)
+
+    @property
+    def n_quantized(self) -> int:
+        return self.codes.length
+
+    def quantized(self) -> Optional[QuantizedLatent]:
+        if self.codes.length == 0:
+            return None
+        zero = self.zero.view() if self.zero.length else None
+        return QuantizedLatent(self.codes.view(), self.scale.view(), zero, self.quant.bits, self.rank)  # type: ignore[arg-type]
+
+    def materialize(self, dtype: torch.dtype) -> torch.Tensor:
+        """All slots as one (B, S, R) tensor (torch reference path)."""
+        parts = []
+        q = self.quantized()
+        if q is not None:
+            parts.append(dequantize(q, self.quant.group_size, dtype))
+        fp = self.fp.view()
+        if fp is not None and fp.shape[1]:
+            parts.append(fp)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def parts(self) -> list[_Growable]:
+        return [self.fp, self.codes, self.scale, self.zero]
+
+
+class PaluLatentLayer(CacheLayerMixin):
+    """Cache layer holding Palu latents instead of keys/values (shapes in module docstring)."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, quant: LatentQuantConfig | None = None, **kwargs) -> None:
+        super().__init__()
+        self.quant = quant or LatentQuantConfig()
+        self.k = LatentStore(self.quant)
+        self.v = LatentStore(self.quant)
+        self.positions = _Growable()
+        self.kv_start: Optional[torch.Tensor] = None  # (B,) first non-padding slot, set at prefill
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):  # type: ignore[override]
+        raise TypeError("PaluLatentLayer stores latents; call append_latents() (PaluAttention does)")
+
+    def append_latents(self, k_latent: torch.Tensor, v_latent: torch.Tensor, positions: torch.Tensor) -> None:
+        """k_latent (B, n, R_k), v_latent (B, n, R_v), positions (B, n) int."""
+        if not self.is_initialized:
+            self.lazy_initialization(k_latent, v_latent)
+        self.k.append(k_latent)
+        self.v.append(v_latent)
+        self.positions.append(positions.to(torch.int32))
+
+    def get_seq_length(self) -> int:
+        return self.positions.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.__init__(self.quant)  # type: ignore[misc]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        for part in self.k.parts() + self.v.parts() + [self.positions]:
+            part.select(indices)
+        if self.kv_start is not None:
+            self.kv_start = self.kv_start.index_select(0, indices.to(self.kv_start.device))
+
+    def offload(self) -> None:
+        raise NotImplementedError("offloading a Palu latent cache is not supported")
+
+    def prefetch(self) -> None:
+        raise NotImplementedError("offloading a Palu latent cache is not supported")
+
+    def nbytes(self, used_only: bool = True) -> int:
+        """Bytes of latents, scales, zero-points, residual window and positions.
+
+        ``used_only=False`` counts the allocated capacity (what the tensors hold in memory).
+        """
+        parts = self.k.parts() + self.v.parts() + [self.positions]
+        return sum(p.nbytes(used_only) for p in parts)
+
+
+class PaluCache(Cache):
+    """An empty cache whose layers Palu attention modules create on first use.
+
+    ``model.generate()`` works without it (Palu installs its layers into the
+    ``DynamicCache`` that generate creates); pass one to hold a reference for byte counts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(layers=[])
+
+    def nbytes(self, used_only: bool = True) -> int:
+        return cache_nbytes(self, used_only)
+
+
+def latent_layer_for(cache: Cache, layer_idx: int, quant: LatentQuantConfig) -> PaluLatentLayer:
+    """Return the :class:`PaluLatentLayer` at ``layer_idx``, installing one in place of an empty layer."""
+    from transformers.cache_utils import DynamicLayer
+
+    while len(cache.layers) <= layer_idx:
+        cache.layers.append(DynamicLayer())
+    layer = cache.layers[layer_idx]
+    if isinstance(layer, PaluLatentLayer):
+        return layer
+    if layer.get_seq_length() != 0:
+        raise ValueError(
+            f"cache layer {layer_idx} already holds full keys/values ({type(layer).__name__}); "
+            "a Palu model in latent mode needs an empty cache (or set cache_mode='simulate')"
+        )
+    cache.layers[layer_idx] = PaluLatentLayer(quant)
+    return cache.layers[layer_idx]  # type: ignore[return-value]
+
+
+def cache_nbytes(cache: Cache, used_only: bool = True) -> int:
+    """Bytes held by any cache: Palu layers report their own; standard layers count keys+values."""
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, PaluLatentLayer):
+            total += layer.nbytes(used_only)
+        elif getattr(layer, "keys", None) is not None and layer.keys.numel():
+            total += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+    return total

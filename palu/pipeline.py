@@ -1,0 +1,152 @@
+"""The compression pipeline: calibrate -> search ranks -> decompose -> swap modules (paper Sec. 3).
+
+Each stage is a separate call with explicit inputs and outputs; calibration statistics
+are cached only under the ``cache_dir`` the caller gives, keyed by everything they
+depend on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from . import data
+from .adapters import attention_shape, check_model
+from .config import CalibrationConfig, DecompositionConfig, PaluConfig, RankSearchConfig, SearchMethod
+from .decomposition import decompose_projection, regularized_cholesky
+from .integrations.hf import apply_palu, palu_modules
+from .rank_search import RankAllocation, search_ranks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionConfig:
+    """Everything compress.py was asked to do (embedded in its JSON output and the dump)."""
+
+    model_id: str
+    calibration: CalibrationConfig = CalibrationConfig()
+    rank_search: RankSearchConfig = RankSearchConfig()
+    decomposition: DecompositionConfig = DecompositionConfig()
+    use_cache: bool = False
+    verbose: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "calibration": self.calibration.to_dict(),
+            "rank_search": self.rank_search.to_dict(),
+            "decomposition": self.decomposition.to_dict(),
+            "use_cache": self.use_cache,
+            "verbose": self.verbose,
+        }
+
+
+def _cache_key(kind: str, model_id: str, cfg: CalibrationConfig, n_samples: int) -> str:
+    raw = json.dumps([kind, model_id, cfg.dataset, n_samples, cfg.seqlen, cfg.seed], sort_keys=True)
+    return f"{kind}-{hashlib.sha1(raw.encode()).hexdigest()[:16]}.pt"
+
+
+def _cached(path: Optional[Path], use_cache: bool, compute):
+    if path is not None and use_cache and path.is_file():
+        logger.info("using cached calibration statistics %s", path)
+        return torch.load(path, weights_only=True)
+    value = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(value, tmp)
+        tmp.replace(path)
+    return value
+
+
+def calibration_windows(tokenizer, cfg: CalibrationConfig, n_samples: int) -> torch.Tensor:
+    """(n_samples, seqlen) token windows from the calibration split."""
+    ids = data.tokenize_stream(data.load_texts(cfg.dataset, "calib"), tokenizer)
+    return data.calib_windows(ids, cfg.seqlen, n_samples, cfg.seed)
+
+
+def compress_model(
+    model: nn.Module, tokenizer, cfg: CompressionConfig, cache_dir: Optional[Path] = None
+) -> tuple[nn.Module, RankAllocation, dict[str, Any]]:
+    """Compress ``model`` in place. Returns (model, allocation, report)."""
+    from .calibration import collect_fisher, collect_grams
+
+    adapter, shape = check_model(model, cfg.decomposition.head_group_size)
+    t0 = time.perf_counter()
+    needs_fisher = cfg.rank_search.method != SearchMethod.UNIFORM
+    needs_grams = cfg.decomposition.method.value == "whiten"
+    cal = cfg.calibration
+    grams = fisher = None
+    if needs_grams:
+        path = cache_dir / _cache_key("grams", cfg.model_id, cal, cal.n_whiten_samples) if cache_dir else None
+        grams = _cached(path, cfg.use_cache, lambda: collect_grams(model, calibration_windows(tokenizer, cal, cal.n_whiten_samples), cfg.verbose))
+    if needs_fisher:
+        path = cache_dir / _cache_key("fisher", cfg.model_id, cal, cal.n_fisher_samples) if cache_dir else None
+        fisher = _cached(path, cfg.use_cache, lambda: collect_fisher(model, calibration_windows(tokenizer, cal, cal.n_fisher_samples), cfg.verbose))
+    t_calib = time.perf_counter() - t0
+    allocation = search_ranks(shape, cfg.decomposition.head_group_size, cfg.rank_search, fisher)
+    factors = {}
+    for idx, layer in enumerate(adapter.layers(model)):
+        attn = getattr(layer, adapter.attention_attr)
+        chol = regularized_cholesky(grams[idx], cfg.decomposition.whiten_damp) if grams is not None else None
+        for proj, name in (("k", adapter.k_proj), ("v", adapter.v_proj)):
+            lin = getattr(attn, name)
+            ranks = allocation.ranks[str(idx)][proj]
+            ups, downs = decompose_projection(
+                lin.weight, ranks, shape.head_dim, cfg.decomposition.head_group_size, cfg.decomposition.method.value, chol
+            )
+            factors[(idx, proj)] = (ups, downs, None if lin.bias is None else lin.bias.detach().clone())
+    palu_cfg = PaluConfig(
+        head_group_size=cfg.decomposition.head_group_size,
+        ranks=allocation.ranks,
+        decompose_method=cfg.decomposition.method.value,
+        search_method=cfg.rank_search.method.value,
+        param_ratio_target=cfg.rank_search.param_ratio_target,
+        calibration={**cal.to_dict(), "model_id": cfg.model_id, "used_grams": needs_grams, "used_fisher": needs_fisher},
+    )
+    apply_palu(model, palu_cfg)
+    for m in palu_modules(model):
+        for proj, module in (("k", m.k_proj), ("v", m.v_proj)):
+            module.set_factors(*factors[(m.layer_idx, proj)])
+    report = compression_report(model, allocation)
+    report["timing_s"] = {"calibration": round(t_calib, 2), "total": round(time.perf_counter() - t0, 2)}
+    return model, allocation, report
+
+
+def compression_report(model: nn.Module, allocation: RankAllocation) -> dict[str, Any]:
+    """Kept ratio of K and V per layer and KV-cache bytes per token (fp16) before and after."""
+    shape = attention_shape(model.config)
+    per_layer = {}
+    for layer, kv in allocation.ranks.items():
+        per_layer[layer] = {
+            "k_ratio": sum(kv["k"]) / shape.kv_dim,
+            "v_ratio": sum(kv["v"]) / shape.kv_dim,
+            "k_ranks": kv["k"],
+            "v_ranks": kv["v"],
+        }
+    fp16 = 2
+    before = fp16 * 2 * shape.num_layers * shape.kv_dim
+    latents = fp16 * allocation.kept_dims
+    positions = 4 * shape.num_layers  # int32 RoPE position per slot per layer in the latent cache
+    return {
+        "param_ratio_target": getattr(model.config, "palu", {}).get("param_ratio_target"),
+        "param_ratio": allocation.param_ratio,
+        "kept_dims": allocation.kept_dims,
+        "full_dims": allocation.full_dims,
+        "rank_granularity": allocation.granularity,
+        "kv_bytes_per_token_fp16": {
+            "before": before,
+            "after_latents": latents,
+            "after_with_positions": latents + positions,
+            "ratio": (latents + positions) / before,
+        },
+        "layers": per_layer,
+    }
