@@ -23,9 +23,16 @@ from .rank_search import RankAllocation, allocate_ranks, search_ranks
 
 register_auto_classes()
 
+
+def set_seed(seed: int) -> None:
+    """Seed torch (CPU and CUDA) for reproducible calibration sampling and tests."""
+    import torch
+
+    torch.manual_seed(seed)
+
 __all__ = [
     "Backend", "CacheMode", "CalibrationConfig", "CompressionConfig", "DecomposeMethod", "DecompositionConfig",
     "LatentQuantConfig", "PaluCache", "PaluConfig", "RankAllocation", "RankSearchConfig", "SearchMethod",
     "allocate_ranks", "apply_palu", "cache_nbytes", "compress_model", "configure", "fuse_hadamard", "load_model",
-    "load_palu_model", "register_auto_classes", "resolve_model_path", "save_palu_model", "search_ranks",
+    "load_palu_model", "register_auto_classes", "resolve_model_path", "save_palu_model", "search_ranks", "set_seed",
 ]

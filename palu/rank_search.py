@@ -8,12 +8,15 @@ works in integers and hits the budget exactly.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from .adapters import AttentionShape
 from .config import RankSearchConfig
+
+logger = logging.getLogger(__name__)
 
 RankDict = dict[str, dict[str, list[int]]]
 
@@ -46,9 +49,9 @@ def allocate_ranks(scores: Sequence[float], total_units: int, max_units: Sequenc
     """Split ``total_units`` integer units over items in proportion to ``scores``.
 
     Every item gets at least 1 and at most ``max_units[i]``; the result sums to
-    ``total_units`` exactly (clamped to [len, Σ max]). Items whose proportional share
-    falls outside the bounds are pinned and the rest re-split (water-filling); leftover
-    units go by largest fractional part.
+    ``total_units`` exactly (clamped to [len, Σ max]). Above the minimum, units are
+    shared in proportion to scores; items whose share exceeds their cap are pinned and
+    the rest re-split (water-filling); leftover units go by largest fractional part.
     """
     n = len(scores)
     if n == 0 or len(max_units) != n:
@@ -59,35 +62,32 @@ def allocate_ranks(scores: Sequence[float], total_units: int, max_units: Sequenc
     weights = [max(float(s), 0.0) for s in scores]
     if sum(weights) <= 0:
         weights = [1.0] * n
+    # Everyone's minimum of 1 is reserved first; the rest is water-filled under the caps,
+    # so no lower bound can push the sum over the budget.
+    extra_caps = [m - 1 for m in max_units]
+    budget = total - n
     fixed: dict[int, int] = {}
+    share: dict[int, float] = {}
     while True:
         free = [i for i in range(n) if i not in fixed]
-        remaining = total - sum(fixed.values())
-        wsum = sum(weights[i] for i in free) or float(len(free))
-        share = {i: remaining * (weights[i] / wsum if wsum else 1.0 / len(free)) for i in free}
-        low = [i for i in free if share[i] < 1]
-        high = [i for i in free if share[i] > max_units[i]]
-        if not low and not high:
+        if not free:
             break
-        for i in low:
-            fixed[i] = 1
-        for i in high:
-            fixed[i] = max_units[i]
-    out = [fixed.get(i, 0) for i in range(n)]
-    for i in free:
-        out[i] = int(share[i])
-    leftover = total - sum(out)
-    order = sorted(free, key=lambda i: share[i] - int(share[i]), reverse=True)
+        remaining = budget - sum(fixed.values())
+        wsum = sum(weights[i] for i in free)
+        share = {i: remaining * (weights[i] / wsum if wsum > 0 else 1.0 / len(free)) for i in free}
+        high = [i for i in free if share[i] > extra_caps[i]]
+        if not high:
+            break
+        fixed.update({i: extra_caps[i] for i in high})
+    extra = [fixed[i] if i in fixed else int(share[i]) for i in range(n)]
+    leftover = budget - sum(extra)
+    order = sorted(range(n), key=lambda i: (share.get(i, 0.0) - extra[i], weights[i]), reverse=True)
     while leftover > 0:
-        progressed = False
         for i in order:
-            if leftover and out[i] < max_units[i]:
-                out[i] += 1
+            if leftover and extra[i] < extra_caps[i]:
+                extra[i] += 1
                 leftover -= 1
-                progressed = True
-        if not progressed:
-            break
-    return out
+    return [1 + e for e in extra]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,4 +194,10 @@ def search_ranks(
     units = _Units(shape, head_group_size)
     ranks, gran = SEARCH_METHODS[cfg.method.value](units, cfg, fisher)
     kept = sum(sum(kv["k"]) + sum(kv["v"]) for kv in ranks.values())
-    return RankAllocation(ranks, kept, units.full_dims, gran)
+    allocation = RankAllocation(ranks, kept, units.full_dims, gran)
+    if abs(allocation.param_ratio - cfg.param_ratio_target) > 0.02:
+        logger.warning(
+            "kept ratio %.4f differs from the target %.4f: every group keeps at least rank_multiple=%d and at most its dims",
+            allocation.param_ratio, cfg.param_ratio_target, gran,
+        )
+    return allocation

@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Perplexity of an original checkpoint or a Palu dump over non-overlapping windows.
+
+Example:
+    python run_ppl_eval.py --model_name_or_path outputs/smollm2-palu-50 --datasets wiki_summaries --seqlen 1024
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from palu import cli, data
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_model_args(p)
+    cli.add_latent_quant_args(p)
+    p.add_argument("--datasets", default="wiki_summaries", help=f"comma list of {data.known_names()} or text file paths")
+    p.add_argument("--seqlen", type=int, default=1024, help="tokens per window")
+    p.add_argument("--n_samples", type=int, default=None, help="limit the number of windows per dataset")
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--output_json", default=None, help="write the results here (atomically)")
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.verbose)
+    cli.check_output_file(args.output_json)
+    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    try:
+        quant = cli.latent_quant_from_args(args)
+        for name in names:
+            data.check_source(name)
+        if args.seqlen < 2:
+            raise ValueError("--seqlen must be >= 2")
+    except (ValueError, FileNotFoundError) as err:
+        cli.fail(str(err))
+    from palu.eval.perplexity import perplexity
+
+    model, tokenizer = cli.load_for_eval(args)
+    results = {}
+    for name in names:
+        ids = data.tokenize_stream(data.load_texts(name, "eval"), tokenizer)
+        results[name] = perplexity(model, data.eval_windows(ids, args.seqlen, args.n_samples), args.batch_size)
+        print(f"{name}: ppl {results[name]['ppl']:.4f} over {results[name]['n_tokens']} tokens")
+    out = {"config": {**vars(args), "latent_quant": quant.to_dict(), "palu": getattr(model.config, "palu", None)},
+           "argv": sys.argv, "results": results}
+    if args.output_json:
+        cli.write_json_atomic(args.output_json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

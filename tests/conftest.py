@@ -1,0 +1,31 @@
+"""Shared fixtures (helpers live in tests/helpers.py) and the gpu marker's skip."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from .helpers import compress_plain, tiny_model
+
+
+@pytest.fixture
+def tiny_llama():
+    return tiny_model("llama")
+
+
+@pytest.fixture
+def compressed_pair():
+    """(original, compressed copy at 50% M-LRD with unequal ranks)."""
+    base = tiny_model("llama", num_kv_heads=2)
+    ranks = {"0": {"k": [8, 12], "v": [4, 16]}, "1": {"k": [16, 4], "v": [12, 8]}}
+    return base, compress_plain(copy.deepcopy(base), ranks=ranks)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

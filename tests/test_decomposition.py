@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from palu.decomposition import decompose_projection, regularized_cholesky
+
+
+def _data(seed=0, d_in=48, d_out=32, n=400):
+    g = torch.Generator().manual_seed(seed)
+    # Correlated, anisotropic activations: whitening matters.
+    mix = torch.randn(d_in, d_in, generator=g, dtype=torch.float64) * torch.logspace(0, -2, d_in, dtype=torch.float64)
+    x = torch.randn(n, d_in, generator=g, dtype=torch.float64) @ mix
+    w = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    return w, x
+
+
+def _rebuild(ups, downs):
+    return torch.cat([u @ d for u, d in zip(ups, downs)], 0)
+
+
+@pytest.mark.parametrize("method", ["svd", "whiten"])
+@pytest.mark.parametrize("group_size", [1, 2, 4])
+def test_full_rank_reproduces_weight(method, group_size):
+    w, x = _data()
+    chol = regularized_cholesky(x.T @ x, 1e-9)
+    n_groups = 4 // group_size
+    ranks = [8 * group_size] * n_groups  # head_dim 8, 4 heads: full rank per group
+    ups, downs = decompose_projection(w, ranks, 8, group_size, method, chol)
+    torch.testing.assert_close(_rebuild(ups, downs), w, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["svd", "whiten"])
+def test_error_falls_as_rank_rises(method):
+    w, x = _data()
+    chol = regularized_cholesky(x.T @ x, 1e-9)
+    errors = []
+    for r in (2, 4, 8, 16, 32):
+        ups, downs = decompose_projection(w, [r], 8, 4, method, chol)
+        errors.append(torch.linalg.norm((w - _rebuild(ups, downs)) @ x.T).item())
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+
+
+def test_whitened_beats_plain_svd_on_activation_error():
+    w, x = _data(seed=3)
+    chol = regularized_cholesky(x.T @ x, 1e-9)
+    for r in (4, 8, 16):
+        err = {}
+        for method in ("svd", "whiten"):
+            ups, downs = decompose_projection(w, [r], 8, 4, method, chol)
+            err[method] = torch.linalg.norm((w - _rebuild(ups, downs)) @ x.T).item()
+        assert err["whiten"] < err["svd"], (r, err)
+
+
+def test_regularized_cholesky_handles_singular_gram():
+    x = torch.randn(5, 16, dtype=torch.float64)  # rank 5 < 16: singular Gram
+    gram = x.T @ x
+    chol = regularized_cholesky(gram, 1e-8)
+    assert torch.isfinite(chol).all()
+    assert torch.allclose(chol @ chol.T, gram, atol=1e-3 * gram.diagonal().mean().item())
+
+
+def test_bad_rank_and_group_errors():
+    w, _ = _data()
+    with pytest.raises(ValueError, match="outside"):
+        decompose_projection(w, [0, 8, 8, 8], 8, 1, "svd")
+    with pytest.raises(ValueError, match="ranks given"):
+        decompose_projection(w, [8, 8], 8, 1, "svd")
+    with pytest.raises(ValueError, match="unknown decomposition"):
+        decompose_projection(w, [8] * 4, 8, 1, "qr")
+    with pytest.raises(ValueError, match="calibration Gram"):
+        decompose_projection(w, [8] * 4, 8, 1, "whiten", None)
