@@ -7,14 +7,18 @@ Example (embedded SmolLM2 demo, CPU, a few minutes):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
 
 import palu
 from palu import cli, data
+from palu.adapters import attention_shape, default_group_size
 from palu.config import CalibrationConfig, DecompositionConfig, RankSearchConfig
+from palu.decomposition import DECOMPOSITIONS
 from palu.pipeline import CompressionConfig
+from palu.rank_search import SEARCH_METHODS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -22,9 +26,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model_id", default=None, help="hub id, local HF folder or .gguf file; default: embedded SmolLM2-135M-Instruct")
     p.add_argument("--calib_dataset", default="wiki_summaries", help=f"one of {data.known_names()} or a .txt/.json/.jsonl/.parquet path")
     p.add_argument("--param_ratio_target", type=float, default=0.5, help="fraction of K+V dims kept, in (0, 1]")
-    p.add_argument("--search_method", default="fisher_uniform", choices=["uniform", "fisher", "fisher_uniform"])
-    p.add_argument("--head_group_size", type=int, default=1, help="KV heads per group: 1 = M-LRD, all = J-LRD")
-    p.add_argument("--decompose_method", default="whiten", choices=["whiten", "svd"])
+    p.add_argument("--search_method", default="sensitivity", choices=sorted(SEARCH_METHODS),
+                   help="rank allocation; the paper's are uniform/fisher/fisher_uniform (see README for measurements)")
+    p.add_argument("--head_group_size", type=int, default=None,
+                   help="KV heads per group: 1 = M-LRD, all = J-LRD; default: largest divisor of the KV heads <= 4")
+    p.add_argument("--decompose_method", default="whiten_fisher", choices=sorted(DECOMPOSITIONS),
+                   help="the paper's are svd/whiten; whiten_fisher also weights output channels by Fisher information")
     p.add_argument("--rank_multiple", type=int, default=32, help="ranks are rounded to multiples of this")
     p.add_argument("--n_fisher_calib_samples", type=int, default=8, help="windows for Fisher scores (paper: 2048)")
     p.add_argument("--n_whiten_calib_samples", type=int, default=16, help="windows for whitening Grams (paper: 256)")
@@ -52,7 +59,7 @@ def main(argv=None) -> int:
             calibration=CalibrationConfig(args.calib_dataset, args.n_whiten_calib_samples, args.n_fisher_calib_samples,
                                           args.calib_seqlen, args.seed),
             rank_search=RankSearchConfig(args.search_method, args.param_ratio_target, args.rank_multiple),
-            decomposition=DecompositionConfig(args.decompose_method, args.head_group_size),
+            decomposition=DecompositionConfig(args.decompose_method, args.head_group_size or 1),
             use_cache=args.use_cache, verbose=args.verbose,
         )
         data.check_source(args.calib_dataset)
@@ -61,6 +68,9 @@ def main(argv=None) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else out.resolve().parent / ".palu_calib_cache"
     palu.set_seed(args.seed)
     model, tokenizer = palu.load_model(args.model_id, device=args.device, dtype="float32")
+    if args.head_group_size is None:
+        gs = default_group_size(attention_shape(model.config).num_kv_heads)
+        cfg = dataclasses.replace(cfg, decomposition=dataclasses.replace(cfg.decomposition, head_group_size=gs))
     try:
         model, allocation, report = palu.compress_model(model, tokenizer, cfg, cache_dir=cache_dir)
     except ValueError as err:

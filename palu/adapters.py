@@ -84,6 +84,11 @@ def attention_shape(config) -> AttentionShape:
     return AttentionShape(num_heads, num_kv, head_dim, config.hidden_size, config.num_hidden_layers)
 
 
+def default_group_size(num_kv_heads: int, limit: int = 4) -> int:
+    """Largest divisor of H_kv not above ``limit``: G-LRD with 4 heads per group as in the paper, J-LRD when H_kv ≤ 4."""
+    return max(d for d in range(1, min(limit, num_kv_heads) + 1) if num_kv_heads % d == 0)
+
+
 def check_model(model: nn.Module, head_group_size: int) -> tuple[ModelAdapter, AttentionShape]:
     """Validate that ``model`` can be compressed with groups of ``head_group_size`` KV heads."""
     adapter = get_adapter(model.config)

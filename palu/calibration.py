@@ -73,12 +73,13 @@ def _pre_hook(fn: Callable[[torch.Tensor], None]):
     return hook
 
 
-def collect_fisher(model: nn.Module, windows: torch.Tensor, verbose: bool = False) -> dict[tuple[int, str], torch.Tensor]:
-    """Diagonal empirical Fisher of k/v projection weights, summed over input features.
+def collect_fisher(model: nn.Module, windows: torch.Tensor, verbose: bool = False) -> dict[str, dict[tuple[int, str], torch.Tensor]]:
+    """Diagonal empirical Fisher information of the k/v projections, from one backward pass per window.
 
-    Returns:
-        (layer index, "k" | "v") -> (out_features,) float64: Σ_batches Σ_in (∂L/∂W)² per output row.
-        Group scores are sums over the group's rows.
+    Returns ``{"weight": ..., "output": ...}``, each keyed by (layer index, "k" | "v"):
+      * ``weight``: (out_features,) float64, Σ_windows Σ_in (∂L/∂W)² per output row (paper's rank search);
+      * ``output``: (out_features,) float64, Σ_tokens (∂L/∂y)² per output channel y = Wx — how much the
+        loss cares about each key/value channel; used to weight the decomposition and the sensitivity search.
     """
     adapter = get_adapter(model.config)
     device = next(model.parameters()).device
@@ -88,7 +89,9 @@ def collect_fisher(model: nn.Module, windows: torch.Tensor, verbose: bool = Fals
         targets[(idx, "k")] = getattr(attn, adapter.k_proj)
         targets[(idx, "v")] = getattr(attn, adapter.v_proj)
     saved = {n: p.requires_grad for n, p in model.named_parameters()}
-    scores = {key: torch.zeros(lin.out_features, dtype=torch.float64, device=device) for key, lin in targets.items()}
+    weight = {key: torch.zeros(lin.out_features, dtype=torch.float64, device=device) for key, lin in targets.items()}
+    output = {key: torch.zeros(lin.out_features, dtype=torch.float64, device=device) for key, lin in targets.items()}
+    handles = [lin.register_forward_hook(_output_grad_hook(output[key])) for key, lin in targets.items()]
     try:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -99,9 +102,22 @@ def collect_fisher(model: nn.Module, windows: torch.Tensor, verbose: bool = Fals
             loss = model(batch, labels=batch, use_cache=False).loss
             loss.backward()
             for key, lin in targets.items():
-                scores[key] += lin.weight.grad.double().pow(2).sum(1)
+                weight[key] += lin.weight.grad.double().pow(2).sum(1)
                 lin.weight.grad = None
     finally:
+        for h in handles:
+            h.remove()
         for n, p in model.named_parameters():
             p.requires_grad_(saved[n])
-    return scores
+    return {"weight": weight, "output": output}
+
+
+def _output_grad_hook(acc: torch.Tensor):
+    def accumulate(grad: torch.Tensor) -> None:  # returns None: the gradient itself is left untouched
+        acc.add_(grad.detach().double().pow(2).flatten(0, -2).sum(0))
+
+    def hook(module, args, out):
+        if out.requires_grad:
+            out.register_hook(accumulate)
+
+    return hook

@@ -18,6 +18,7 @@ class DecomposeMethod(str, enum.Enum):
 
     SVD = "svd"
     WHITEN = "whiten"  # SVD-LLM style: SVD of W·S where S Sᵀ is the calibration Gram
+    WHITEN_FISHER = "whiten_fisher"  # beyond the paper: whitened SVD weighted by output-channel Fisher
 
 
 class SearchMethod(str, enum.Enum):
@@ -26,6 +27,7 @@ class SearchMethod(str, enum.Enum):
     UNIFORM = "uniform"
     FISHER = "fisher"
     FISHER_UNIFORM = "fisher_uniform"
+    SENSITIVITY = "sensitivity"  # beyond the paper: greedy on each group's truncation-error spectrum
 
 
 class CacheMode(str, enum.Enum):

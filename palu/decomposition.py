@@ -17,8 +17,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# (W_g (out, in) float64, cholesky factor S of the input Gram (in, in) or None, rank) -> (up, down)
-Decomposition = Callable[[torch.Tensor, Optional[torch.Tensor], int], tuple[torch.Tensor, torch.Tensor]]
+# (W_g (out, in) float64, Cholesky factor S of the input Gram (in, in) or None, rank,
+#  output-channel weights (out,) or None) -> (up (out, r), down (r, in))
+Decomposition = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 DECOMPOSITIONS: dict[str, Decomposition] = {}
 
 
@@ -67,7 +68,7 @@ def _truncate(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> 
 
 
 @register_decomposition("svd")
-def svd_factors(weight: torch.Tensor, chol: Optional[torch.Tensor], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def svd_factors(weight: torch.Tensor, chol: Optional[torch.Tensor], rank: int, row_weight=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain truncated SVD: best rank-r approximation of ``W`` in Frobenius norm.
 
     Args: weight (out, in) float64; chol ignored; rank r.
@@ -78,7 +79,7 @@ def svd_factors(weight: torch.Tensor, chol: Optional[torch.Tensor], rank: int) -
 
 
 @register_decomposition("whiten")
-def whitened_factors(weight: torch.Tensor, chol: Optional[torch.Tensor], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def whitened_factors(weight: torch.Tensor, chol: Optional[torch.Tensor], rank: int, row_weight=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Truncation-aware whitened SVD (SVD-LLM): minimizes ``‖(W − up·down) X‖`` over calibration X.
 
     With ``S Sᵀ = XᵀX`` (Cholesky), SVD of ``W S = U Σ Vᵀ`` gives
@@ -96,6 +97,43 @@ def whitened_factors(weight: torch.Tensor, chol: Optional[torch.Tensor], rank: i
     return up, down
 
 
+def output_scale(row_weight: torch.Tensor) -> torch.Tensor:
+    """√(Fisher weight) per output channel, floored at 1% of the mean so no channel is ignored outright."""
+    w = row_weight.to(torch.float64)
+    return (w + 0.01 * w.mean().clamp_min(1e-30)).sqrt()
+
+
+@register_decomposition("whiten_fisher")
+def fisher_whitened_factors(
+    weight: torch.Tensor, chol: Optional[torch.Tensor], rank: int, row_weight: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whitened SVD weighted by output-channel Fisher information (beyond the paper).
+
+    Minimizes ``Σ_o f_o ‖((W − up·down) X)_o‖²``: the diagonal second-order estimate of the
+    loss increase, where f_o = Σ (∂L/∂y_o)² over calibration tokens. With ``D = diag(√f)``:
+    SVD of ``D W S``, then ``up = D⁻¹ U_r √Σ_r``, ``down = √Σ_r V_rᵀ S⁻¹``.
+    """
+    if row_weight is None:
+        raise ValueError("whiten_fisher decomposition needs output Fisher weights; run Fisher calibration first")
+    scale = output_scale(row_weight)
+    up, down = whitened_factors(scale[:, None] * weight, chol, rank)
+    return up / scale[:, None], down
+
+
+def group_spectrum(weight: torch.Tensor, chol: Optional[torch.Tensor], row_weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """Squared singular values (descending) of one group in the error metric of its decomposition.
+
+    ``Σ_{i>r} σ_i²`` is the error left at rank r: activation-space with ``chol``, Fisher-weighted
+    with ``row_weight`` — the quantity the sensitivity rank search trades between groups.
+    """
+    w = weight.to(torch.float64)
+    if row_weight is not None:
+        w = output_scale(row_weight)[:, None] * w
+    if chol is not None:
+        w = w @ chol
+    return torch.linalg.svdvals(w).pow(2)
+
+
 def group_rows(weight: torch.Tensor, head_dim: int, head_group_size: int) -> list[torch.Tensor]:
     """Split (H_kv·D, d_model) into groups of ``head_group_size`` heads: list of (gs·D, d_model)."""
     rows = head_dim * head_group_size
@@ -111,6 +149,7 @@ def decompose_projection(
     head_group_size: int,
     method: str,
     chol: Optional[torch.Tensor] = None,
+    row_weight: Optional[torch.Tensor] = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Factorize one k_proj or v_proj weight group by group.
 
@@ -118,7 +157,8 @@ def decompose_projection(
         weight: (H_kv·D, d_model), any float dtype.
         ranks: one rank per group, each in [1, min(gs·D, d_model)].
         method: a key of :data:`DECOMPOSITIONS`.
-        chol: (d_model, d_model) Cholesky factor of this layer's input Gram (whiten only).
+        chol: (d_model, d_model) Cholesky factor of this layer's input Gram (whiten methods).
+        row_weight: (H_kv·D,) output-channel Fisher weights (whiten_fisher).
     Returns:
         (ups, downs): float64 lists, ``ups[g]`` (gs·D, r_g), ``downs[g]`` (r_g, d_model).
     """
@@ -127,11 +167,13 @@ def decompose_projection(
     groups = group_rows(weight.detach().to(torch.float64), head_dim, head_group_size)
     if len(groups) != len(ranks):
         raise ValueError(f"{len(ranks)} ranks given for {len(groups)} groups")
+    rows = head_dim * head_group_size
+    weights = row_weight.split(rows) if row_weight is not None else [None] * len(groups)
     ups, downs = [], []
-    for w_g, r in zip(groups, ranks):
+    for w_g, r, rw in zip(groups, ranks, weights):
         if not 1 <= r <= min(w_g.shape):
             raise ValueError(f"rank {r} outside [1, {min(w_g.shape)}] for a group of shape {tuple(w_g.shape)}")
-        up, down = DECOMPOSITIONS[method](w_g, chol, r)
+        up, down = DECOMPOSITIONS[method](w_g, chol, r, rw)
         ups.append(up)
         downs.append(down)
     return ups, downs

@@ -20,7 +20,7 @@ import torch.nn as nn
 from . import data
 from .adapters import attention_shape, check_model
 from .config import CalibrationConfig, DecompositionConfig, PaluConfig, RankSearchConfig, SearchMethod
-from .decomposition import decompose_projection, regularized_cholesky
+from .decomposition import decompose_projection, group_spectrum, regularized_cholesky
 from .integrations.hf import apply_palu, palu_modules
 from .rank_search import RankAllocation, search_ranks
 
@@ -80,34 +80,46 @@ def compress_model(
     from .calibration import collect_fisher, collect_grams
 
     adapter, shape = check_model(model, cfg.decomposition.head_group_size)
+    gs, method = cfg.decomposition.head_group_size, cfg.decomposition.method.value
     t0 = time.perf_counter()
-    needs_fisher = cfg.rank_search.method != SearchMethod.UNIFORM
-    needs_grams = cfg.decomposition.method.value == "whiten"
+    needs_fisher = cfg.rank_search.method != SearchMethod.UNIFORM or method == "whiten_fisher"
+    needs_grams = method.startswith("whiten")
     cal = cfg.calibration
     grams = fisher = None
     if needs_grams:
         path = cache_dir / _cache_key("grams", cfg.model_id, cal, cal.n_whiten_samples) if cache_dir else None
         grams = _cached(path, cfg.use_cache, lambda: collect_grams(model, calibration_windows(tokenizer, cal, cal.n_whiten_samples), cfg.verbose))
     if needs_fisher:
-        path = cache_dir / _cache_key("fisher", cfg.model_id, cal, cal.n_fisher_samples) if cache_dir else None
+        path = cache_dir / _cache_key("fisher2", cfg.model_id, cal, cal.n_fisher_samples) if cache_dir else None
         fisher = _cached(path, cfg.use_cache, lambda: collect_fisher(model, calibration_windows(tokenizer, cal, cal.n_fisher_samples), cfg.verbose))
     t_calib = time.perf_counter() - t0
-    allocation = search_ranks(shape, cfg.decomposition.head_group_size, cfg.rank_search, fisher)
-    factors = {}
+    chols = {i: regularized_cholesky(g, cfg.decomposition.whiten_damp) for i, g in grams.items()} if grams else {}
+    weights = {}
     for idx, layer in enumerate(adapter.layers(model)):
         attn = getattr(layer, adapter.attention_attr)
-        chol = regularized_cholesky(grams[idx], cfg.decomposition.whiten_damp) if grams is not None else None
         for proj, name in (("k", adapter.k_proj), ("v", adapter.v_proj)):
             lin = getattr(attn, name)
-            ranks = allocation.ranks[str(idx)][proj]
-            ups, downs = decompose_projection(
-                lin.weight, ranks, shape.head_dim, cfg.decomposition.head_group_size, cfg.decomposition.method.value, chol
-            )
-            factors[(idx, proj)] = (ups, downs, None if lin.bias is None else lin.bias.detach().clone())
+            row_weight = fisher["output"][(idx, proj)] if method == "whiten_fisher" else None
+            weights[(idx, proj)] = (lin, row_weight)
+    spectra = None
+    if cfg.rank_search.method == SearchMethod.SENSITIVITY:
+        spectra = {}
+        for (idx, proj), (lin, row_weight) in weights.items():
+            rows = gs * shape.head_dim
+            for g, w_g in enumerate(lin.weight.detach().split(rows)):
+                rw = row_weight[g * rows : (g + 1) * rows] if row_weight is not None else None
+                spectra[(idx, proj, g)] = group_spectrum(w_g, chols.get(idx), rw)
+    allocation = search_ranks(shape, gs, cfg.rank_search, fisher["weight"] if fisher else None, spectra)
+    factors = {}
+    for (idx, proj), (lin, row_weight) in weights.items():
+        ups, downs = decompose_projection(
+            lin.weight, allocation.ranks[str(idx)][proj], shape.head_dim, gs, method, chols.get(idx), row_weight
+        )
+        factors[(idx, proj)] = (ups, downs, None if lin.bias is None else lin.bias.detach().clone())
     palu_cfg = PaluConfig(
-        head_group_size=cfg.decomposition.head_group_size,
+        head_group_size=gs,
         ranks=allocation.ranks,
-        decompose_method=cfg.decomposition.method.value,
+        decompose_method=method,
         search_method=cfg.rank_search.method.value,
         param_ratio_target=cfg.rank_search.param_ratio_target,
         calibration={**cal.to_dict(), "model_id": cfg.model_id, "used_grams": needs_grams, "used_fisher": needs_fisher},

@@ -8,6 +8,7 @@ works in integers and hits the budget exactly.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 from typing import Callable, Optional, Sequence
 
@@ -109,8 +110,9 @@ class _Units:
         return 2 * self.shape.num_layers * self.shape.kv_dim
 
 
-Scores = dict[tuple[int, str], torch.Tensor]
-SearchFn = Callable[[_Units, RankSearchConfig, Optional[Scores]], tuple[RankDict, int]]
+Scores = dict[tuple[int, str], torch.Tensor]  # (layer, "k"|"v") -> per-output-row Fisher
+Spectra = dict[tuple[int, str, int], torch.Tensor]  # (layer, "k"|"v", group) -> descending σ² of the group
+SearchFn = Callable[[_Units, RankSearchConfig, Optional[Scores], Optional[Spectra]], tuple[RankDict, int]]
 SEARCH_METHODS: dict[str, SearchFn] = {}
 
 
@@ -155,13 +157,13 @@ def _per_group(units: _Units, cfg: RankSearchConfig, fisher: Optional[Scores]) -
 
 
 @register_search("uniform")
-def uniform_search(units: _Units, cfg: RankSearchConfig, fisher: Optional[Scores]) -> tuple[RankDict, int]:
+def uniform_search(units: _Units, cfg: RankSearchConfig, fisher: Optional[Scores], spectra=None) -> tuple[RankDict, int]:
     """Same rank everywhere (differences of at most one granule to hit the budget exactly)."""
     return _per_group(units, cfg, None)
 
 
 @register_search("fisher")
-def fisher_search(units: _Units, cfg: RankSearchConfig, fisher: Optional[Scores]) -> tuple[RankDict, int]:
+def fisher_search(units: _Units, cfg: RankSearchConfig, fisher: Optional[Scores], spectra=None) -> tuple[RankDict, int]:
     """Each group's rank ∝ its Fisher information (sum of squared gradients of its weights)."""
     if fisher is None:
         raise ValueError("search method 'fisher' needs Fisher scores")
@@ -169,7 +171,9 @@ def fisher_search(units: _Units, cfg: RankSearchConfig, fisher: Optional[Scores]
 
 
 @register_search("fisher_uniform")
-def fisher_uniform_search(units: _Units, cfg: RankSearchConfig, fisher: Optional[Scores]) -> tuple[RankDict, int]:
+def fisher_uniform_search(
+    units: _Units, cfg: RankSearchConfig, fisher: Optional[Scores], spectra=None
+) -> tuple[RankDict, int]:
     """Each projection's budget ∝ its Fisher information, split equally among its groups."""
     if fisher is None:
         raise ValueError("search method 'fisher_uniform' needs Fisher scores")
@@ -185,14 +189,52 @@ def fisher_uniform_search(units: _Units, cfg: RankSearchConfig, fisher: Optional
     return out, gran
 
 
+@register_search("sensitivity")
+def sensitivity_search(
+    units: _Units, cfg: RankSearchConfig, fisher: Optional[Scores], spectra: Optional[Spectra]
+) -> tuple[RankDict, int]:
+    """Minimize the summed truncation error Σ_u Σ_{i>r_u} σ_{u,i}² over all groups (beyond the paper).
+
+    σ² are each group's singular values squared in its decomposition's error metric
+    (Fisher-weighted activation error for ``whiten_fisher``: a second-order estimate of the
+    loss increase). Errors are convex in rank, so granting granules greedily to the largest
+    marginal reduction is optimal for the budget.
+    """
+    if spectra is None:
+        raise ValueError("search method 'sensitivity' needs group spectra (whitening Grams and Fisher)")
+    gran = _granularity(units, cfg)
+    items = _group_scores(units, None)
+    cap = units.group_dims // gran
+    total = max(len(items), min(round(cfg.param_ratio_target * units.full_dims / gran), cap * len(items)))
+    counts = [1] * len(items)
+
+    def gain(i: int) -> float:
+        layer, proj, g, _ = items[i]
+        sig = spectra[(layer, proj, g)]
+        return float(sig[counts[i] * gran : (counts[i] + 1) * gran].sum())
+
+    heap = [(-gain(i), i) for i in range(len(items)) if counts[i] < cap]
+    heapq.heapify(heap)
+    for _ in range(total - len(items)):
+        _, i = heapq.heappop(heap)
+        counts[i] += 1
+        if counts[i] < cap:
+            heapq.heappush(heap, (-gain(i), i))
+    return _to_rank_dict(units, items, [c * gran for c in counts]), gran
+
+
 def search_ranks(
-    shape: AttentionShape, head_group_size: int, cfg: RankSearchConfig, fisher: Optional[Scores] = None
+    shape: AttentionShape,
+    head_group_size: int,
+    cfg: RankSearchConfig,
+    fisher: Optional[Scores] = None,
+    spectra: Optional[Spectra] = None,
 ) -> RankAllocation:
     """Run the configured strategy; returns ranks and the ratio actually kept."""
     if cfg.method.value not in SEARCH_METHODS:
         raise ValueError(f"unknown search method {cfg.method.value!r}; choose from {sorted(SEARCH_METHODS)}")
     units = _Units(shape, head_group_size)
-    ranks, gran = SEARCH_METHODS[cfg.method.value](units, cfg, fisher)
+    ranks, gran = SEARCH_METHODS[cfg.method.value](units, cfg, fisher, spectra)
     kept = sum(sum(kv["k"]) + sum(kv["v"]) for kv in ranks.values())
     allocation = RankAllocation(ranks, kept, units.full_dims, gran)
     if abs(allocation.param_ratio - cfg.param_ratio_target) > 0.02:

@@ -8,6 +8,9 @@ import torch
 
 from .helpers import compress_plain, tiny_model
 
+# Tiny models gain nothing from intra-op threads, and OpenMP spin-waiting makes them 30x slower
+# whenever another process shares the cores.
+torch.set_num_threads(1)
 
 @pytest.fixture
 def tiny_llama():

@@ -16,6 +16,7 @@ import fnmatch
 import logging
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ def check_tasks(manager, tasks: tuple[str, ...], include_path: Optional[str] = N
     known = manager.all_tasks
     unknown = [t for t in tasks if not (t in known or ("*" in t and fnmatch.filter(known, t)))]
     if unknown:
+        root = Path(include_path).resolve() if include_path else None
         local = sorted(e.name for e in manager.task_index.values()
-                       if include_path and e.yaml_path and str(include_path) in str(e.yaml_path))
+                       if root and e.yaml_path and root in Path(e.yaml_path).resolve().parents)
         raise ValueError(unknown_task_message(unknown, known, local))
 
 
@@ -131,6 +133,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
     lines = ["| task | acc | acc_norm | n |", "|---|---:|---:|---:|"]
     for task, row in summary["tasks"].items():
-        lines.append(f"| {task} | {fmt(row.get('acc'))} | {fmt(row.get('acc_norm'))} | {row.get('n_samples') or '—'} |")
+        n = row.get("n_samples") or "—"
+        lines.append(f"| {task} | {fmt(row.get('acc'))} | {fmt(row.get('acc_norm'))} | {n} |")
     lines.append(f"| **mean** | {fmt(summary['mean_acc'])} | {fmt(summary['mean_acc_norm'])} | |")
     return "\n".join(lines)

@@ -141,6 +141,7 @@ def build_passage_retrieval(articles: list[dict[str, str]], n: int, k: int, seed
 def mc_task_yaml(data_file: Path) -> str:
     """lm-eval task config for the multiple-choice items in ``data_file`` (absolute path)."""
     path = json.dumps(str(data_file.resolve()))  # a JSON string is a valid YAML scalar, quoting included
+    question = f"Which article is this summary from ({MASK} hides its name)?"
     return f"""task: {MC_TASK}
 dataset_path: json
 dataset_kwargs:
@@ -148,7 +149,7 @@ dataset_kwargs:
     test: {path}
 test_split: test
 output_type: multiple_choice
-doc_to_text: "Summary: {{{{summary}}}}\\nQuestion: Which article is this summary from ({MASK} hides its name)?\\nAnswer:"
+doc_to_text: "Summary: {{{{summary}}}}\\nQuestion: {question}\\nAnswer:"
 doc_to_choice: choices
 doc_to_target: label
 metric_list:
@@ -175,7 +176,7 @@ def build_local_tasks(out_dir: str | Path, cfg: LocalTasksConfig = LocalTasksCon
     out.mkdir(parents=True, exist_ok=True)
     articles = eval_articles()
     if len(articles) < cfg.articles_per_context:
-        raise ValueError(f"only {len(articles)} held-out articles, fewer than articles_per_context={cfg.articles_per_context}")
+        raise ValueError(f"only {len(articles)} held-out articles, fewer than {cfg.articles_per_context} per context")
     mc_file = out / f"{MC_TASK}.jsonl"
     _write_jsonl(mc_file, build_mc_items(articles, cfg.mc_items, cfg.seed, cfg.mc_max_sentences))
     yaml_file = out / f"{MC_TASK}.yaml"

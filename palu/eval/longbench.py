@@ -129,7 +129,8 @@ def load_prompts(path: Optional[str]) -> dict[str, str]:
     for name, template in override.items():
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
         if not fields <= {"context", "input"}:
-            raise ValueError(f"--prompt_config {path}: template of {name!r} uses {sorted(fields)}; only {{context}}, {{input}}")
+            raise ValueError(f"--prompt_config {path}: template of {name!r} uses {sorted(fields)}; "
+                             "only {context} and {input} are filled")
     return {**prompts, **override}
 
 
@@ -161,19 +162,23 @@ def prompt_budget(model, tokenizer, task: LongBenchTask, max_length: Optional[in
     overhead = _chat_overhead(tokenizer) if uses_chat_template(tokenizer, task) else 1
     budget = positions - task.max_new_tokens - overhead
     if budget < 16:
-        raise ValueError(f"{task.name}: {positions} positions leave no room for a prompt and {task.max_new_tokens} new tokens")
+        raise ValueError(f"{task.name}: {positions} positions leave no room for a prompt "
+                         f"and {task.max_new_tokens} new tokens; pass --max_length")
     return budget
 
 
-def build_input_ids(record: dict[str, Any], template: str, task: LongBenchTask, tokenizer, budget: int) -> tuple[list[int], bool]:
-    """Token ids of one prompt (middle-truncated to ``budget``, chat-wrapped when applicable); also whether it was cut."""
+def build_input_ids(
+    record: dict[str, Any], template: str, task: LongBenchTask, tokenizer, budget: int
+) -> tuple[list[int], bool]:
+    """Token ids of one prompt (middle-truncated to ``budget``, chat-wrapped if applicable) and whether it was cut."""
     prompt = template.format(context=record["context"], input=record["input"])
     ids = tokenizer(prompt, add_special_tokens=False).input_ids
     truncated = len(ids) > budget
     if truncated:
         prompt = tokenizer.decode(truncate_middle(ids, budget), skip_special_tokens=True)
     if uses_chat_template(tokenizer, task):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        messages = [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return tokenizer(text, add_special_tokens=False).input_ids, truncated
     return tokenizer(prompt).input_ids, truncated
 
@@ -227,7 +232,7 @@ def evaluate_dataset(model, tokenizer, name: str, records: list[dict[str, Any]],
 
 
 def evaluate(model, tokenizer, cfg: LongBenchConfig, show_progress: bool = True) -> dict[str, Any]:
-    """All of ``cfg.datasets``: {"datasets": {name: evaluate_dataset(...)}, "average": mean score, "chat_template": bool}."""
+    """All of ``cfg.datasets``: {"datasets": {name: evaluate_dataset(...)}, "average", "chat_template": bool}."""
     check_data(cfg)
     prompts = load_prompts(cfg.prompt_config)
     has_chat = bool(getattr(tokenizer, "chat_template", None))

@@ -131,8 +131,10 @@ METRICS: dict[str, Callable[..., float]] = {
 }
 
 
-def score_item(metric: str, prediction: str, references: Sequence[str], all_classes=None, first_line: bool = False) -> float:
-    """Best score over the references, in [0, 1]. ``first_line``: keep the first generated line only (few-shot tasks)."""
+def score_item(
+    metric: str, prediction: str, references: Sequence[str], all_classes=None, first_line: bool = False
+) -> float:
+    """Best score over the references, in [0, 1]. ``first_line``: score the first generated line only."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
     if not references:

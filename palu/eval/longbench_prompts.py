@@ -47,7 +47,8 @@ _TASKS = [
                   "Below is a meeting transcript and a request about it. Answer the request in a few sentences.\n\n"
                   "Transcript:\n{context}\n\nRequest: {input}\nAnswer:"),
     LongBenchTask("multi_news", "rouge_l", 512,
-                  "Below are several news articles. Write one summary that covers all of them.\n\n{context}\n\nSummary:"),
+                  "Below are several news articles. Write one summary that covers all of them.\n\n"
+                  "{context}\n\nSummary:"),
     LongBenchTask("trec", "classification", 64,
                   "Classify the question by the type of its answer. Examples follow.\n\n{context}\n{input}",
                   completion=True, first_line=True),

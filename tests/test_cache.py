@@ -1,0 +1,63 @@
+"""The latent cache reports the bytes it holds, and holds far fewer than DynamicCache."""
+import torch
+from transformers import DynamicCache
+
+from palu import LatentQuantConfig, PaluCache, cache_nbytes, configure
+from palu.modules import PaluLatentLayer
+
+from .helpers import compress_plain, tiny_model
+
+
+def _held_bytes(layer: PaluLatentLayer, used_only: bool) -> int:
+    """Independent count: walk every tensor the layer holds."""
+    total = 0
+    for store in (layer.k, layer.v):
+        for part in store.parts():
+            if part.buf is not None:
+                n = part.length if used_only else part.buf.shape[1]
+                total += part.buf[:, :n].numel() * part.buf.element_size()
+    if layer.positions.buf is not None:
+        n = layer.positions.length if used_only else layer.positions.buf.shape[1]
+        total += layer.positions.buf[:, :n].numel() * 4
+    return total
+
+
+def _fill(model, quant, prompt_len=40, steps=30):
+    configure(model, quant=quant)
+    cache = PaluCache()
+    x = torch.randint(3, 128, (2, prompt_len))
+    with torch.no_grad():
+        out = model(x, past_key_values=cache, use_cache=True)
+        tok = out.logits[:, -1:].argmax(-1)
+        for _ in range(steps):
+            tok = model(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+    return cache
+
+
+def test_nbytes_matches_held_tensors_fp_and_quantized():
+    model = compress_plain(tiny_model(num_kv_heads=2, head_dim=32), ratio=0.5, multiple=8)
+    for quant in (LatentQuantConfig(), LatentQuantConfig(bits=4, group_size=8, residual_length=5)):
+        cache = _fill(model, quant)
+        for layer in cache.layers:
+            assert layer.get_seq_length() == 70
+            assert layer.nbytes(True) == _held_bytes(layer, True)
+            assert layer.nbytes(False) == _held_bytes(layer, False) >= layer.nbytes(True)
+            if quant.enabled:
+                assert layer.k.n_quantized == 65 and layer.k.fp.length == 5
+        assert cache_nbytes(cache) == sum(layer.nbytes() for layer in cache.layers)
+
+
+def test_latent_cache_is_smaller_than_dynamic_cache():
+    base = tiny_model(num_kv_heads=2, head_dim=32)
+    x = torch.randint(3, 128, (2, 70))
+    with torch.no_grad():
+        dyn = DynamicCache()
+        base(x, past_key_values=dyn, use_cache=True)
+    full = cache_nbytes(dyn)
+    model = compress_plain(base, ratio=0.5, multiple=8)
+    fp = cache_nbytes(_fill(model, LatentQuantConfig(), 40, 30))
+    q4 = cache_nbytes(_fill(model, LatentQuantConfig(bits=4, group_size=8), 40, 30))
+    # 50% of K+V dims in fp32 latents plus one int32 position per slot and layer.
+    assert fp == full * 0.5 + 2 * 70 * 2 * 4
+    # Per slot, layer and projection (R = 32 latents): 4 int32 words of 4-bit codes + 4 fp32 scales + 4 zeros.
+    assert q4 == 2 * 70 * 2 * (2 * (4 + 4 + 4) * 4 + 4)
