@@ -1,0 +1,255 @@
+"""Decode latency of one attention module or a whole model: Palu latent cache vs the uncompressed baseline.
+
+Weights and cached states are random (speed and memory do not depend on values); the
+modules are the same ones the accuracy scripts run: transformers' LlamaAttention /
+LlamaForCausalLM for the baseline, :class:`PaluAttention` swapped in for Palu.
+Caches are filled directly with ``prompt_len`` random tokens instead of running a prefill.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Optional
+
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers.cache_utils import Cache, StaticLayer
+
+from ..config import LatentQuantConfig, PaluConfig
+from ..integrations.hf import apply_palu, configure, palu_modules
+from ..modules.cache import cache_nbytes, latent_layer_for
+from .timing import peak_memory_bytes, peak_memory_reset, time_fn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyConfig:
+    """Llama-2-7B shape by default; ranks are totals per layer, split equally over groups."""
+
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int = 128
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    rank_k: int = 1024
+    rank_v: int = 3072
+    group_size: int = 4
+    prompt_len: int = 65536
+    batch_size: int = 1
+    lt_bits: int = 16
+    lt_group_size: int = 32
+    dtype: str = "float16"
+    rope_theta: float = 10000.0
+    backend: str = "auto"
+    cuda_graph: bool = False
+    warmup: int = 5
+    reps: int = 50
+    device: str = "cuda"
+
+    def __post_init__(self) -> None:
+        n_groups = self.num_kv_heads // self.group_size
+        if self.num_kv_heads % self.group_size:
+            raise ValueError(f"group_size {self.group_size} must divide num_kv_heads {self.num_kv_heads}")
+        for name in ("rank_k", "rank_v"):
+            total = getattr(self, name)
+            if total % n_groups or not 0 < total // n_groups <= self.group_size * self.head_dim:
+                raise ValueError(f"--{name} {total} must split into {n_groups} equal group ranks in [1, {self.group_size * self.head_dim}]")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def llama_config(self, num_layers: Optional[int] = None) -> LlamaConfig:
+        return LlamaConfig(
+            hidden_size=self.hidden_size, intermediate_size=self.intermediate_size, num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim, num_hidden_layers=num_layers or self.num_layers,
+            vocab_size=32000, max_position_embeddings=max(4096, self.prompt_len + 1024),
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta}, attn_implementation="sdpa",
+        )
+
+    def palu_config(self, num_layers: int) -> PaluConfig:
+        n_groups = self.num_kv_heads // self.group_size
+        ranks = {str(i): {"k": [self.rank_k // n_groups] * n_groups, "v": [self.rank_v // n_groups] * n_groups}
+                 for i in range(num_layers)}
+        return PaluConfig(head_group_size=self.group_size, ranks=ranks)
+
+    def quant(self) -> LatentQuantConfig:
+        return LatentQuantConfig(bits=self.lt_bits, group_size=self.lt_group_size)
+
+
+def _random_init(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, p.shape[-1] ** -0.5)
+            elif p.dim() == 1:
+                p.fill_(1.0)
+
+
+def build_model(cfg: LatencyConfig, num_layers: Optional[int] = None, palu: bool = False) -> LlamaForCausalLM:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device(cfg.device):
+        model = AutoModelForCausalLM.from_config(cfg.llama_config(num_layers), dtype=cfg.torch_dtype).eval()
+    if palu:
+        apply_palu(model, cfg.palu_config(model.config.num_hidden_layers))
+        for m in palu_modules(model):  # random factors: speed does not depend on the values
+            _random_init(m.k_proj)
+            _random_init(m.v_proj)
+        configure(model, quant=cfg.quant(), backend=cfg.backend)
+    return model
+
+
+def filled_baseline_cache(cfg: LatencyConfig, num_layers: int, kind: str, extra: int) -> Cache:
+    """DynamicCache or a static cache holding prompt_len random K/V per layer."""
+    shape = (cfg.batch_size, cfg.num_kv_heads, cfg.prompt_len, cfg.head_dim)
+    if kind == "dynamic":
+        cache = DynamicCache()
+        for i in range(num_layers):
+            k = torch.randn(shape, device=cfg.device, dtype=cfg.torch_dtype)
+            cache.update(k, torch.randn_like(k), i)
+        return cache
+    layers = []
+    for _ in range(num_layers):
+        layer = StaticLayer(max_cache_len=cfg.prompt_len + extra)
+        k = torch.empty((cfg.batch_size, cfg.num_kv_heads, 1, cfg.head_dim), device=cfg.device, dtype=cfg.torch_dtype)
+        layer.lazy_initialization(k, k)
+        layer.keys.normal_()
+        layer.values.normal_()
+        layer.cumulative_length.fill_(cfg.prompt_len)
+        layers.append(layer)
+    return Cache(layers=layers)
+
+
+def filled_palu_cache(model: torch.nn.Module, cfg: LatencyConfig) -> Cache:
+    """A cache whose Palu layers hold prompt_len random latents (quantized as configured)."""
+    cache = Cache(layers=[])
+    pos = torch.arange(cfg.prompt_len, device=cfg.device, dtype=torch.int32).expand(cfg.batch_size, -1)
+    for m in palu_modules(model):
+        layer = latent_layer_for(cache, m.layer_idx, m.quant)
+        chunk = 8192  # bounded temporaries while filling
+        for s in range(0, cfg.prompt_len, chunk):
+            n = min(chunk, cfg.prompt_len - s)
+            k = torch.randn(cfg.batch_size, n, m.k_proj.rank_total, device=cfg.device, dtype=cfg.torch_dtype)
+            v = torch.randn(cfg.batch_size, n, m.v_proj.rank_total, device=cfg.device, dtype=cfg.torch_dtype)
+            layer.append_latents(k, v, pos[:, s : s + n])
+        layer.kv_start = torch.zeros(cfg.batch_size, dtype=torch.int32, device=cfg.device)
+    return cache
+
+
+def _decode_step(model, cache: Cache, cfg: LatencyConfig, start: int):
+    """One-token forward; returns a closure that advances the position each call."""
+    token = torch.randint(0, 32000, (cfg.batch_size, 1), device=cfg.device)
+    state = {"pos": start}
+
+    def step():
+        pos = torch.full((cfg.batch_size, 1), state["pos"], device=cfg.device, dtype=torch.long)
+        state["pos"] += 1
+        return model(token, position_ids=pos, past_key_values=cache, use_cache=True)
+
+    return step
+
+
+@torch.no_grad()
+def model_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "dynamic", num_layers: Optional[int] = None) -> dict[str, Any]:
+    """Time whole-model decoding at prompt_len with a pre-filled cache; report tokens/s and peak memory."""
+    model = build_model(cfg, num_layers, palu)
+    n_layers = model.config.num_hidden_layers
+    peak_memory_reset(cfg.device)
+    cache = filled_palu_cache(model, cfg) if palu else filled_baseline_cache(cfg, n_layers, cache_kind, cfg.warmup + cfg.reps + 8)
+    step = _decode_step(model, cache, cfg, cfg.prompt_len)
+    timing = time_fn(step, cfg.warmup, cfg.reps, cfg.device)
+    out = {
+        "palu": palu, "cache": "palu_latent" if palu else cache_kind, "layers": n_layers,
+        "time_per_token_ms": timing["median_ms"], "tokens_per_s": cfg.batch_size * 1e3 / timing["median_ms"],
+        "cache_bytes": cache_nbytes(cache), "peak_memory_bytes": peak_memory_bytes(cfg.device), "timing": timing,
+    }
+    del model, cache
+    if str(cfg.device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    return out
+
+
+@torch.no_grad()
+def attention_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "static") -> dict[str, Any]:
+    """Time one decode step of a single attention module (layer 0 of a 1-layer model)."""
+    model = build_model(cfg, 1, palu)
+    attn = model.model.layers[0].self_attn
+    rotary = model.model.rotary_emb
+    cache = filled_palu_cache(model, cfg) if palu else filled_baseline_cache(cfg, 1, cache_kind, cfg.warmup + cfg.reps + 8)
+    x = torch.randn(cfg.batch_size, 1, cfg.hidden_size, device=cfg.device, dtype=cfg.torch_dtype)
+    state = {"pos": cfg.prompt_len}
+
+    def step():
+        pos = torch.full((cfg.batch_size, 1), state["pos"], device=cfg.device, dtype=torch.long)
+        state["pos"] += 1
+        return attn(x, position_embeddings=rotary(x, pos), attention_mask=None, past_key_values=cache, position_ids=pos)
+
+    if cfg.cuda_graph:
+        step = _graphed_readonly_step(attn, cache, x, rotary, cfg, palu)
+    timing = time_fn(step, cfg.warmup, cfg.reps, cfg.device)
+    out = {"palu": palu, "cache": "palu_latent" if palu else cache_kind, "time_ms": timing["median_ms"],
+           "cache_bytes": cache_nbytes(cache), "timing": timing}
+    del model, cache
+    return out
+
+
+def _graphed_readonly_step(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bool):
+    """CUDA-graph replay of the attention read over a fixed cache (no append: graphs need static shapes)."""
+    if not str(cfg.device).startswith("cuda"):
+        raise ValueError("--cuda_graph needs a CUDA device")
+    pos = torch.full((cfg.batch_size, 1), cfg.prompt_len, device=cfg.device, dtype=torch.long)
+    cos, sin = rotary(x, pos)
+    if palu:
+        layer = cache.layers[0]
+
+        def body():
+            q = attn.q_proj(x).view(cfg.batch_size, 1, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+            from ..modules.attention import apply_rope
+
+            return attn._output(attn._triton_decode(apply_rope(q, cos, sin), layer))
+    else:
+        layer = cache.layers[0]
+        keys, values = layer.keys[:, :, : cfg.prompt_len], layer.values[:, :, : cfg.prompt_len]
+
+        def body():
+            from ..modules.attention import apply_rope
+
+            q = attn.q_proj(x).view(cfg.batch_size, 1, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+            o = torch.nn.functional.scaled_dot_product_attention(apply_rope(q, cos, sin), keys, values, scale=attn.scaling)
+            return attn.o_proj(o.transpose(1, 2).reshape(cfg.batch_size, 1, -1))
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            body()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    return graph.replay
+
+
+@torch.no_grad()
+def max_batch(cfg: LatencyConfig, palu: bool, limit: int = 256) -> dict[str, Any]:
+    """Largest batch whose cache at prompt_len fits and decodes one token (doubling, then bisection on OOM)."""
+
+    def fits(batch: int) -> bool:
+        trial = dataclasses.replace(cfg, batch_size=batch, warmup=0, reps=1)
+        try:
+            model_decode(trial, palu)
+            return True
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return False
+
+    lo, hi = 0, 1
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return {"palu": palu, "lt_bits": cfg.lt_bits if palu else 16, "prompt_len": cfg.prompt_len, "max_batch": lo}
