@@ -52,3 +52,36 @@ def compress_plain(model, head_group_size: int = 1, ratio: float = 1.0, ranks=No
         m.k_proj.set_factors(*factors[(m.layer_idx, "k")])
         m.v_proj.set_factors(*factors[(m.layer_idx, "v")])
     return model
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def tiny_tokenizer(chat: bool = False):
+    """Byte-level BPE trained on one sentence: any text encodes, ~300 tokens, no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def save_tiny_model(path, chat: bool = False, arch: str = "llama", num_kv_heads: int = 2):
+    """A tiny random checkpoint + tokenizer saved as a local HF folder."""
+    tokenizer = tiny_tokenizer(chat)
+    model = tiny_model(arch, num_kv_heads=num_kv_heads, vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1,
+                       pad_token_id=1)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

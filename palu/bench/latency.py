@@ -234,22 +234,32 @@ def _graphed_readonly_step(attn, cache: Cache, x, rotary, cfg: LatencyConfig, pa
 
 
 @torch.no_grad()
-def max_batch(cfg: LatencyConfig, palu: bool, limit: int = 256) -> dict[str, Any]:
-    """Largest batch whose cache at prompt_len fits and decodes one token (doubling, then bisection on OOM)."""
+def max_batch(cfg: LatencyConfig, palu: bool, limit: int = 512) -> dict[str, Any]:
+    """Largest batch whose cache at prompt_len fits and decodes a token, found by real allocation.
+
+    A batch-1 run measures the model's own peak and the cache bytes per sequence; the
+    prediction from free memory is then checked upward and downward (a few trials, not a
+    bisection over the whole range).
+    """
 
     def fits(batch: int) -> bool:
-        trial = dataclasses.replace(cfg, batch_size=batch, warmup=0, reps=1)
         try:
-            model_decode(trial, palu)
+            model_decode(dataclasses.replace(cfg, batch_size=batch, warmup=0, reps=1), palu)
             return True
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             return False
 
-    lo, hi = 0, 1
-    while hi <= limit and fits(hi):
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return {"palu": palu, "lt_bits": cfg.lt_bits if palu else 16, "prompt_len": cfg.prompt_len, "max_batch": lo}
+    one = model_decode(dataclasses.replace(cfg, batch_size=1, warmup=0, reps=1), palu)
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    guess = max(1, min(limit, int((total - one["peak_memory_bytes"]) // max(one["cache_bytes"], 1)) + 1))
+    batch = guess
+    trials = []
+    while batch > 0 and not fits(batch):
+        trials.append((batch, False))
+        batch -= 1
+    while batch < limit and fits(batch + 1):
+        trials.append((batch + 1, True))
+        batch += 1
+    return {"palu": palu, "lt_bits": cfg.lt_bits if palu else 16, "prompt_len": cfg.prompt_len, "max_batch": batch,
+            "cache_bytes_per_sequence": one["cache_bytes"], "predicted": guess, "trials": trials}
