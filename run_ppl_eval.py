@@ -7,7 +7,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from palu import cli, data
 
@@ -21,6 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_samples", type=int, default=None, help="limit the number of windows per dataset")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--output_json", default=None, help="write the results here (atomically)")
+    p.add_argument("--compare_json", default=None, help="an earlier run's --output_json: print a before/after table")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -29,6 +32,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
     cli.check_output_file(args.output_json)
+    before = None
+    if args.compare_json:
+        try:
+            before = json.loads(Path(args.compare_json).read_text())["results"]
+        except (OSError, ValueError, KeyError) as err:
+            cli.fail(f"--compare_json {args.compare_json}: not a run_ppl_eval.py result ({err})")
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     try:
         quant = cli.latent_quant_from_args(args)
@@ -50,7 +59,19 @@ def main(argv=None) -> int:
            "argv": sys.argv, "results": results}
     if args.output_json:
         cli.write_json_atomic(args.output_json, out)
+    if before is not None:
+        print(comparison_table(before, results, args.compare_json, args.model_name_or_path))
     return 0
+
+
+def comparison_table(before: dict, after: dict, before_name: str, after_name: str) -> str:
+    lines = [f"| dataset | ppl ({before_name}) | ppl ({after_name}) | ratio | tokens |", "|---|---|---|---|---|"]
+    for name, res in after.items():
+        old = before.get(name, {}).get("ppl")
+        ratio = f"{res['ppl'] / old:.3f}x" if old else "n/a"
+        old_s = f"{old:.3f}" if old else "n/a"
+        lines.append(f"| {name} | {old_s} | {res['ppl']:.3f} | {ratio} | {res['n_tokens']} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
