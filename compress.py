@@ -15,6 +15,7 @@ from pathlib import Path
 import palu
 from palu import cli, data
 from palu.adapters import attention_shape, default_group_size
+from palu.budget import KVBudgetConfig, compress_to_budget
 from palu.config import CalibrationConfig, DecompositionConfig, RankSearchConfig
 from palu.decomposition import DECOMPOSITIONS
 from palu.pipeline import CompressionConfig
@@ -36,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_fisher_calib_samples", type=int, default=8, help="windows for Fisher scores (paper: 2048)")
     p.add_argument("--n_whiten_calib_samples", type=int, default=16, help="windows for whitening Grams (paper: 256)")
     p.add_argument("--calib_seqlen", type=int, default=512, help="tokens per calibration window (paper: 2048)")
+    p.add_argument("--kv_budget", type=float, default=None,
+                   help="choose ranks AND latent bits for a KV budget: <= 1 = fraction of the fp16 cache, > 1 = bytes/token "
+                        "(replaces --param_ratio_target)")
     p.add_argument("--use_cache", action="store_true", help="reuse calibration statistics found in --cache_dir")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -63,6 +67,10 @@ def main(argv=None) -> int:
             use_cache=args.use_cache, verbose=args.verbose,
         )
         data.check_source(args.calib_dataset)
+        budget = None
+        if args.kv_budget is not None:
+            budget = (KVBudgetConfig(fp16_fraction=args.kv_budget) if args.kv_budget <= 1
+                      else KVBudgetConfig(bytes_per_token=args.kv_budget))
     except (ValueError, FileNotFoundError) as err:
         cli.fail(str(err))
     cache_dir = Path(args.cache_dir) if args.cache_dir else out.resolve().parent / ".palu_calib_cache"
@@ -72,7 +80,12 @@ def main(argv=None) -> int:
         gs = default_group_size(attention_shape(model.config).num_kv_heads)
         cfg = dataclasses.replace(cfg, decomposition=dataclasses.replace(cfg.decomposition, head_group_size=gs))
     try:
-        model, allocation, report = palu.compress_model(model, tokenizer, cfg, cache_dir=cache_dir)
+        if budget is None:
+            model, allocation, report = palu.compress_model(model, tokenizer, cfg, cache_dir=cache_dir)
+        else:
+            model, result, report = compress_to_budget(model, tokenizer, cfg, budget, cache_dir)
+            allocation = result.chosen.allocation
+            model.config.palu = {**model.config.palu, "latent_quant": result.chosen.quant.to_dict()}
     except ValueError as err:
         cli.fail(str(err))
     results = {"config": cfg.to_dict(), "argv": sys.argv, "report": report}
@@ -85,8 +98,13 @@ def main(argv=None) -> int:
         for name, obj in files.items():
             cli.write_json_atomic(out / name, obj)
     kv = report["kv_bytes_per_token_fp16"]
-    print(f"kept {report['param_ratio']:.4f} of K+V dims (target {args.param_ratio_target}); "
-          f"KV bytes/token fp16 {kv['before']} -> {kv['after_with_positions']}; wrote {out}")
+    if budget is None:
+        print(f"kept {report['param_ratio']:.4f} of K+V dims (target {args.param_ratio_target}); "
+              f"KV bytes/token fp16 {kv['before']} -> {kv['after_with_positions']}; wrote {out}")
+    else:
+        b = report["kv_budget"]
+        print(f"budget {b['budget_bytes_per_token']:.1f} B/token: {b['bits']}-bit latents, kept {report['param_ratio']:.4f} "
+              f"of K+V dims; {b['bytes_per_token']:.1f} of {b['fp16_bytes_per_token']} fp16 B/token; wrote {out}")
     return 0
 
 

@@ -1,8 +1,8 @@
-"""Autotune configs for the latent decode kernels: generated from a small grid, then pruned.
+"""Autotune configs for the latent decode kernels: generated from small grids, then pruned.
 
-Nothing here is chosen by commenting lines in or out: :func:`decode_configs` spans the grid
-and :func:`prune_decode_configs` drops what cannot fit or cannot help, given the launch's
-constexprs (padded ranks, head_dim, heads per group) and the slots each split covers.
+Nothing here is chosen by commenting lines in or out: each ``*_configs`` function spans a grid
+and the matching ``prune_*`` drops what cannot fit in shared memory or cannot help, given the
+launch's constexprs (padded ranks, heads per group) and the slots one split covers.
 """
 from __future__ import annotations
 
@@ -14,47 +14,57 @@ import triton
 # Hopper gives a block up to 227 KB of shared memory; keep headroom for Triton's own scratch.
 SHARED_MEMORY_BUDGET = 200 * 1024
 
-BLOCK_S_CHOICES = (32, 64, 128)
-NUM_WARPS_CHOICES = (4, 8)
-NUM_STAGES_CHOICES = (1, 2, 3)
 
-
-def decode_configs() -> list[triton.Config]:
-    """The full grid over slots per block, warps and software-pipelining depth."""
+def _grid(block_s: tuple[int, ...], warps: tuple[int, ...], stages: tuple[int, ...]) -> list[triton.Config]:
     return [
-        triton.Config({"BLOCK_S": block_s}, num_warps=warps, num_stages=stages)
-        for block_s, warps, stages in itertools.product(BLOCK_S_CHOICES, NUM_WARPS_CHOICES, NUM_STAGES_CHOICES)
+        triton.Config({"BLOCK_S": bs}, num_warps=w, num_stages=st)
+        for bs, w, st in itertools.product(block_s, warps, stages)
     ]
 
 
-def estimate_shared_bytes(block_s: int, num_stages: int, args: dict[str, Any]) -> int:
-    """Rough shared memory of one program: the streamed latent tiles once per pipeline stage,
-    plus the per-head up-projection halves and the operands of the two small dots."""
-    elt = 4 if args["IS_FP32"] else 2
-    latent = block_s * (args["RK_PAD"] + args["RV_PAD"]) * elt
-    up = 2 * args["RK_PAD"] * args["HALF_PAD"] * elt
-    small = (args["HG_PAD"] + block_s) * 2 * args["HALF_PAD"] * elt
-    return max(num_stages - 1, 1) * (latent + up) + up + small
+def reconstruction_configs() -> list[triton.Config]:
+    """rope_qk: one tile per program, no loop, so num_stages is moot; the slot block is the dot's M."""
+    return _grid((64, 128), (4, 8), (1,))
 
 
-def prune_decode_configs(configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any) -> list[triton.Config]:
-    """Keep configs that fit in shared memory and whose block is not much longer than a split.
+def prune_reconstruction_configs(
+    configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any
+) -> list[triton.Config]:
+    """Drop blocks whose latent tile plus the two up-projection halves overflow shared memory."""
+    args = {**named_args, **kwargs}
+    elt = 2  # fp16/bf16; fp32 inputs only run in tests
+    kept = []
+    for cfg in configs:
+        latent = cfg.kwargs["BLOCK_S"] * args["RK_PAD"] * elt
+        up = 2 * args["RK_PAD"] * args["HALF_PAD"] * elt
+        rot = 2 * cfg.kwargs["BLOCK_S"] * args["HALF_PAD"] * elt
+        if latent + up + rot <= SHARED_MEMORY_BUDGET:
+            kept.append(cfg)
+    return kept or [triton.Config({"BLOCK_S": 64}, num_warps=4, num_stages=1)]
 
-    A block longer than the slots one split covers only adds masked work; deep pipelines are
-    pointless when a split holds fewer than two blocks.
-    """
+
+def softmax_v_configs() -> list[triton.Config]:
+    """softmax @ latent_v: a streaming loop, so pipelining depth matters."""
+    return _grid((32, 64, 128), (4, 8), (2, 3, 4))
+
+
+def prune_softmax_v_configs(
+    configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any
+) -> list[triton.Config]:
+    """Keep configs whose pipelined value tiles fit in shared memory and whose block is not longer
+    than a split (that would only add masked work)."""
     args = {**named_args, **kwargs}
     split_len = int(args["split_len"])
+    elt = 2
     kept = []
     for cfg in configs:
         block_s = cfg.kwargs["BLOCK_S"]
-        if block_s > max(split_len, BLOCK_S_CHOICES[0]):
+        if block_s > max(split_len, 32):
             continue
-        if cfg.num_stages > 1 and split_len < 2 * block_s:
+        per_stage = block_s * ((args["RV1"] + args["RV2"]) * elt + args["HG_PAD"] * 4)
+        if cfg.num_stages * per_stage > SHARED_MEMORY_BUDGET:
             continue
-        if estimate_shared_bytes(block_s, cfg.num_stages, args) > SHARED_MEMORY_BUDGET:
-            continue
+        if block_s == 32 and cfg.num_warps == 8:
+            continue  # too little work per warp
         kept.append(cfg)
-    if not kept:  # always leave one: the smallest block, no pipelining
-        kept = [triton.Config({"BLOCK_S": BLOCK_S_CHOICES[0]}, num_warps=4, num_stages=1)]
-    return kept
+    return kept or [triton.Config({"BLOCK_S": 32}, num_warps=4, num_stages=2)]

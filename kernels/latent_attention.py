@@ -1,30 +1,33 @@
-"""Fused decode attention over a low-rank latent KV cache (Palu, arXiv 2407.21118, Sec. 3.2 and 4).
+"""Decode attention over a low-rank latent KV cache (Palu, arXiv 2407.21118, Sec. 3.2 and 4).
 
 One new token attends to S cached slots whose keys and values are stored as per-group latents.
-For each (batch, head group, split of the slots) one program streams the group's key and value
-latents once, for all query heads of the group:
+Three launches, none of which materializes a key or value:
 
-1. key reconstruction: ``k = latent_k @ k_up_g^T`` for a block of slots, per KV head of the group,
-   as two dots (one per RoPE half) so that ``rotate_half`` becomes elementwise;
-2. RoPE at each slot's position, in registers (cos/sin computed once per block for the group);
-3. scores ``q . k_rot`` for the group's query heads, online softmax (flash-decoding);
-4. ``p @ latent_v``: values stay latent, their up-projection is folded into o_proj by the caller.
+1. :mod:`kernels.rope_qk` (the paper's reconstruction kernel): per block of slots and KV head,
+   ``k = latent_k @ k_up^T`` as two dots (one per RoPE half), RoPE in registers, scores
+   ``q . k_rot`` written as fp32 (B, H, S): n_rep * 4 bytes per slot and KV head against the
+   r_g * 2 bytes of latent it read.
+2. :func:`_softmax_v_split_kernel` (flash-decoding): per (batch, group, split of the slots), online
+   softmax over the scores of all the group's query heads and ``p @ latent_v``, streaming the
+   group's value latents once. Values stay latent: their up-projection is folded into o_proj.
+3. :func:`_merge_splits_kernel` combines the splits' partial (max, sum, accumulator).
 
-Quantized slots are unpacked from int32 words and dequantized in registers. Each program writes a
-partial (max, sum, accumulator); :func:`_merge_splits_kernel` combines the splits.
+A single-pass version (reconstruction inside the flash-decoding loop) was 5-9x slower in Triton:
+see kernels/NOTES.md. Quantized slots are unpacked from int32 words and dequantized in registers.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
+import weakref
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._autotune import decode_configs, prune_decode_configs
+from ._autotune import prune_softmax_v_configs, softmax_v_configs
+from .rope_qk import load_latent_tile, rope_qk_tuned, _rope_qk_kernel
 
 LOG2E = 1.4426950408889634
 SUPPORTED_BITS = (2, 3, 4, 8)
@@ -61,192 +64,66 @@ def _interpreting() -> bool:
 
 
 @triton.jit
-def _load_latent_tile(
-    fp_base, fp_stride_s,
-    codes_base, codes_stride_s,
-    scale_base, scale_stride_s,
-    zero_base, zero_stride_s,
-    slots, slot_mask, num_quantized, chan, chan_mask,
-    IS_QUANT: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
-    DTYPE: tl.constexpr,
-):
-    """(BLOCK, C) tile of latent channels ``chan`` at cache ``slots``; masked entries are 0."""
-    mask = slot_mask[:, None] & chan_mask[None, :]
-    if IS_QUANT:
-        VPW: tl.constexpr = 32 // BITS
-        rows = slots.to(tl.int64)[:, None]
-        word = tl.load(codes_base + rows * codes_stride_s + (chan // VPW)[None, :], mask=mask, other=0)
-        # Arithmetic shift may drag the sign bit in; the mask keeps only this code's bits.
-        code = (word >> ((chan % VPW) * BITS)[None, :]) & ((1 << BITS) - 1)
-        group = (chan // QUANT_GROUP)[None, :]
-        scale = tl.load(scale_base + rows * scale_stride_s + group, mask=mask, other=0.0).to(tl.float32)
-        if HAS_ZERO:
-            zero = tl.load(zero_base + rows * zero_stride_s + group, mask=mask, other=0.0).to(tl.float32)
-        else:
-            zero = float(1 << (BITS - 1))
-        x = (code.to(tl.float32) - zero) * scale
-    else:
-        rows = (slots - num_quantized).to(tl.int64)[:, None]
-        x = tl.load(fp_base + rows * fp_stride_s + chan[None, :], mask=mask, other=0.0)
-    return x.to(DTYPE)
-
-
-@triton.jit
-def _attend_block(
-    m_i, l_i, acc,
-    q1, q2, head_kv_local,
-    k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
+def _softmax_v_block(
+    m_i, l_i, acc1, acc2, scores_rows, row_mask,
     v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-    up_base, up_stride_row, bias_base, pos_base, inv_freq, rope_scale, qk_scale,
-    start, end, num_quantized, k_off, k_rank, v_off, v_rank, half_idx, half_mask,
-    IS_QUANT: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
-    K_HAS_ZERO: tl.constexpr, V_HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr,
-    RK_PAD: tl.constexpr, RV_PAD: tl.constexpr, HG_PAD: tl.constexpr, BLOCK_S: tl.constexpr,
+    start, hi, num_quantized, v_off, v_rank,
+    HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
+    HAS_ZERO: tl.constexpr, VEC_QUANT: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr, BLOCK_S: tl.constexpr,
     DTYPE: tl.constexpr,
 ):
-    """One block of slots [start, min(start + BLOCK_S, end)): update (m_i, l_i, acc)."""
-    HALF: tl.constexpr = HEAD_DIM // 2
+    """Slots [start, min(start + BLOCK_S, hi)): update the online softmax and p @ latent_v."""
     slots = start + tl.arange(0, BLOCK_S)
-    slot_mask = slots < end
-    r_idx = tl.arange(0, RK_PAD)
-    v_idx = tl.arange(0, RV_PAD)
-    latent_k = _load_latent_tile(
-        k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
-        slots, slot_mask, num_quantized, k_off + r_idx, r_idx < k_rank,
-        IS_QUANT, BITS, QUANT_GROUP, K_HAS_ZERO, DTYPE,
-    )  # (BLOCK_S, RK_PAD)
-    latent_v = _load_latent_tile(
+    slot_mask = slots < hi
+    # Scores are already scaled by sm_scale * log2(e), left padding already -inf.
+    s = tl.load(scores_rows + slots[None, :], mask=row_mask[:, None] & slot_mask[None, :], other=float("-inf"))
+    # Value channels as two power-of-two column blocks (384 = 256 + 128) instead of one padded to 512.
+    v1 = load_latent_tile(
         v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-        slots, slot_mask, num_quantized, v_off + v_idx, v_idx < v_rank,
-        IS_QUANT, BITS, QUANT_GROUP, V_HAS_ZERO, DTYPE,
-    )  # (BLOCK_S, RV_PAD)
-
-    # RoPE tables for the block, shared by all KV heads of the group: (BLOCK_S, HALF_PAD) fp32.
-    pos = tl.load(pos_base + slots, mask=slot_mask, other=0).to(tl.float32)
-    freqs = pos[:, None] * inv_freq[None, :]
-    cos = tl.cos(freqs) * rope_scale
-    sin = tl.sin(freqs) * rope_scale
-
-    scores = tl.zeros((HG_PAD, BLOCK_S), dtype=tl.float32)
-    up_mask = (r_idx < k_rank)[:, None] & half_mask[None, :]
-    for jl in tl.static_range(GS):
-        # k_up rows [jl*D, jl*D + D/2) and [jl*D + D/2, (jl+1)*D), loaded transposed: (RK_PAD, HALF_PAD).
-        up1_ptrs = up_base + (jl * HEAD_DIM + half_idx)[None, :].to(tl.int64) * up_stride_row + r_idx[:, None]
-        up1 = tl.load(up1_ptrs, mask=up_mask, other=0.0)
-        up2 = tl.load(up1_ptrs + HALF * up_stride_row, mask=up_mask, other=0.0)
-        k1 = tl.dot(latent_k, up1)  # (BLOCK_S, HALF_PAD) fp32, first half of the head's key
-        k2 = tl.dot(latent_k, up2)
-        if HAS_BIAS:
-            k1 += tl.load(bias_base + jl * HEAD_DIM + half_idx, mask=half_mask, other=0.0).to(tl.float32)[None, :]
-            k2 += tl.load(bias_base + jl * HEAD_DIM + HALF + half_idx, mask=half_mask, other=0.0).to(tl.float32)[None, :]
-        # rotate_half(k) = cat(-k2, k1): both halves rotate elementwise.
-        k1_rot = (k1 * cos - k2 * sin).to(DTYPE)
-        k2_rot = (k2 * cos + k1 * sin).to(DTYPE)
-        s = tl.dot(q1, tl.trans(k1_rot)) + tl.dot(q2, tl.trans(k2_rot))  # (HG_PAD, BLOCK_S)
-        scores = tl.where((head_kv_local == jl)[:, None], s, scores)
-
-    scores = tl.where(slot_mask[None, :], scores * qk_scale, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        slots, slot_mask, num_quantized, v_off, v_rank,
+        HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, DTYPE,
+    )  # (BLOCK_S, RV1)
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid slot yet
     alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(scores - m_safe[:, None])
+    p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(DTYPE), latent_v)
-    return m_new, l_i, acc
+    p = p.to(DTYPE)
+    acc1 = acc1 * alpha[:, None] + tl.dot(p, v1)
+    if RV2 > 0:
+        v2 = load_latent_tile(
+            v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
+            slots, slot_mask, num_quantized, v_off + RV1, v_rank - RV1,
+            HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV2, DTYPE,
+        )  # (BLOCK_S, RV2)
+        acc2 = acc2 * alpha[:, None] + tl.dot(p, v2)
+    return m_new, l_i, acc1, acc2
 
 
 @triton.jit
-def _attend_range(
-    m_i, l_i, acc, q1, q2, head_kv_local,
-    k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
-    v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-    up_base, up_stride_row, bias_base, pos_base, inv_freq, rope_scale, qk_scale,
-    lo, hi, num_quantized, k_off, k_rank, v_off, v_rank, half_idx, half_mask,
-    IS_QUANT: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
-    K_HAS_ZERO: tl.constexpr, V_HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr,
-    RK_PAD: tl.constexpr, RV_PAD: tl.constexpr, HG_PAD: tl.constexpr, BLOCK_S: tl.constexpr,
-    DTYPE: tl.constexpr, USE_WHILE: tl.constexpr,
-):
-    """Blocks of slots [lo, hi). A `for` loop lets the compiler pipeline the loads; the
-    interpreter (numpy >= 2.3) cannot take run-time range bounds, so it walks a `while` loop."""
-    if USE_WHILE:
-        start = lo
-        while start < hi:
-            m_i, l_i, acc = _attend_block(
-                m_i, l_i, acc, q1, q2, head_kv_local,
-                k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
-                v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-                up_base, up_stride_row, bias_base, pos_base, inv_freq, rope_scale, qk_scale,
-                start, hi, num_quantized, k_off, k_rank, v_off, v_rank, half_idx, half_mask,
-                IS_QUANT, BITS, QUANT_GROUP, K_HAS_ZERO, V_HAS_ZERO, HAS_BIAS,
-                HEAD_DIM, HALF_PAD, GS, RK_PAD, RV_PAD, HG_PAD, BLOCK_S, DTYPE,
-            )
-            start += BLOCK_S
-    else:
-        for start in range(lo, hi, BLOCK_S):
-            m_i, l_i, acc = _attend_block(
-                m_i, l_i, acc, q1, q2, head_kv_local,
-                k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
-                v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-                up_base, up_stride_row, bias_base, pos_base, inv_freq, rope_scale, qk_scale,
-                start, hi, num_quantized, k_off, k_rank, v_off, v_rank, half_idx, half_mask,
-                IS_QUANT, BITS, QUANT_GROUP, K_HAS_ZERO, V_HAS_ZERO, HAS_BIAS,
-                HEAD_DIM, HALF_PAD, GS, RK_PAD, RV_PAD, HG_PAD, BLOCK_S, DTYPE,
-            )
-    return m_i, l_i, acc
-
-
-@triton.jit
-def _latent_decode_split_kernel(
-    q_ptr, q_sb, q_sh,
-    k_fp_ptr, k_fp_sb, k_fp_ss, k_codes_ptr, k_codes_sb, k_codes_ss,
-    k_scale_ptr, k_scale_sb, k_scale_ss, k_zero_ptr, k_zero_sb, k_zero_ss,
+def _softmax_v_split_kernel(
+    scores_ptr, scores_sb, scores_sh,
     v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
     v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
-    up_ptr, up_sg, up_sr, k_offsets_ptr, v_offsets_ptr, bias_ptr,
-    pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
-    part_m_ptr, part_l_ptr, part_acc_ptr,
-    rope_scale, qk_scale, num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, tune_bucket,
-    HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, N_REP: tl.constexpr,
-    RK_PAD: tl.constexpr, RV_PAD: tl.constexpr, HG_PAD: tl.constexpr,
+    v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+    num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, tune_bucket,
+    HG: tl.constexpr, HG_PAD: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr,
     HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
-    K_HAS_ZERO: tl.constexpr, V_HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, IS_FP32: tl.constexpr,
-    USE_WHILE: tl.constexpr, BLOCK_S: tl.constexpr,
+    HAS_ZERO: tl.constexpr, CHAN_ALIGN: tl.constexpr, VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
-    """Grid (num_splits, G, B): partial softmax state of one split for all query heads of a group."""
+    """Grid (num_splits, G, B): partial softmax state of one split for the HG query heads of a group."""
     split = tl.program_id(0)
     g = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    HALF: tl.constexpr = HEAD_DIM // 2
-    HG: tl.constexpr = GS * N_REP  # query heads per group
-    DTYPE = q_ptr.dtype.element_ty
-
-    k_off = tl.load(k_offsets_ptr + g)
-    k_rank = tl.load(k_offsets_ptr + g + 1) - k_off
-    v_off = tl.load(v_offsets_ptr + g)
-    v_rank = tl.load(v_offsets_ptr + g + 1) - v_off
-
-    # Query heads of the group, split into RoPE halves: (HG_PAD, HALF_PAD) each.
+    DTYPE = v_fp_ptr.dtype.element_ty
+    # Alignment hints let the compiler issue 16-byte (and asynchronous, pipelined) latent loads.
+    v_off = tl.multiple_of(tl.load(v_offsets_ptr + g), CHAN_ALIGN)
+    v_rank = tl.multiple_of(tl.load(v_offsets_ptr + g + 1) - v_off, CHAN_ALIGN)
     t_idx = tl.arange(0, HG_PAD)
-    half_idx = tl.arange(0, HALF_PAD)
-    half_mask = half_idx < HALF
+    row_mask = t_idx < HG
     head = g * HG + t_idx
-    q_rows = q_ptr + b * q_sb + head.to(tl.int64)[:, None] * q_sh
-    q_mask = (t_idx < HG)[:, None] & half_mask[None, :]
-    q1 = tl.load(q_rows + half_idx[None, :], mask=q_mask, other=0.0)
-    q2 = tl.load(q_rows + HALF + half_idx[None, :], mask=q_mask, other=0.0)
-    head_kv_local = t_idx // N_REP
-    inv_freq = tl.load(inv_freq_ptr + half_idx, mask=half_mask, other=0.0)
-
-    up_base = up_ptr + g.to(tl.int64) * up_sg
-    bias_base = bias_ptr + g * GS * HEAD_DIM
-    pos_base = pos_ptr + b * pos_sb
-    k_fp = k_fp_ptr + b * k_fp_sb
-    k_codes = k_codes_ptr + b * k_codes_sb
-    k_scale = k_scale_ptr + b * k_scale_sb
-    k_zero = k_zero_ptr + b * k_zero_sb
+    scores_rows = scores_ptr + b * scores_sb + head.to(tl.int64)[:, None] * scores_sh
     v_fp = v_fp_ptr + b * v_fp_sb
     v_codes = v_codes_ptr + b * v_codes_sb
     v_scale = v_scale_ptr + b * v_scale_sb
@@ -254,48 +131,47 @@ def _latent_decode_split_kernel(
 
     m_i = tl.full((HG_PAD,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((HG_PAD,), dtype=tl.float32)
-    acc = tl.zeros((HG_PAD, RV_PAD), dtype=tl.float32)
-
+    acc1 = tl.zeros((HG_PAD, RV1), dtype=tl.float32)
+    acc2 = tl.zeros((HG_PAD, RV2 if RV2 > 0 else 16), dtype=tl.float32)  # a placeholder when RV2 == 0
     lo = split * split_len
     hi = tl.minimum(lo + split_len, num_slots)
     lo = tl.maximum(lo, tl.load(kv_start_ptr + b))  # left padding: skip masked slots entirely
-    # Quantized slots first, then full-precision slots; each block is wholly in one part.
-    if HAS_QUANT:
-        m_i, l_i, acc = _attend_range(
-            m_i, l_i, acc, q1, q2, head_kv_local,
-            k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
-            v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-            up_base, up_sr, bias_base, pos_base, inv_freq, rope_scale, qk_scale,
-            lo, tl.minimum(hi, num_quantized), num_quantized, k_off, k_rank, v_off, v_rank, half_idx, half_mask,
-            True, BITS, QUANT_GROUP, K_HAS_ZERO, V_HAS_ZERO, HAS_BIAS,
-            HEAD_DIM, HALF_PAD, GS, RK_PAD, RV_PAD, HG_PAD, BLOCK_S, DTYPE, USE_WHILE,
-        )
-    if HAS_FP:
-        m_i, l_i, acc = _attend_range(
-            m_i, l_i, acc, q1, q2, head_kv_local,
-            k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
-            v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-            up_base, up_sr, bias_base, pos_base, inv_freq, rope_scale, qk_scale,
-            tl.maximum(lo, num_quantized), hi, num_quantized, k_off, k_rank, v_off, v_rank, half_idx, half_mask,
-            False, BITS, QUANT_GROUP, K_HAS_ZERO, V_HAS_ZERO, HAS_BIAS,
-            HEAD_DIM, HALF_PAD, GS, RK_PAD, RV_PAD, HG_PAD, BLOCK_S, DTYPE, USE_WHILE,
-        )
+    if INTERPRET:  # numpy >= 2.3 rejects the interpreter's run-time range bounds: walk a while loop
+        start = lo
+        while start < hi:
+            m_i, l_i, acc1, acc2 = _softmax_v_block(
+                m_i, l_i, acc1, acc2, scores_rows, row_mask,
+                v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
+                start, hi, num_quantized, v_off, v_rank,
+                HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE,
+            )
+            start += BLOCK_S
+    else:  # a `for` loop, which the compiler software-pipelines (num_stages)
+        for start in range(lo, hi, BLOCK_S):
+            m_i, l_i, acc1, acc2 = _softmax_v_block(
+                m_i, l_i, acc1, acc2, scores_rows, row_mask,
+                v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
+                start, hi, num_quantized, v_off, v_rank,
+                HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE,
+            )
 
     # Partial state of (b, head, split); m is in log2 units (scores were scaled by log2(e)).
     row = (b * num_heads + head.to(tl.int64)) * num_splits + split  # (HG_PAD,)
-    row_mask = t_idx < HG
     tl.store(part_m_ptr + row, m_i, mask=row_mask)
     tl.store(part_l_ptr + row, l_i, mask=row_mask)
-    v_idx = tl.arange(0, RV_PAD)
-    acc_ptrs = part_acc_ptr + row[:, None] * rv_max + v_idx[None, :]
-    tl.store(acc_ptrs, acc, mask=row_mask[:, None] & (v_idx < rv_max)[None, :])
+    v_idx1 = tl.arange(0, RV1)
+    acc_rows = part_acc_ptr + row[:, None] * rv_max
+    tl.store(acc_rows + v_idx1[None, :], acc1, mask=row_mask[:, None] & (v_idx1 < rv_max)[None, :])
+    if RV2 > 0:
+        v_idx2 = RV1 + tl.arange(0, RV2)
+        tl.store(acc_rows + v_idx2[None, :], acc2, mask=row_mask[:, None] & (v_idx2 < rv_max)[None, :])
 
 
-_latent_decode_split_tuned = triton.autotune(
-    configs=decode_configs(),
-    key=["HEAD_DIM", "GS", "N_REP", "RK_PAD", "RV_PAD", "HAS_QUANT", "HAS_FP", "BITS", "IS_FP32", "tune_bucket"],
-    prune_configs_by={"early_config_prune": prune_decode_configs},
-)(_latent_decode_split_kernel)
+_softmax_v_split_tuned = triton.autotune(
+    configs=softmax_v_configs(),
+    key=["HG", "RV1", "RV2", "HAS_QUANT", "HAS_FP", "BITS", "tune_bucket"],
+    prune_configs_by={"early_config_prune": prune_softmax_v_configs},
+)(_softmax_v_split_kernel)
 
 
 @triton.jit
@@ -324,6 +200,54 @@ def choose_num_splits(num_slots: int, batch_groups: int, num_sms: int) -> int:
     max_useful = max(1, triton.cdiv(num_slots, MIN_SPLIT_LEN))
     wanted = triton.cdiv(2 * num_sms, batch_groups)
     return max(1, min(wanted, max_useful, MAX_SPLITS))
+
+
+_HOST_OFFSETS: dict[int, tuple[weakref.ref, int, list[int]]] = {}
+
+
+def _host_offsets(offsets: torch.Tensor) -> list[int]:
+    """Host copy of a (G+1,) offsets tensor, cached per tensor object and version counter.
+
+    Offsets are fixed per layer, and ``.tolist()`` on a CUDA tensor synchronizes the device every
+    decode step (and cannot run inside CUDA-graph capture). The entry is keyed by the object itself
+    (a weak reference, so a new tensor at a recycled address never hits) and its version counter
+    (so in-place writes are seen).
+    """
+    hit = _HOST_OFFSETS.get(id(offsets))
+    if hit is not None and hit[0]() is offsets and hit[1] == offsets._version:
+        return hit[2]
+    if len(_HOST_OFFSETS) > 4096:
+        _HOST_OFFSETS.clear()
+    values = offsets.tolist()
+    _HOST_OFFSETS[id(offsets)] = (weakref.ref(offsets), offsets._version, values)
+    return values
+
+
+def _channel_alignment(offsets: list[int]) -> int:
+    """8 when every group's latent channels start (and so end) on a multiple of 8, else 1."""
+    return 8 if all(o % 8 == 0 for o in offsets) else 1
+
+
+def _words_aligned(view: LatentView, offsets: list[int], tile_widths: list[int]) -> bool:
+    """Whether latent tiles can be dequantized from whole words and whole quant groups: codes per word
+    a power of two, every group's channels and every column tile starting on a quant-group boundary."""
+    if view.num_quantized == 0 or view.bits == 3:
+        return False
+    qg = view.quant_group_size
+    vpw = 32 // view.bits
+    return (
+        qg & (qg - 1) == 0 and qg % vpw == 0
+        and all(o % qg == 0 for o in offsets) and all(w % qg == 0 for w in tile_widths)
+    )
+
+
+def _split_value_columns(rv_max: int) -> tuple[int, int]:
+    """Value columns as one or two power-of-two blocks (>= 16 each) covering rv_max with little padding."""
+    full = max(16, triton.next_power_of_2(rv_max))
+    low = full // 2
+    if low >= 16 and rv_max > low and full - rv_max >= full // 4:  # e.g. 384 -> 256 + 128, 160 -> 128 + 32
+        return low, max(16, triton.next_power_of_2(rv_max - low))
+    return full, 0
 
 
 def _view_args(view: LatentView, dummy: torch.Tensor) -> list:
@@ -375,6 +299,7 @@ def latent_decode_attention(
     k_bias: Optional[torch.Tensor] = None,
     *,
     num_splits: Optional[int] = None,
+    block_s: Optional[int] = None,
 ) -> torch.Tensor:
     """Decode attention of one new token over latent keys/values; returns z (B, H, rv_max) fp32.
 
@@ -391,17 +316,21 @@ def latent_decode_attention(
       inv_freq   (D/2,) fp32 RoPE inverse frequencies; rope_scale multiplies cos and sin.
       k_bias     optional (H_kv*D,) key bias added before RoPE.
       num_splits optional override of the number of splits of the slot axis (tests, benchmarks).
+      block_s    optional fixed slots per block (skips autotuning; tests compile fewer variants).
 
     Query head h reads KV head h // (H // H_kv) of group (h // (H // H_kv)) // gs. Output column
     c >= rv_g of a head in group g is 0. D must be even and <= 256; S >= 1.
-    Runs under TRITON_INTERPRET=1 on CPU tensors (a fixed small config instead of autotuning).
+    Runs on CPU tensors only under TRITON_INTERPRET=1 (set before `kernels` is imported), with a
+    fixed small config instead of autotuning.
     """
     assert q.dim() == 3 and q.stride(2) == 1, f"q must be (B, H, D) with contiguous last dim, got {tuple(q.shape)}"
     batch, num_heads, head_dim = q.shape
     dtype, device = q.dtype, q.device
     assert dtype in (torch.float16, torch.bfloat16, torch.float32), f"unsupported q dtype {dtype}"
     assert head_dim % 2 == 0 and 2 <= head_dim <= 256, f"head_dim must be even and <= 256, got {head_dim}"
-    assert k_up.dim() == 3 and k_up.dtype == dtype and k_up.stride(2) == 1, "k_up must be (G, gs*D, rk_max) of q's dtype"
+    assert k_up.dim() == 3 and k_up.dtype == dtype and k_up.stride(2) == 1, (
+        "k_up must be (G, gs*D, rk_max) of q's dtype with contiguous last dim"
+    )
     num_groups, gs = k_up.shape[0], head_group_size
     assert k_up.shape[1] == gs * head_dim, f"k_up dim 1 must be gs*D = {gs * head_dim}, got {k_up.shape[1]}"
     num_kv_heads = num_groups * gs
@@ -409,7 +338,7 @@ def latent_decode_attention(
     n_rep = num_heads // num_kv_heads
     assert k_offsets.shape == (num_groups + 1,) and v_offsets.shape == (num_groups + 1,), "offsets must be (G+1,)"
     assert k_offsets.dtype == torch.int32 and v_offsets.dtype == torch.int32, "offsets must be int32"
-    k_off_host, v_off_host = k_offsets.tolist(), v_offsets.tolist()
+    k_off_host, v_off_host = _host_offsets(k_offsets), _host_offsets(v_offsets)
     k_ranks = [b - a for a, b in zip(k_off_host, k_off_host[1:])]
     v_ranks = [b - a for a, b in zip(v_off_host, v_off_host[1:])]
     assert min(k_ranks) >= 0 and min(v_ranks) >= 0, "offsets must be non-decreasing"
@@ -435,7 +364,10 @@ def latent_decode_attention(
     for t in (k_up, k_offsets, v_offsets, positions, kv_start, inv_freq):
         assert t.device == device, "all tensors must be on q's device"
 
-    interpret = _interpreting() or device.type == "cpu"
+    interpret = _interpreting()
+    assert interpret == (device.type == "cpu"), (
+        "CPU tensors need TRITON_INTERPRET=1 set before `kernels` is imported; CUDA tensors need it unset"
+    )
     if num_splits is None:
         num_sms = 4 if interpret else torch.cuda.get_device_properties(device).multi_processor_count
         num_splits = choose_num_splits(num_slots, batch * num_groups, num_sms)
@@ -444,34 +376,58 @@ def latent_decode_attention(
         split_len = triton.cdiv(num_slots, num_splits)
     num_splits = triton.cdiv(num_slots, split_len)
 
+    pad = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731 (tl.dot needs >= 16)
+    kv_views = (_view_args(k_latent, q), _view_args(v_latent, q))
+    quant = dict(
+        HAS_QUANT=num_quantized > 0, HAS_FP=num_fp > 0,
+        BITS=k_latent.bits if num_quantized else 16, QUANT_GROUP=k_latent.quant_group_size,
+    )
+    fixed = dict(num_warps=4, num_stages=1 if interpret else 2)
+    if interpret or block_s is not None:
+        fixed["BLOCK_S"] = block_s or 16
+
+    # 1. Scores (B, H, S) fp32 in log2 units: sm_scale * log2(e) * q . RoPE(k_up @ latent_k).
+    scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
+    rope_args = [
+        q, q.stride(0), q.stride(1), *kv_views[0],
+        k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if k_bias is not None else q,
+        positions, positions.stride(0), kv_start, inv_freq,
+        scores, scores.stride(0), scores.stride(1),
+        float(rope_scale), float(sm_scale) * LOG2E, num_quantized, num_slots, num_groups,
+    ]
+    rope_consts = dict(
+        HEAD_DIM=head_dim, HALF_PAD=pad(head_dim // 2), GS=gs, N_REP=n_rep, REP_PAD=pad(n_rep),
+        RK_PAD=pad(max(k_ranks)), HAS_ZERO=k_latent.zero is not None, HAS_BIAS=k_bias is not None,
+        CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
+        VEC_QUANT=_words_aligned(k_latent, k_off_host, [pad(max(k_ranks))]), INTERPRET=interpret, **quant,
+    )
+    rope_grid = lambda meta: (gs, triton.cdiv(num_slots, meta["BLOCK_S"]), batch * num_groups)  # noqa: E731
+    if "BLOCK_S" in fixed:
+        _rope_qk_kernel[rope_grid](*rope_args, **rope_consts, **fixed)
+    else:
+        rope_qk_tuned[rope_grid](*rope_args, **rope_consts)
+
+    # 2. Online softmax and p @ latent_v per (split, group, batch).
     part_m = torch.empty(batch, num_heads, num_splits, dtype=torch.float32, device=device)
     part_l = torch.empty_like(part_m)
     part_acc = torch.empty(batch, num_heads, num_splits, rv_max, dtype=torch.float32, device=device)
-    out = torch.empty(batch, num_heads, rv_max, dtype=torch.float32, device=device)
-
-    pad = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731 (tl.dot needs >= 16)
-    consts = dict(
-        HEAD_DIM=head_dim, HALF_PAD=pad(head_dim // 2), GS=gs, N_REP=n_rep,
-        RK_PAD=pad(max(k_ranks)), RV_PAD=pad(rv_max), HG_PAD=pad(gs * n_rep),
-        HAS_QUANT=num_quantized > 0, HAS_FP=num_fp > 0,
-        BITS=k_latent.bits if num_quantized else 16, QUANT_GROUP=k_latent.quant_group_size,
-        K_HAS_ZERO=k_latent.zero is not None, V_HAS_ZERO=v_latent.zero is not None,
-        HAS_BIAS=k_bias is not None, IS_FP32=dtype == torch.float32, USE_WHILE=interpret,
-    )
-    args = [
-        q, q.stride(0), q.stride(1),
-        *_view_args(k_latent, q), *_view_args(v_latent, q),
-        k_up, k_up.stride(0), k_up.stride(1), k_offsets, v_offsets, k_bias if k_bias is not None else q,
-        positions, positions.stride(0), kv_start, inv_freq,
-        part_m, part_l, part_acc,
-        float(rope_scale), float(sm_scale) * LOG2E, num_heads, num_quantized, num_slots, split_len, num_splits,
-        rv_max, int(math.log2(split_len)),
+    rv1, rv2 = _split_value_columns(rv_max)
+    sv_args = [
+        scores, scores.stride(0), scores.stride(1), *kv_views[1], v_offsets, kv_start, part_m, part_l, part_acc,
+        num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, int(split_len >= 1024),
     ]
+    sv_consts = dict(HG=gs * n_rep, HG_PAD=pad(gs * n_rep), RV1=rv1, RV2=rv2, HAS_ZERO=v_latent.zero is not None,
+                     CHAN_ALIGN=_channel_alignment(v_off_host),
+                     VEC_QUANT=_words_aligned(v_latent, v_off_host, [rv1, rv2] if rv2 else [rv1]),
+                     INTERPRET=interpret, **quant)
     grid = (num_splits, num_groups, batch)
-    if interpret:
-        _latent_decode_split_kernel[grid](*args, **consts, BLOCK_S=16, num_warps=4, num_stages=1)
+    if "BLOCK_S" in fixed:
+        _softmax_v_split_kernel[grid](*sv_args, **sv_consts, **fixed)
     else:
-        _latent_decode_split_tuned[grid](*args, **consts)
+        _softmax_v_split_tuned[grid](*sv_args, **sv_consts)
+
+    # 3. Merge the splits.
+    out = torch.empty(batch, num_heads, rv_max, dtype=torch.float32, device=device)
     block_rv = min(64, pad(rv_max))
     _merge_splits_kernel[(batch * num_heads, triton.cdiv(rv_max, block_rv))](
         part_m, part_l, part_acc, out, num_splits, rv_max,

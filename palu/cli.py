@@ -63,6 +63,10 @@ def load_for_eval(args: argparse.Namespace):
 
     quant = latent_quant_from_args(args)
     model, tokenizer = load_model(args.model_name_or_path, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
+    saved = (getattr(model.config, "palu", None) or {}).get("latent_quant")
+    if saved and not quant.enabled:  # a --kv_budget dump carries its chosen bits; explicit --lt_bits override them
+        quant = LatentQuantConfig.from_dict(saved)
+    args.latent_quant_applied = quant.to_dict()
     if any(True for _ in palu_modules(model)):
         configure(model, quant=quant, cache_mode=args.cache_mode, backend=args.backend)
     elif quant.enabled or quant.hadamard or args.cache_mode:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 
@@ -175,6 +175,7 @@ class PaluConfig(_JsonMixin):
     hadamard_fused: bool = False
     cache_mode: CacheMode = CacheMode.LATENT
     calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
+    latent_quant: Optional[dict[str, Any]] = None  # chosen by --kv_budget; applied on load unless --lt_* overrides
     format_version: int = 1
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from . import data
-from .adapters import attention_shape, check_model
+from .adapters import attention_shape, check_model, get_adapter
 from .config import CalibrationConfig, DecompositionConfig, PaluConfig, RankSearchConfig, SearchMethod
 from .decomposition import decompose_projection, group_spectrum, regularized_cholesky
 from .integrations.hf import apply_palu, palu_modules
@@ -73,49 +73,66 @@ def calibration_windows(tokenizer, cfg: CalibrationConfig, n_samples: int) -> to
     return data.calib_windows(ids, cfg.seqlen, n_samples, cfg.seed)
 
 
+def calibration_stats(model: nn.Module, tokenizer, cfg: CompressionConfig, cache_dir: Optional[Path] = None):
+    """(grams, fisher) that ``cfg`` needs (None where not needed), computed or read from ``cache_dir``."""
+    from .calibration import collect_fisher, collect_grams
+
+    method, cal = cfg.decomposition.method.value, cfg.calibration
+    grams = fisher = None
+    if method.startswith("whiten"):
+        path = cache_dir / _cache_key("grams", cfg.model_id, cal, cal.n_whiten_samples) if cache_dir else None
+        grams = _cached(path, cfg.use_cache,
+                        lambda: collect_grams(model, calibration_windows(tokenizer, cal, cal.n_whiten_samples), cfg.verbose))
+    if cfg.rank_search.method != SearchMethod.UNIFORM or method == "whiten_fisher":
+        path = cache_dir / _cache_key("fisher2", cfg.model_id, cal, cal.n_fisher_samples) if cache_dir else None
+        fisher = _cached(path, cfg.use_cache,
+                         lambda: collect_fisher(model, calibration_windows(tokenizer, cal, cal.n_fisher_samples), cfg.verbose))
+    return grams, fisher
+
+
+def _projections(model: nn.Module, cfg: CompressionConfig, fisher) -> dict[tuple[int, str], tuple[nn.Linear, Any]]:
+    """(layer, "k"|"v") -> (linear, output-channel Fisher weights or None)."""
+    adapter = get_adapter(model.config)
+    fisher_rows = cfg.decomposition.method.value == "whiten_fisher"
+    out = {}
+    for idx, layer in enumerate(adapter.layers(model)):
+        attn = getattr(layer, adapter.attention_attr)
+        for proj, name in (("k", adapter.k_proj), ("v", adapter.v_proj)):
+            out[(idx, proj)] = (getattr(attn, name), fisher["output"][(idx, proj)] if fisher_rows else None)
+    return out
+
+
+def group_spectra(model: nn.Module, cfg: CompressionConfig, chols: dict, fisher) -> dict[tuple[int, str, int], torch.Tensor]:
+    """(layer, proj, group) -> descending σ² in the error metric of the configured decomposition."""
+    rows = cfg.decomposition.head_group_size * attention_shape(model.config).head_dim
+    out = {}
+    for (idx, proj), (lin, row_weight) in _projections(model, cfg, fisher).items():
+        for g, w_g in enumerate(lin.weight.detach().split(rows)):
+            rw = row_weight[g * rows : (g + 1) * rows] if row_weight is not None else None
+            out[(idx, proj, g)] = group_spectrum(w_g, chols.get(idx), rw).cpu()
+    return out
+
+
 def compress_model(
     model: nn.Module, tokenizer, cfg: CompressionConfig, cache_dir: Optional[Path] = None
 ) -> tuple[nn.Module, RankAllocation, dict[str, Any]]:
     """Compress ``model`` in place. Returns (model, allocation, report)."""
-    from .calibration import collect_fisher, collect_grams
-
-    adapter, shape = check_model(model, cfg.decomposition.head_group_size)
+    _, shape = check_model(model, cfg.decomposition.head_group_size)
     gs, method = cfg.decomposition.head_group_size, cfg.decomposition.method.value
     t0 = time.perf_counter()
-    needs_fisher = cfg.rank_search.method != SearchMethod.UNIFORM or method == "whiten_fisher"
-    needs_grams = method.startswith("whiten")
-    cal = cfg.calibration
-    grams = fisher = None
-    if needs_grams:
-        path = cache_dir / _cache_key("grams", cfg.model_id, cal, cal.n_whiten_samples) if cache_dir else None
-        grams = _cached(path, cfg.use_cache, lambda: collect_grams(model, calibration_windows(tokenizer, cal, cal.n_whiten_samples), cfg.verbose))
-    if needs_fisher:
-        path = cache_dir / _cache_key("fisher2", cfg.model_id, cal, cal.n_fisher_samples) if cache_dir else None
-        fisher = _cached(path, cfg.use_cache, lambda: collect_fisher(model, calibration_windows(tokenizer, cal, cal.n_fisher_samples), cfg.verbose))
+    grams, fisher = calibration_stats(model, tokenizer, cfg, cache_dir)
     t_calib = time.perf_counter() - t0
     chols = {i: regularized_cholesky(g, cfg.decomposition.whiten_damp) for i, g in grams.items()} if grams else {}
-    weights = {}
-    for idx, layer in enumerate(adapter.layers(model)):
-        attn = getattr(layer, adapter.attention_attr)
-        for proj, name in (("k", adapter.k_proj), ("v", adapter.v_proj)):
-            lin = getattr(attn, name)
-            row_weight = fisher["output"][(idx, proj)] if method == "whiten_fisher" else None
-            weights[(idx, proj)] = (lin, row_weight)
-    spectra = None
-    if cfg.rank_search.method == SearchMethod.SENSITIVITY:
-        spectra = {}
-        for (idx, proj), (lin, row_weight) in weights.items():
-            rows = gs * shape.head_dim
-            for g, w_g in enumerate(lin.weight.detach().split(rows)):
-                rw = row_weight[g * rows : (g + 1) * rows] if row_weight is not None else None
-                spectra[(idx, proj, g)] = group_spectrum(w_g, chols.get(idx), rw)
+    spectra = group_spectra(model, cfg, chols, fisher) if cfg.rank_search.method == SearchMethod.SENSITIVITY else None
     allocation = search_ranks(shape, gs, cfg.rank_search, fisher["weight"] if fisher else None, spectra)
     factors = {}
-    for (idx, proj), (lin, row_weight) in weights.items():
+    for (idx, proj), (lin, row_weight) in _projections(model, cfg, fisher).items():
         ups, downs = decompose_projection(
             lin.weight, allocation.ranks[str(idx)][proj], shape.head_dim, gs, method, chols.get(idx), row_weight
         )
         factors[(idx, proj)] = (ups, downs, None if lin.bias is None else lin.bias.detach().clone())
+    cal = cfg.calibration
+    needs_grams, needs_fisher = grams is not None, fisher is not None
     palu_cfg = PaluConfig(
         head_group_size=gs,
         ranks=allocation.ranks,

@@ -8,7 +8,8 @@ Layout of a quantized latent ``x`` of shape (..., R):
   * ``codes``: (..., ceil(R / vpw)) int32, ``vpw = 32 // bits`` codes per word, code ``i``
     at bit offset ``(i % vpw) · bits`` of word ``i // vpw`` (3-bit packs 10 per word).
   * ``scale``: (..., ceil(R / group_size)) in the latent dtype.
-  * ``zero``:  same shape as ``scale`` (asymmetric only; symmetric uses ``2^(bits-1)``).
+  * ``zero``:  same shape as ``scale``, real-valued (−group min / scale), asymmetric only;
+    symmetric uses ``2^(bits-1)``.
   ``x̂ = (code − zero) · scale``.
 """
 from __future__ import annotations
@@ -94,9 +95,10 @@ def quantize(x: torch.Tensor, cfg: LatentQuantConfig) -> QuantizedLatent:
         gmax = g.amax(-1) * cfg.clip_ratio
         gmin = g.amin(-1) * cfg.clip_ratio
         scale = ((gmax - gmin) / qmax).clamp_min(1e-8).to(x.dtype).float()
-        zero_f = torch.round(-gmin / scale).clamp(0, qmax)
-        codes = (torch.round(g / scale[..., None]) + zero_f[..., None]).clamp(0, qmax)
-        zero = zero_f.to(x.dtype)
+        # A real-valued zero-point (= −min/scale, like storing the group minimum): an integer one
+        # clamped to [0, qmax] would saturate every group that does not straddle zero.
+        zero = (-gmin / scale).to(x.dtype)
+        codes = torch.round(g / scale[..., None] + zero.float()[..., None]).clamp(0, qmax)
     codes = codes.reshape(*x.shape[:-1], -1)[..., :r]
     return QuantizedLatent(pack_codes(codes, bits), scale.to(x.dtype), zero, bits, r)
 

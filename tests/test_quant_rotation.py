@@ -65,3 +65,10 @@ def test_hadamard_fusion_leaves_outputs_unchanged():
     configure(rotated, quant=LatentQuantConfig(bits=16, hadamard=True))  # idempotent: no second rotation
     with torch.no_grad():
         torch.testing.assert_close(rotated(x).logits, base(x).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("offset", [10.0, -10.0])
+def test_groups_that_do_not_straddle_zero_do_not_saturate(offset):
+    x = offset + torch.rand(2, 32)
+    err = (fake_quant(x, LatentQuantConfig(bits=4)) - x).abs().max()
+    assert err <= 1.0 / 15 / 2 + 1e-2  # half a step of the group's range (plus fp rounding of the zero-point)

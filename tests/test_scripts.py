@@ -159,3 +159,22 @@ def test_latency_script_smoke_on_cpu(tmp_path):
     base, palu_run = rows[0]["runs"]
     # 62.5% of K+V dims at 4 bits + fp16 scale/zero per 8 (= 8 bits/element) + positions: about a third
     assert palu_run["cache_bytes"] < base["cache_bytes"] * 0.36
+
+
+def test_kv_budget_records_bits_and_eval_applies_them(workspace):
+    out = workspace / "budget"
+    rc = _script("compress").main([
+        "--model_id", str(workspace / "tiny"), "--calib_dataset", str(workspace / "calib.txt"), "--kv_budget", "0.3",
+        "--rank_multiple", "4", "--n_fisher_calib_samples", "1", "--n_whiten_calib_samples", "2", "--calib_seqlen", "64",
+        "--head_group_size", "2", "--output_dir", str(out), "--cache_dir", str(workspace / "cache3"),
+    ])
+    assert rc == 0
+    saved = json.loads((out / "config.json").read_text())["palu"]["latent_quant"]
+    assert saved["bits"] in (2, 3, 4, 8, 16)
+    report = json.loads((out / "compression_report.json").read_text())["report"]
+    assert report["kv_budget"]["bytes_per_token"] <= 0.3 * report["kv_budget"]["fp16_bytes_per_token"]
+    assert report["kv_budget"]["quant"] == saved
+    res_path = workspace / "budget_ppl.json"
+    assert _script("run_ppl_eval").main(["--model_name_or_path", str(out), "--datasets", str(workspace / "calib.txt"),
+                                         "--seqlen", "32", "--n_samples", "2", "--output_json", str(res_path)]) == 0
+    assert json.loads(res_path.read_text())["config"]["latent_quant"] == saved

@@ -1,0 +1,226 @@
+"""Key reconstruction + RoPE + q.k from latents: Palu's "reconstruction kernel" (arXiv 2407.21118, Sec. 4).
+
+For a block of cache slots and one KV head j of group g, the kernel loads the group's key latents
+once, reconstructs the head's key as two dots (one per RoPE half, so that ``rotate_half`` becomes
+elementwise), rotates it at each slot's position in registers and writes the attention scores of
+the n_rep query heads that read head j. Keys never reach device memory: per slot it reads r_g latent
+channels and writes n_rep scores instead of reading 2*D key channels.
+
+Also home of the jit helpers shared with :mod:`kernels.latent_attention` (latent tile loads with
+in-register dequantization, RoPE cos/sin).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._autotune import prune_reconstruction_configs, reconstruction_configs
+
+TWO_PI_HI = tl.constexpr(6.2831854820251465)  # float32(2*pi)
+TWO_PI_LO = tl.constexpr(-1.7484556025237907e-07)  # 2*pi - TWO_PI_HI
+
+
+@triton.jit
+def cos_sin(x, INTERPRET: tl.constexpr):
+    """cos(x), sin(x) of fp32 angles up to ~1e6 rad: Cody-Waite reduction to [-pi, pi], then the
+    hardware approximations (abs error ~1e-6 there). libdevice's cosf/sinf carry a Payne-Hanek
+    slow path with a local-memory table that bloats the kernel; the interpreter uses numpy."""
+    if INTERPRET:
+        return tl.cos(x), tl.sin(x)
+    k = tl.extra.cuda.libdevice.rint(x * 0.15915494309189535)
+    r = tl.fma(-k, TWO_PI_HI, x)
+    r = tl.fma(-k, TWO_PI_LO, r)
+    cos = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1)
+    sin = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1)
+    return cos, sin
+
+
+@triton.jit
+def _dequant_gather(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s, rows, mask, chan,
+                    BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """Any layout: one (word, scale, zero) gather per element."""
+    VPW: tl.constexpr = 32 // BITS
+    word = tl.load(codes_base + rows * codes_stride_s + (chan // VPW)[None, :], mask=mask, other=0)
+    # Arithmetic shift may drag the sign bit in; the mask keeps only this code's bits.
+    code = (word >> ((chan % VPW) * BITS)[None, :]) & ((1 << BITS) - 1)
+    group = (chan // QUANT_GROUP)[None, :]
+    scale = tl.load(scale_base + rows * scale_stride_s + group, mask=mask, other=0.0).to(tl.float32)
+    if HAS_ZERO:
+        zero = tl.load(zero_base + rows * zero_stride_s + group, mask=mask, other=0.0).to(tl.float32)
+    else:
+        zero = float(1 << (BITS - 1))
+    return (code.to(tl.float32) - zero) * scale
+
+
+@triton.jit
+def _dequant_words(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s, rows, mask,
+                   row_mask, chan0, rank, BLOCK: tl.constexpr, C: tl.constexpr,
+                   BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """Aligned layout (chan0 a multiple of the quant group, codes per word a power of two): load the
+    tile's words and scales as rows of contiguous vectors, then unpack by broadcasting shifts."""
+    VPW: tl.constexpr = 32 // BITS
+    W: tl.constexpr = C // VPW
+    NG: tl.constexpr = C // QUANT_GROUP
+    w_idx = tl.arange(0, W)
+    w_mask = row_mask[:, None] & (w_idx * VPW < rank)[None, :]  # never past the row's last word
+    words = tl.load(codes_base + rows * codes_stride_s + (chan0 // VPW + w_idx)[None, :], mask=w_mask, other=0)
+    shifts = tl.arange(0, VPW) * BITS
+    code = (words[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)  # (BLOCK, W, VPW)
+    code = tl.reshape(code, (BLOCK, NG, QUANT_GROUP)).to(tl.float32)
+    g_idx = tl.arange(0, NG)
+    g_mask = row_mask[:, None] & (g_idx * QUANT_GROUP < rank)[None, :]
+    g_idx = chan0 // QUANT_GROUP + g_idx
+    scale = tl.load(scale_base + rows * scale_stride_s + g_idx[None, :], mask=g_mask, other=0.0)
+    if HAS_ZERO:
+        zero = tl.load(zero_base + rows * zero_stride_s + g_idx[None, :], mask=g_mask, other=0.0)
+        x = (code - zero.to(tl.float32)[:, :, None]) * scale.to(tl.float32)[:, :, None]
+    else:
+        x = (code - float(1 << (BITS - 1))) * scale.to(tl.float32)[:, :, None]
+    return tl.where(mask, tl.reshape(x, (BLOCK, C)), 0.0)
+
+
+@triton.jit
+def _load_part(
+    fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
+    slots, row_mask, chan_mask, num_quantized, chan0, rank,
+    IS_QUANT: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+    VEC_QUANT: tl.constexpr, BLOCK: tl.constexpr, C: tl.constexpr,
+):
+    """fp32 (BLOCK, C) tile of one storage part, channels chan0 + [0, C); masked entries are 0."""
+    chan = chan0 + tl.arange(0, C)
+    mask = row_mask[:, None] & chan_mask[None, :]
+    if IS_QUANT:
+        rows = slots.to(tl.int64)[:, None]
+        if VEC_QUANT:
+            x = _dequant_words(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
+                               rows, mask, row_mask, chan0, rank, BLOCK, C, BITS, QUANT_GROUP, HAS_ZERO)
+        else:
+            x = _dequant_gather(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
+                                rows, mask, chan, BITS, QUANT_GROUP, HAS_ZERO)
+    else:
+        rows = (slots - num_quantized).to(tl.int64)[:, None]
+        x = tl.load(fp_base + rows * fp_stride_s + chan[None, :], mask=mask, other=0.0)
+    return x
+
+
+@triton.jit
+def load_latent_tile(
+    fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
+    slots, slot_mask, num_quantized, chan0, rank,
+    HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
+    HAS_ZERO: tl.constexpr, VEC_QUANT: tl.constexpr, C: tl.constexpr, DTYPE: tl.constexpr,
+):
+    """(BLOCK, C) tile of latent channels chan0 + [0, C) (those < chan0 + rank valid) at cache
+    ``slots`` in DTYPE; masked entries are 0.
+
+    Slots < num_quantized come from the packed codes (dequantized here), the rest from the fp part;
+    a block that straddles the boundary loads both parts under disjoint masks and adds them.
+    """
+    BLOCK: tl.constexpr = slots.shape[0]
+    chan_mask = tl.arange(0, C) < rank
+    is_q = slots < num_quantized
+    if HAS_QUANT:
+        x = _load_part(
+            fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
+            slots, slot_mask & is_q, chan_mask, num_quantized, chan0, rank,
+            True, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C,
+        )
+        if HAS_FP:
+            x += _load_part(
+                fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base,
+                zero_stride_s, slots, slot_mask & ~is_q, chan_mask, num_quantized, chan0, rank,
+                False, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C,
+            ).to(tl.float32)
+    else:
+        x = _load_part(
+            fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
+            slots, slot_mask, chan_mask, num_quantized, chan0, rank,
+            False, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C,
+        )
+    return x.to(DTYPE)
+
+
+@triton.jit
+def _rope_qk_kernel(
+    q_ptr, q_sb, q_sh,
+    k_fp_ptr, k_fp_sb, k_fp_ss, k_codes_ptr, k_codes_sb, k_codes_ss,
+    k_scale_ptr, k_scale_sb, k_scale_ss, k_zero_ptr, k_zero_sb, k_zero_ss,
+    up_ptr, up_sg, up_sr, k_offsets_ptr, bias_ptr,
+    pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
+    scores_ptr, scores_sb, scores_sh,
+    rope_scale, qk_scale, num_quantized, num_slots, num_groups,
+    HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, N_REP: tl.constexpr, REP_PAD: tl.constexpr,
+    RK_PAD: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
+    QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, CHAN_ALIGN: tl.constexpr,
+    VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Grid (GS, cdiv(S, BLOCK_S), B*G): scores of KV head g*GS + jl's query heads for one block.
+
+    The local head index is the fastest grid axis, so the GS programs that read one latent tile run
+    side by side and share it through L2.
+    """
+    jl = tl.program_id(0)
+    start = tl.program_id(1) * BLOCK_S
+    g = tl.program_id(2) % num_groups
+    b = (tl.program_id(2) // num_groups).to(tl.int64)
+    HALF: tl.constexpr = HEAD_DIM // 2
+    DTYPE = q_ptr.dtype.element_ty
+
+    slots = start + tl.arange(0, BLOCK_S)
+    kv_start = tl.load(kv_start_ptr + b)
+    t_idx = tl.arange(0, REP_PAD)
+    head = (g * GS + jl) * N_REP + t_idx  # query heads reading this KV head
+    out_ptrs = scores_ptr + b * scores_sb + head.to(tl.int64)[:, None] * scores_sh + slots[None, :]
+    out_mask = (t_idx < N_REP)[:, None] & (slots < num_slots)[None, :]
+    if start + BLOCK_S <= kv_start:  # wholly inside the left padding
+        tl.store(out_ptrs, tl.full((REP_PAD, BLOCK_S), float("-inf"), tl.float32), mask=out_mask)
+    else:
+        slot_mask = slots < num_slots
+        # Alignment hints let the compiler issue 16-byte latent and up-projection loads.
+        k_off = tl.multiple_of(tl.load(k_offsets_ptr + g), CHAN_ALIGN)
+        k_rank = tl.multiple_of(tl.load(k_offsets_ptr + g + 1) - k_off, CHAN_ALIGN)
+        r_idx = tl.arange(0, RK_PAD)
+        latent = load_latent_tile(
+            k_fp_ptr + b * k_fp_sb, k_fp_ss, k_codes_ptr + b * k_codes_sb, k_codes_ss,
+            k_scale_ptr + b * k_scale_sb, k_scale_ss, k_zero_ptr + b * k_zero_sb, k_zero_ss,
+            slots, slot_mask, num_quantized, k_off, k_rank,
+            HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RK_PAD, DTYPE,
+        )  # (BLOCK_S, RK_PAD)
+
+        # k_up rows [jl*D, jl*D + D/2) and [jl*D + D/2, (jl+1)*D), loaded transposed: (RK_PAD, HALF_PAD).
+        half_idx = tl.arange(0, HALF_PAD)
+        half_mask = half_idx < HALF
+        up_mask = (r_idx < k_rank)[:, None] & half_mask[None, :]
+        up_rows = g.to(tl.int64) * up_sg + (jl * HEAD_DIM + half_idx).to(tl.int64)[None, :] * up_sr
+        up1 = tl.load(up_ptr + up_rows + r_idx[:, None], mask=up_mask, other=0.0)
+        up2 = tl.load(up_ptr + up_rows + HALF * up_sr + r_idx[:, None], mask=up_mask, other=0.0)
+        k1 = tl.dot(latent, up1)  # (BLOCK_S, HALF_PAD) fp32: first half of the key
+        k2 = tl.dot(latent, up2)
+        if HAS_BIAS:
+            bias = bias_ptr + (g * GS + jl) * HEAD_DIM + half_idx
+            k1 += tl.load(bias, mask=half_mask, other=0.0).to(tl.float32)[None, :]
+            k2 += tl.load(bias + HALF, mask=half_mask, other=0.0).to(tl.float32)[None, :]
+
+        pos = tl.load(pos_ptr + b * pos_sb + slots, mask=slot_mask, other=0).to(tl.float32)
+        inv_freq = tl.load(inv_freq_ptr + half_idx, mask=half_mask, other=0.0)
+        cos, sin = cos_sin(pos[:, None] * inv_freq[None, :], INTERPRET)  # same fp32 product as transformers
+        cos = cos * rope_scale
+        sin = sin * rope_scale
+        # rotate_half(k) = cat(-k2, k1): both halves rotate elementwise.
+        k1_rot = (k1 * cos - k2 * sin).to(DTYPE)
+        k2_rot = (k2 * cos + k1 * sin).to(DTYPE)
+
+        q_rows = q_ptr + b * q_sb + head.to(tl.int64)[:, None] * q_sh
+        q_mask = (t_idx < N_REP)[:, None] & half_mask[None, :]
+        q1 = tl.load(q_rows + half_idx[None, :], mask=q_mask, other=0.0)
+        q2 = tl.load(q_rows + HALF + half_idx[None, :], mask=q_mask, other=0.0)
+        scores = tl.dot(q1, tl.trans(k1_rot)) + tl.dot(q2, tl.trans(k2_rot))  # (REP_PAD, BLOCK_S)
+        scores = tl.where((slots >= kv_start)[None, :], scores * qk_scale, float("-inf"))
+        tl.store(out_ptrs, scores, mask=out_mask)
+
+
+rope_qk_tuned = triton.autotune(
+    configs=reconstruction_configs(),
+    key=["HEAD_DIM", "GS", "N_REP", "RK_PAD", "HAS_QUANT", "HAS_FP", "BITS"],
+    prune_configs_by={"early_config_prune": prune_reconstruction_configs},
+)(_rope_qk_kernel)

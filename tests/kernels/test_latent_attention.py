@@ -1,0 +1,189 @@
+"""latent_decode_attention (Triton) against the fp32 reference in kernels.reference.
+
+Two sets: `test_interpreter_*` are tiny and run everywhere (through Triton's CPU interpreter
+when there is no GPU, in well under a minute); the `gpu`-marked sweep covers the full
+parametrization (head_dim, GQA ratio, group size, ranks, seq lens, dtypes, RoPE, quantization).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+from kernels import latent_decode_attention
+from kernels.reference import dequantize_latent_ref, latent_decode_attention_ref
+from .latent_cases import Case, make_inputs, rel_error, tolerance
+from palu.config import LatentQuantConfig
+from palu.quant import dequantize, quantize
+
+
+def check(case: Case, device: torch.device, autotune: bool = False, **launch) -> float:
+    """Kernel vs. reference on fresh random inputs; a fixed block unless `autotune` (compiles less)."""
+    if not autotune:
+        launch.setdefault("block_s", 16 if device.type == "cpu" else 64)
+    inputs = make_inputs(case, device)
+    ref = latent_decode_attention_ref(**inputs)
+    out = latent_decode_attention(**inputs, **launch)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert torch.isfinite(out).all(), "non-finite output"
+    err, tol = rel_error(out, ref), tolerance(case.dtype, device)
+    assert err < tol, f"relative error {err:.2e} >= {tol:.0e} for {case}"
+    return err
+
+
+# ---------------------------------------------------------------------------------------------
+# Everywhere (interpreter on CPU): small shapes, fp32/fp16 (the interpreter's dot lacks bf16).
+# ---------------------------------------------------------------------------------------------
+
+INTERP_DTYPES = [torch.float32, torch.float16]
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("n_rep,group_size", [(1, 1), (1, 2), (4, 2), (2, 4)])
+def test_interpreter_shapes(device, head_dim, n_rep, group_size):
+    num_kv = 4
+    groups = num_kv // group_size
+    case = Case(
+        num_heads=num_kv * n_rep, num_kv_heads=num_kv, head_dim=head_dim, group_size=group_size,
+        k_ranks=(24, 40, 17, 33)[:groups], v_ranks=(17, 24, 40, 9)[:groups], num_slots=37, dtype=torch.float16,
+    )
+    check(case, device, num_splits=2)
+
+
+@pytest.mark.parametrize("num_slots", [1, 37, 70])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_interpreter_seq_lens_and_splits(device, num_slots, num_splits):
+    check(Case(num_slots=num_slots, dtype=torch.float32), device, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("aligned", [False, True], ids=["gather", "words"])
+def test_interpreter_quantized(device, bits, sym, aligned):
+    # 16-channel quant groups; ranks either off word/group boundaries (per-element gathers) or on them
+    # (whole-word unpacking, with a partly masked last tile). The last 5 slots stay fp.
+    ranks = dict(k_ranks=(32, 64), v_ranks=(64, 48)) if aligned else {}
+    case = Case(bits=bits, sym=sym, quant_group_size=16, num_slots=29, dtype=torch.float32, **ranks)
+    check(case, device, num_splits=2)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(theta=5e5),
+        dict(llama3=True, theta=5e5),
+        dict(rope_scale=1.2),
+        dict(bias=True),
+        dict(row_pad=8),
+        dict(head_dim=48),  # head_dim whose half is no power of two
+        dict(bits=4, num_quantized=37),  # no fp part at all
+        dict(bits=4, num_quantized=0),  # quantization configured, nothing quantized yet
+    ],
+    ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()),
+)
+def test_interpreter_options(device, change):
+    check(dataclasses.replace(Case(dtype=torch.float16), **change), device, num_splits=2)
+
+
+def test_left_padding_is_masked(device):
+    """Slots before kv_start must not change the output, whatever they hold."""
+    case = Case(dtype=torch.float32, batch=2, num_slots=40)
+    inputs = make_inputs(case, device)
+    inputs["kv_start"] = torch.tensor([7, 13], dtype=torch.int32, device=device)
+    out = latent_decode_attention(**inputs, num_splits=2, block_s=16)
+    inputs["k_latent"].fp[0, :7] = 1e4  # garbage in masked slots
+    inputs["v_latent"].fp[1, :13] = float("nan")
+    out2 = latent_decode_attention(**inputs, num_splits=2, block_s=16)
+    torch.testing.assert_close(out, out2, rtol=0, atol=0)
+
+
+def test_padded_value_columns_are_zero(device):
+    case = Case(dtype=torch.float32, v_ranks=(9, 32))
+    out = latent_decode_attention(**make_inputs(case, device), num_splits=1, block_s=16)
+    heads_per_group = case.num_heads // (case.num_kv_heads // case.group_size)
+    assert (out[:, :heads_per_group, 9:] == 0).all()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("sym", [False, True])
+def test_dequantize_ref_matches_palu_quant(bits, sym):
+    """The reference reads palu.quant's packed layout exactly as palu.quant.dequantize does."""
+    x = torch.randn(2, 5, 45)
+    cfg = LatentQuantConfig(bits=bits, group_size=16, sym=sym)
+    packed = quantize(x, cfg)
+    view = kernels.LatentView(fp=None, codes=packed.codes, scale=packed.scale, zero=packed.zero, bits=bits,
+                              quant_group_size=16)
+    torch.testing.assert_close(dequantize_latent_ref(view, 45), dequantize(packed, 16, torch.float32))
+
+
+def test_kernels_package_is_this_repo():
+    """`kernels` must be our folder, not the PyPI package of the same name."""
+    repo = Path(__file__).resolve().parents[2]
+    assert Path(kernels.__file__).resolve().parent == repo / "kernels"
+
+
+def test_bad_shapes_raise(device):
+    inputs = make_inputs(Case(dtype=torch.float32), device)
+    inputs["positions"] = inputs["positions"][:, :-1]
+    with pytest.raises(AssertionError, match="positions"):
+        latent_decode_attention(**inputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: the full parametrization, compiled.
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("n_rep", [1, 4, 8])
+@pytest.mark.parametrize("group_size", [1, 2, 4])
+def test_gpu_shapes(dtype, head_dim, n_rep, group_size):
+    num_kv = 4
+    groups = num_kv // group_size
+    base = Case(
+        num_heads=num_kv * n_rep, num_kv_heads=num_kv, head_dim=head_dim, group_size=group_size,
+        k_ranks=(24, 40, 17, 64)[:groups], v_ranks=(40, 17, 24, 128)[:groups], batch=3, dtype=dtype,
+    )
+    for num_slots in (1, 37, 300, 2049):
+        check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("sym", [False, True], ids=["asym", "sym"])
+@pytest.mark.parametrize("aligned", [False, True], ids=["gather", "words"])
+def test_gpu_quantized(dtype, bits, sym, aligned):
+    ranks = dict(k_ranks=(128, 64), v_ranks=(96, 160)) if aligned else dict(k_ranks=(72, 56), v_ranks=(100, 57))
+    case = Case(num_heads=16, num_kv_heads=4, head_dim=128, group_size=2, num_slots=1000, num_quantized=936,
+                bits=bits, sym=sym, dtype=dtype, batch=2, **ranks)
+    check(case, torch.device("cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(theta=5e5), dict(theta=5e5, llama3=True), dict(bias=True), dict(rope_scale=1.3), dict(row_pad=24),
+        dict(head_dim=96), dict(num_slots=5000, theta=5e5), dict(bits=4, num_quantized=700, bias=True),
+    ],
+    ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()),
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gpu_options(dtype, change):
+    base = Case(num_heads=32, num_kv_heads=8, head_dim=128, group_size=4, k_ranks=(100, 156), v_ranks=(200, 56),
+                num_slots=700, dtype=dtype, batch=2)
+    check(dataclasses.replace(base, **change), torch.device("cuda"))
+
+
+@pytest.mark.gpu
+def test_gpu_autotuned_benchmark_shape():
+    """The benchmark's shape (MHA, 8 groups of 4 heads, ranks 128/384) through the autotuner."""
+    case = Case(num_heads=32, num_kv_heads=32, head_dim=128, group_size=4, k_ranks=(128,) * 8,
+                v_ranks=(384,) * 8, num_slots=3000, batch=2, dtype=torch.float16)
+    check(case, torch.device("cuda"), autotune=True)
+    check(dataclasses.replace(case, bits=4, num_quantized=2900), torch.device("cuda"), autotune=True)
