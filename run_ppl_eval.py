@@ -40,7 +40,7 @@ def main(argv=None) -> int:
             cli.fail(f"--compare_json {args.compare_json}: not a run_ppl_eval.py result ({err})")
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     try:
-        quant = cli.latent_quant_from_args(args)
+        cli.latent_quant_from_args(args)  # validates the --lt_* flags before loading anything
         for name in names:
             data.check_source(name)
         if args.seqlen < 2:

@@ -7,7 +7,7 @@ read the same normalized hidden states).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn as nn

@@ -1,7 +1,6 @@
 """Tiny random Llama/Mistral/Qwen2 models on CPU, compressed without calibration data."""
 from __future__ import annotations
 
-import copy
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config

@@ -7,51 +7,16 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from palu.eval.local_tasks import LocalTasksConfig, build_local_tasks
 
+from .helpers import save_tiny_model
+
 REPO = Path(__file__).resolve().parents[1]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
-
-
-def _tiny_tokenizer(chat: bool):
-    """Byte-level BPE trained on one sentence: any text encodes, ~290 tokens, no download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-    if chat:
-        fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def _save_tiny_model(path: Path, chat: bool) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = _tiny_tokenizer(chat)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                      num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=1024,
-                      bos_token_id=0, eos_token_id=1)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {"chat": _save_tiny_model(root / "chat", True), "plain": _save_tiny_model(root / "plain", False)}
+    return {"chat": save_tiny_model(root / "chat", True), "plain": save_tiny_model(root / "plain", False)}
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from ..adapters import attention_shape, check_model
+from ..adapters import check_model
 from ..config import Backend, CacheMode, LatentQuantConfig, PaluConfig
 from ..modules.attention import PaluAttention
 
