@@ -73,13 +73,17 @@ def _pre_hook(fn: Callable[[torch.Tensor], None]):
     return hook
 
 
-def collect_fisher(model: nn.Module, windows: torch.Tensor, verbose: bool = False) -> dict[str, dict[tuple[int, str], torch.Tensor]]:
+def collect_fisher(
+    model: nn.Module, windows: torch.Tensor, verbose: bool = False, group_rows: int | None = None
+) -> dict[str, dict[tuple[int, str], torch.Tensor]]:
     """Diagonal empirical Fisher information of the k/v projections, from one backward pass per window.
 
     Returns ``{"weight": ..., "output": ...}``, each keyed by (layer index, "k" | "v"):
       * ``weight``: (out_features,) float64, Σ_windows Σ_in (∂L/∂W)² per output row (paper's rank search);
       * ``output``: (out_features,) float64, Σ_tokens (∂L/∂y)² per output channel y = Wx — how much the
-        loss cares about each key/value channel; used to weight the decomposition and the sensitivity search.
+        loss cares about each key/value channel; used to weight the decomposition and the sensitivity search;
+      * ``output_cov`` (only with ``group_rows``): (G, rows, rows) float64, Σ_tokens g gᵀ of the output gradient
+        within each head group — the output factor of a K-FAC (Kronecker-factored) Fisher approximation.
     """
     adapter = get_adapter(model.config)
     device = next(model.parameters()).device
@@ -91,7 +95,11 @@ def collect_fisher(model: nn.Module, windows: torch.Tensor, verbose: bool = Fals
     saved = {n: p.requires_grad for n, p in model.named_parameters()}
     weight = {key: torch.zeros(lin.out_features, dtype=torch.float64, device=device) for key, lin in targets.items()}
     output = {key: torch.zeros(lin.out_features, dtype=torch.float64, device=device) for key, lin in targets.items()}
-    handles = [lin.register_forward_hook(_output_grad_hook(output[key])) for key, lin in targets.items()]
+    cov = {}
+    if group_rows is not None:
+        cov = {key: torch.zeros(lin.out_features // group_rows, group_rows, group_rows, dtype=torch.float64, device=device)
+               for key, lin in targets.items()}
+    handles = [lin.register_forward_hook(_output_grad_hook(output[key], cov.get(key))) for key, lin in targets.items()]
     try:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -109,12 +117,19 @@ def collect_fisher(model: nn.Module, windows: torch.Tensor, verbose: bool = Fals
             h.remove()
         for n, p in model.named_parameters():
             p.requires_grad_(saved[n])
-    return {"weight": weight, "output": output}
+    out = {"weight": weight, "output": output}
+    if cov:
+        out["output_cov"] = cov
+    return out
 
 
-def _output_grad_hook(acc: torch.Tensor):
+def _output_grad_hook(acc: torch.Tensor, cov: torch.Tensor | None = None):
     def accumulate(grad: torch.Tensor) -> None:  # returns None: the gradient itself is left untouched
-        acc.add_(grad.detach().double().pow(2).flatten(0, -2).sum(0))
+        flat = grad.detach().double().flatten(0, -2)  # (N, out)
+        acc.add_(flat.pow(2).sum(0))
+        if cov is not None:
+            blocks = flat.view(flat.shape[0], cov.shape[0], cov.shape[1])  # (N, G, rows)
+            cov.add_(torch.einsum("ngr,ngs->grs", blocks, blocks))
 
     def hook(module, args, out):
         if out.requires_grad:

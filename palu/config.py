@@ -19,6 +19,7 @@ class DecomposeMethod(str, enum.Enum):
     SVD = "svd"
     WHITEN = "whiten"  # SVD-LLM style: SVD of W·S where S Sᵀ is the calibration Gram
     WHITEN_FISHER = "whiten_fisher"  # beyond the paper: whitened SVD weighted by output-channel Fisher
+    WHITEN_KFAC = "whiten_kfac"  # beyond the paper: two-sided whitening by a K-FAC Fisher (input Gram ⊗ output grads)
 
 
 class SearchMethod(str, enum.Enum):

@@ -120,6 +120,23 @@ def fisher_whitened_factors(
     return up / scale[:, None], down
 
 
+@register_decomposition("whiten_kfac")
+def kfac_whitened_factors(
+    weight: torch.Tensor, chol: Optional[torch.Tensor], rank: int, row_weight: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-sided whitening by a K-FAC Fisher approximation F ≈ A ⊗ G (beyond the paper).
+
+    Minimizes ``‖L_Gᵀ (W − up·down) S‖_F²`` = vec(ΔW)ᵀ (A ⊗ G) vec(ΔW), the K-FAC estimate of the loss
+    increase, with ``S Sᵀ = A`` (input Gram) and ``L_G L_Gᵀ = G`` (output-gradient covariance of the
+    group, ``row_weight`` of shape (out, out)). SVD of ``L_Gᵀ W S``; ``up = L_G⁻ᵀ U_r √Σ_r``.
+    """
+    if row_weight is None or row_weight.dim() != 2:
+        raise ValueError("whiten_kfac decomposition needs the output-gradient covariance of each group")
+    out_chol = regularized_cholesky(row_weight, 1e-4)
+    up, down = whitened_factors(out_chol.T @ weight, chol, rank)
+    return torch.linalg.solve_triangular(out_chol.T, up, upper=True), down
+
+
 def group_spectrum(weight: torch.Tensor, chol: Optional[torch.Tensor], row_weight: Optional[torch.Tensor]) -> torch.Tensor:
     """Squared singular values (descending) of one group in the error metric of its decomposition.
 
@@ -127,7 +144,9 @@ def group_spectrum(weight: torch.Tensor, chol: Optional[torch.Tensor], row_weigh
     with ``row_weight`` — the quantity the sensitivity rank search trades between groups.
     """
     w = weight.to(torch.float64)
-    if row_weight is not None:
+    if row_weight is not None and row_weight.dim() == 2:
+        w = regularized_cholesky(row_weight, 1e-4).T @ w
+    elif row_weight is not None:
         w = output_scale(row_weight)[:, None] * w
     if chol is not None:
         w = w @ chol
@@ -158,7 +177,8 @@ def decompose_projection(
         ranks: one rank per group, each in [1, min(gs·D, d_model)].
         method: a key of :data:`DECOMPOSITIONS`.
         chol: (d_model, d_model) Cholesky factor of this layer's input Gram (whiten methods).
-        row_weight: (H_kv·D,) output-channel Fisher weights (whiten_fisher).
+        row_weight: (H_kv·D,) output-channel Fisher weights (whiten_fisher), or (G, gs·D, gs·D)
+            output-gradient covariance blocks (whiten_kfac).
     Returns:
         (ups, downs): float64 lists, ``ups[g]`` (gs·D, r_g), ``downs[g]`` (r_g, d_model).
     """
@@ -168,7 +188,12 @@ def decompose_projection(
     if len(groups) != len(ranks):
         raise ValueError(f"{len(ranks)} ranks given for {len(groups)} groups")
     rows = head_dim * head_group_size
-    weights = row_weight.split(rows) if row_weight is not None else [None] * len(groups)
+    if row_weight is None:
+        weights = [None] * len(groups)
+    elif row_weight.dim() == 3:  # (G, rows, rows) per-group covariance blocks
+        weights = list(row_weight)
+    else:
+        weights = list(row_weight.split(rows))
     ups, downs = [], []
     for w_g, r, rw in zip(groups, ranks, weights):
         if not 1 <= r <= min(w_g.shape):

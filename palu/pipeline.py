@@ -83,22 +83,24 @@ def calibration_stats(model: nn.Module, tokenizer, cfg: CompressionConfig, cache
         path = cache_dir / _cache_key("grams", cfg.model_id, cal, cal.n_whiten_samples) if cache_dir else None
         grams = _cached(path, cfg.use_cache,
                         lambda: collect_grams(model, calibration_windows(tokenizer, cal, cal.n_whiten_samples), cfg.verbose))
-    if cfg.rank_search.method != SearchMethod.UNIFORM or method == "whiten_fisher":
-        path = cache_dir / _cache_key("fisher2", cfg.model_id, cal, cal.n_fisher_samples) if cache_dir else None
-        fisher = _cached(path, cfg.use_cache,
-                         lambda: collect_fisher(model, calibration_windows(tokenizer, cal, cal.n_fisher_samples), cfg.verbose))
+    if cfg.rank_search.method != SearchMethod.UNIFORM or method in ("whiten_fisher", "whiten_kfac"):
+        rows = cfg.decomposition.head_group_size * attention_shape(model.config).head_dim if method == "whiten_kfac" else None
+        kind = "fisher2" if rows is None else f"fisher3-rows{rows}"
+        path = cache_dir / _cache_key(kind, cfg.model_id, cal, cal.n_fisher_samples) if cache_dir else None
+        fisher = _cached(path, cfg.use_cache, lambda: collect_fisher(
+            model, calibration_windows(tokenizer, cal, cal.n_fisher_samples), cfg.verbose, rows))
     return grams, fisher
 
 
 def _projections(model: nn.Module, cfg: CompressionConfig, fisher) -> dict[tuple[int, str], tuple[nn.Linear, Any]]:
     """(layer, "k"|"v") -> (linear, output-channel Fisher weights or None)."""
     adapter = get_adapter(model.config)
-    fisher_rows = cfg.decomposition.method.value == "whiten_fisher"
+    stat = {"whiten_fisher": "output", "whiten_kfac": "output_cov"}.get(cfg.decomposition.method.value)
     out = {}
     for idx, layer in enumerate(adapter.layers(model)):
         attn = getattr(layer, adapter.attention_attr)
         for proj, name in (("k", adapter.k_proj), ("v", adapter.v_proj)):
-            out[(idx, proj)] = (getattr(attn, name), fisher["output"][(idx, proj)] if fisher_rows else None)
+            out[(idx, proj)] = (getattr(attn, name), fisher[stat][(idx, proj)] if stat else None)
     return out
 
 
@@ -108,7 +110,10 @@ def group_spectra(model: nn.Module, cfg: CompressionConfig, chols: dict, fisher)
     out = {}
     for (idx, proj), (lin, row_weight) in _projections(model, cfg, fisher).items():
         for g, w_g in enumerate(lin.weight.detach().split(rows)):
-            rw = row_weight[g * rows : (g + 1) * rows] if row_weight is not None else None
+            if row_weight is None:
+                rw = None
+            else:
+                rw = row_weight[g] if row_weight.dim() == 3 else row_weight[g * rows : (g + 1) * rows]
             out[(idx, proj, g)] = group_spectrum(w_g, chols.get(idx), rw).cpu()
     return out
 

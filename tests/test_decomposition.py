@@ -68,3 +68,21 @@ def test_bad_rank_and_group_errors():
         decompose_projection(w, [8] * 4, 8, 1, "qr")
     with pytest.raises(ValueError, match="calibration Gram"):
         decompose_projection(w, [8] * 4, 8, 1, "whiten", None)
+
+
+def test_kfac_full_rank_exact_and_best_in_its_metric():
+    w, x = _data(seed=5)
+    g = torch.Generator().manual_seed(6)
+    grads = torch.randn(300, 32, generator=g, dtype=torch.float64) @ torch.randn(32, 32, generator=g, dtype=torch.float64)
+    out_cov = (grads.T @ grads)[None].expand(1, 32, 32)  # one group of 4 heads x head_dim 8
+    chol = regularized_cholesky(x.T @ x, 1e-9)
+    ups, downs = decompose_projection(w, [32], 8, 4, "whiten_kfac", chol, out_cov)
+    torch.testing.assert_close(_rebuild(ups, downs), w, rtol=1e-7, atol=1e-7)
+
+    def kfac_err(approx):
+        return torch.linalg.norm(grads @ (w - approx) @ x.T).item()
+
+    for r in (4, 8, 16):
+        err = {m: kfac_err(_rebuild(*decompose_projection(w, [r], 8, 4, m, chol, out_cov if m == "whiten_kfac" else None)))
+               for m in ("whiten", "whiten_kfac")}
+        assert err["whiten_kfac"] < err["whiten"], (r, err)
