@@ -85,6 +85,8 @@ def quantize(x: torch.Tensor, cfg: LatentQuantConfig) -> QuantizedLatent:
     bits, r = cfg.bits, x.shape[-1]
     g = _grouped(x.float(), cfg.group_size)
     qmax = (1 << bits) - 1
+    # A trailing partial group is zero-padded; its statistics must come from its real channels only.
+    real = _grouped(torch.ones(r, device=x.device), cfg.group_size).bool()  # (n_groups, group_size)
     if cfg.sym:
         half = 1 << (bits - 1)
         amax = g.abs().amax(-1) * cfg.clip_ratio
@@ -92,8 +94,8 @@ def quantize(x: torch.Tensor, cfg: LatentQuantConfig) -> QuantizedLatent:
         codes = (torch.round(g / scale[..., None]) + half).clamp(0, qmax)
         zero = None
     else:
-        gmax = g.amax(-1) * cfg.clip_ratio
-        gmin = g.amin(-1) * cfg.clip_ratio
+        gmax = g.masked_fill(~real, -torch.inf).amax(-1) * cfg.clip_ratio
+        gmin = g.masked_fill(~real, torch.inf).amin(-1) * cfg.clip_ratio
         scale = ((gmax - gmin) / qmax).clamp_min(1e-8).to(x.dtype).float()
         # A real-valued zero-point (= −min/scale, like storing the group minimum): an integer one
         # clamped to [0, qmax] would saturate every group that does not straddle zero.

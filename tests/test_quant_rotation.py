@@ -72,3 +72,9 @@ def test_groups_that_do_not_straddle_zero_do_not_saturate(offset):
     x = offset + torch.rand(2, 32)
     err = (fake_quant(x, LatentQuantConfig(bits=4)) - x).abs().max()
     assert err <= 1.0 / 15 / 2 + 1e-2  # half a step of the group's range (plus fp rounding of the zero-point)
+
+
+def test_partial_trailing_group_uses_its_own_range():
+    x = torch.cat([torch.randn(1, 32), 5 + 0.01 * torch.rand(1, 3)], -1)  # 35 channels, last group = 3 values near 5
+    deq = fake_quant(x, LatentQuantConfig(bits=4, group_size=32))
+    assert (deq[:, 32:] - x[:, 32:]).abs().max() < 0.01
