@@ -27,12 +27,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model_id", default=None, help="hub id, local HF folder or .gguf file; default: embedded SmolLM2-135M-Instruct")
     p.add_argument("--calib_dataset", default="wiki_summaries", help=f"one of {data.known_names()} or a .txt/.json/.jsonl/.parquet path")
     p.add_argument("--param_ratio_target", type=float, default=0.5, help="fraction of K+V dims kept, in (0, 1]")
-    p.add_argument("--search_method", default="sensitivity", choices=sorted(SEARCH_METHODS),
+    p.add_argument("--search_method", default=RankSearchConfig().method.value, choices=sorted(SEARCH_METHODS),
                    help="rank allocation; the paper's are uniform/fisher/fisher_uniform (see README for measurements)")
     p.add_argument("--head_group_size", type=int, default=None,
                    help="KV heads per group: 1 = M-LRD, all = J-LRD; default: largest divisor of the KV heads <= 4")
-    p.add_argument("--decompose_method", default="whiten_fisher", choices=sorted(DECOMPOSITIONS),
-                   help="the paper's are svd/whiten; whiten_fisher also weights output channels by Fisher information")
+    p.add_argument("--decompose_method", default=DecompositionConfig().method.value, choices=sorted(DECOMPOSITIONS),
+                   help="the paper's are svd/whiten; whiten_fisher/whiten_kfac also weight by Fisher information")
     p.add_argument("--rank_multiple", type=int, default=32, help="ranks are rounded to multiples of this")
     p.add_argument("--n_fisher_calib_samples", type=int, default=8, help="windows for Fisher scores (paper: 2048)")
     p.add_argument("--n_whiten_calib_samples", type=int, default=16, help="windows for whitening Grams (paper: 256)")

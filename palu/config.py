@@ -94,7 +94,7 @@ class RankSearchConfig(_JsonMixin):
     dims (= KV-cache elements per token) that the latents keep.
     """
 
-    method: SearchMethod = SearchMethod.FISHER_UNIFORM
+    method: SearchMethod = SearchMethod.SENSITIVITY
     param_ratio_target: float = 0.5
     rank_multiple: int = 32
 
@@ -117,7 +117,7 @@ class DecompositionConfig(_JsonMixin):
     a calibration Gram is not positive definite (see :func:`palu.decomposition.regularized_cholesky`).
     """
 
-    method: DecomposeMethod = DecomposeMethod.WHITEN
+    method: DecomposeMethod = DecomposeMethod.WHITEN_KFAC
     head_group_size: int = 1
     whiten_damp: float = 1e-6
 

@@ -42,7 +42,7 @@ def test_compress_evaluate_and_generate(smollm2, tmp_path):
     cfg = CompressionConfig(
         model_id=palu.models.DEFAULT_MODEL,
         calibration=CalibrationConfig("wiki_summaries", n_whiten_samples=2, n_fisher_samples=1, seqlen=128),
-        rank_search=RankSearchConfig("sensitivity", 0.7), decomposition=DecompositionConfig("whiten_fisher", 3),
+        rank_search=RankSearchConfig("sensitivity", 0.7), decomposition=DecompositionConfig("whiten_kfac", 3),
     )
     model, allocation, report = palu.compress_model(model, tokenizer, cfg, tmp_path / "cache")
     assert allocation.param_ratio == pytest.approx(0.7, abs=0.01)
