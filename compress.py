@@ -34,9 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decompose_method", default=DecompositionConfig().method.value, choices=sorted(DECOMPOSITIONS),
                    help="the paper's are svd/whiten; whiten_fisher/whiten_kfac also weight by Fisher information")
     p.add_argument("--rank_multiple", type=int, default=32, help="ranks are rounded to multiples of this")
-    p.add_argument("--n_fisher_calib_samples", type=int, default=8, help="windows for Fisher scores (paper: 2048)")
-    p.add_argument("--n_whiten_calib_samples", type=int, default=16, help="windows for whitening Grams (paper: 256)")
-    p.add_argument("--calib_seqlen", type=int, default=512, help="tokens per calibration window (paper: 2048)")
+    cal = CalibrationConfig()
+    p.add_argument("--n_fisher_calib_samples", type=int, default=cal.n_fisher_samples, help="windows for Fisher statistics (paper: 2048)")
+    p.add_argument("--n_whiten_calib_samples", type=int, default=cal.n_whiten_samples, help="windows for whitening Grams (paper: 256)")
+    p.add_argument("--calib_seqlen", type=int, default=cal.seqlen, help="tokens per calibration window (paper: 2048)")
     p.add_argument("--kv_budget", type=float, default=None,
                    help="choose ranks AND latent bits for a KV budget: <= 1 = fraction of the fp16 cache, > 1 = bytes/token "
                         "(replaces --param_ratio_target)")

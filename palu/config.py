@@ -76,7 +76,7 @@ class CalibrationConfig(_JsonMixin):
 
     dataset: str = "wiki_summaries"
     n_whiten_samples: int = 16
-    n_fisher_samples: int = 8
+    n_fisher_samples: int = 32
     seqlen: int = 512
     seed: int = 0
 
