@@ -30,10 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt_config", default=None,
                    help="JSON {dataset: template with {context} and {input}}, e.g. LongBench's dataset2prompt.json")
     p.add_argument("--limit", type=int, default=None, help="first N items per dataset")
-    p.add_argument("--build_local_tasks", metavar="DIR", default=None,
-                   help="write the local tasks (lm-eval YAML + LongBench jsonl) into DIR and exit")
-    p.add_argument("--local_articles_per_context", type=int, default=6,
-                   help="with --build_local_tasks: articles per long-context item (~110 tokens each)")
+    cli.add_local_tasks_args(p)
     p.add_argument("--output_json", default=None, help="write the results (with every prediction) here, atomically")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
@@ -42,15 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
-    if args.build_local_tasks:
-        from palu.eval.local_tasks import LocalTasksConfig, build_local_tasks
-
-        try:
-            task_cfg = LocalTasksConfig(articles_per_context=args.local_articles_per_context)
-        except ValueError as err:
-            cli.fail(str(err))
-        for name, path in build_local_tasks(args.build_local_tasks, task_cfg).items():
-            print(f"{name}: {path}")
+    if cli.build_local_tasks_from_args(args):
         return 0
     cli.check_output_file(args.output_json)
     from palu.eval import longbench

@@ -49,6 +49,29 @@ def add_latent_quant_args(parser: argparse.ArgumentParser) -> None:
                    help="latent cache: newest tokens kept in full precision (0 = quantize all, as the simulation does)")
 
 
+def add_local_tasks_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("local offline tasks")
+    g.add_argument("--build_local_tasks", metavar="DIR", default=None,
+                   help="write the local tasks (lm-eval YAML + LongBench jsonl) into DIR and exit")
+    g.add_argument("--local_articles_per_context", type=int, default=6,
+                   help="with --build_local_tasks: articles per long-context item (~110 tokens each)")
+
+
+def build_local_tasks_from_args(args: argparse.Namespace) -> bool:
+    """Build the local tasks if --build_local_tasks was given (then the script exits): returns whether it did."""
+    if not args.build_local_tasks:
+        return False
+    from .eval.local_tasks import LocalTasksConfig, build_local_tasks
+
+    try:
+        task_cfg = LocalTasksConfig(articles_per_context=args.local_articles_per_context)
+    except ValueError as err:
+        fail(str(err))
+    for name, path in build_local_tasks(args.build_local_tasks, task_cfg).items():
+        print(f"{name}: {path}")
+    return True
+
+
 def latent_quant_from_args(args: argparse.Namespace) -> LatentQuantConfig:
     return LatentQuantConfig(
         bits=args.lt_bits, group_size=args.lt_group_size, sym=args.lt_sym, clip_ratio=args.lt_clip_ratio,
