@@ -32,6 +32,17 @@ class ModelAdapter:
     def attention(self, model: nn.Module, layer_idx: int) -> nn.Module:
         return getattr(self.layers(model)[layer_idx], self.attention_attr)
 
+    def adopt_attention(self, new: nn.Module, base: nn.Module) -> None:
+        """Give a replacement attention module what transformers' attention functions read from the
+        original (config, layer index, scaling, dropout, causality) and the original q/o projections."""
+        new.config = base.config
+        new.layer_idx = base.layer_idx
+        new.scaling = base.scaling
+        new.attention_dropout = getattr(base, "attention_dropout", 0.0)
+        new.is_causal = True
+        new.q_proj = getattr(base, self.q_proj)
+        new.o_proj = getattr(base, self.o_proj)
+
     def rotary_embedding(self, model: nn.Module) -> nn.Module:
         obj = model
         for part in self.rotary_path.split("."):

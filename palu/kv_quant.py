@@ -154,18 +154,12 @@ class KVQuantAttention(nn.Module):
 
     def __init__(self, base: nn.Module, adapter: ModelAdapter, cfg: KVQuantConfig) -> None:
         super().__init__()
-        self.config = base.config
-        self.layer_idx = base.layer_idx
+        adapter.adopt_attention(self, base)
         self.head_dim = base.head_dim
         self.num_key_value_groups = base.num_key_value_groups
-        self.scaling = base.scaling
-        self.attention_dropout = getattr(base, "attention_dropout", 0.0)
-        self.is_causal = True
         self.sliding_window = getattr(base, "sliding_window", None)
-        self.q_proj = getattr(base, adapter.q_proj)
         self.k_proj = getattr(base, adapter.k_proj)
         self.v_proj = getattr(base, adapter.v_proj)
-        self.o_proj = getattr(base, adapter.o_proj)
         self.kv_quant = cfg
         self._base = (base,)  # a tuple keeps the original out of this module's state dict
 

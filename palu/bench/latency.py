@@ -17,6 +17,7 @@ from transformers.cache_utils import Cache, StaticLayer
 
 from ..config import LatentQuantConfig, PaluConfig
 from ..integrations.hf import apply_palu, configure, palu_modules
+from ..modules.attention import apply_rope
 from ..modules.cache import cache_nbytes, latent_layer_for
 from .timing import peak_memory_bytes, peak_memory_reset, time_fn
 
@@ -207,16 +208,12 @@ def _graphed_readonly_step(attn, cache: Cache, x, rotary, cfg: LatencyConfig, pa
 
         def body():
             q = attn.q_proj(x).view(cfg.batch_size, 1, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-            from ..modules.attention import apply_rope
-
             return attn._output(attn._triton_decode(apply_rope(q, cos, sin), layer))
     else:
         layer = cache.layers[0]
         keys, values = layer.keys[:, :, : cfg.prompt_len], layer.values[:, :, : cfg.prompt_len]
 
         def body():
-            from ..modules.attention import apply_rope
-
             q = attn.q_proj(x).view(cfg.batch_size, 1, cfg.num_heads, cfg.head_dim).transpose(1, 2)
             o = torch.nn.functional.scaled_dot_product_attention(apply_rope(q, cos, sin), keys, values, scale=attn.scaling)
             return attn.o_proj(o.transpose(1, 2).reshape(cfg.batch_size, 1, -1))

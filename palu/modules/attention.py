@@ -53,18 +53,12 @@ class PaluAttention(nn.Module):
         rotary: nn.Module,
     ) -> None:
         super().__init__()
-        self.config = base.config
-        self.layer_idx = base.layer_idx
+        adapter.adopt_attention(self, base)
         self.head_dim = shape.head_dim
         self.num_heads = shape.num_heads
         self.num_kv_heads = shape.num_kv_heads
         self.num_key_value_groups = shape.n_rep  # name read by transformers' attention functions
         self.head_group_size = head_group_size
-        self.scaling = base.scaling
-        self.attention_dropout = getattr(base, "attention_dropout", 0.0)
-        self.is_causal = True
-        self.q_proj = getattr(base, adapter.q_proj)
-        self.o_proj = getattr(base, adapter.o_proj)
         k_lin, v_lin = getattr(base, adapter.k_proj), getattr(base, adapter.v_proj)
         kw = {"dtype": k_lin.weight.dtype, "device": k_lin.weight.device}
         group_out = head_group_size * shape.head_dim
