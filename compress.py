@@ -33,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="KV heads per group: 1 = M-LRD, all = J-LRD; default: largest divisor of the KV heads <= 4")
     p.add_argument("--decompose_method", default=DecompositionConfig().method.value, choices=sorted(DECOMPOSITIONS),
                    help="the paper's are svd/whiten; whiten_fisher/whiten_kfac also weight by Fisher information")
+    p.add_argument("--kfac_damp", type=float, default=DecompositionConfig().kfac_damp,
+                   help="whiten_kfac: relative diagonal load on the output-gradient covariance (K-FAC damping)")
     p.add_argument("--rank_multiple", type=int, default=32, help="ranks are rounded to multiples of this")
     cal = CalibrationConfig()
     p.add_argument("--n_fisher_calib_samples", type=int, default=cal.n_fisher_samples, help="windows for Fisher statistics (paper: 2048)")
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
             calibration=CalibrationConfig(args.calib_dataset, args.n_whiten_calib_samples, args.n_fisher_calib_samples,
                                           args.calib_seqlen, args.seed),
             rank_search=RankSearchConfig(args.search_method, args.param_ratio_target, args.rank_multiple),
-            decomposition=DecompositionConfig(args.decompose_method, args.head_group_size or 1),
+            decomposition=DecompositionConfig(args.decompose_method, args.head_group_size or 1, kfac_damp=args.kfac_damp),
             use_cache=args.use_cache, verbose=args.verbose,
         )
         data.check_source(args.calib_dataset)

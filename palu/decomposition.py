@@ -120,6 +120,24 @@ def fisher_whitened_factors(
     return up / scale[:, None], down
 
 
+# Load that only makes an (already damped) output-gradient covariance factorizable; the K-FAC
+# damping itself is the caller's (:func:`damp_covariance`, ``DecompositionConfig.kfac_damp``).
+_OUT_CHOL_DAMP = 1e-6
+
+
+def damp_covariance(cov: torch.Tensor, damp: float) -> torch.Tensor:
+    """``G + damp · mean(diag G) · I`` for each (n, n) block of ``cov`` (..., n, n), in float64.
+
+    K-FAC damping (Tikhonov): G is estimated from a few thousand calibration tokens, so its small
+    eigenvalues are mostly noise, and trusting them lets the SVD spend rank on directions whose
+    loss weight is an artifact. ``damp`` → ∞ turns whiten_kfac into plain whiten.
+    """
+    g = cov.to(torch.float64)
+    scale = g.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)  # (...,)
+    eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
+    return g + damp * scale[..., None, None] * eye
+
+
 @register_decomposition("whiten_kfac")
 def kfac_whitened_factors(
     weight: torch.Tensor, chol: Optional[torch.Tensor], rank: int, row_weight: Optional[torch.Tensor] = None
@@ -128,11 +146,11 @@ def kfac_whitened_factors(
 
     Minimizes ``‖L_Gᵀ (W − up·down) S‖_F²`` = vec(ΔW)ᵀ (A ⊗ G) vec(ΔW), the K-FAC estimate of the loss
     increase, with ``S Sᵀ = A`` (input Gram) and ``L_G L_Gᵀ = G`` (output-gradient covariance of the
-    group, ``row_weight`` of shape (out, out)). SVD of ``L_Gᵀ W S``; ``up = L_G⁻ᵀ U_r √Σ_r``.
+    group, ``row_weight`` of shape (out, out), damped by the caller with :func:`damp_covariance`). SVD of ``L_Gᵀ W S``; ``up = L_G⁻ᵀ U_r √Σ_r``.
     """
     if row_weight is None or row_weight.dim() != 2:
         raise ValueError("whiten_kfac decomposition needs the output-gradient covariance of each group")
-    out_chol = regularized_cholesky(row_weight, 1e-4)
+    out_chol = regularized_cholesky(row_weight, _OUT_CHOL_DAMP)
     up, down = whitened_factors(out_chol.T @ weight, chol, rank)
     return torch.linalg.solve_triangular(out_chol.T, up, upper=True), down
 
@@ -145,7 +163,7 @@ def group_spectrum(weight: torch.Tensor, chol: Optional[torch.Tensor], row_weigh
     """
     w = weight.to(torch.float64)
     if row_weight is not None and row_weight.dim() == 2:
-        w = regularized_cholesky(row_weight, 1e-4).T @ w
+        w = regularized_cholesky(row_weight, _OUT_CHOL_DAMP).T @ w
     elif row_weight is not None:
         w = output_scale(row_weight)[:, None] * w
     if chol is not None:

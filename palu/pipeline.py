@@ -20,7 +20,7 @@ import torch.nn as nn
 from . import data
 from .adapters import attention_shape, check_model, get_adapter
 from .config import CalibrationConfig, DecompositionConfig, PaluConfig, RankSearchConfig, SearchMethod
-from .decomposition import decompose_projection, group_spectrum, regularized_cholesky
+from .decomposition import damp_covariance, decompose_projection, group_spectrum, regularized_cholesky
 from .integrations.hf import apply_palu, palu_modules
 from .rank_search import RankAllocation, search_ranks
 
@@ -93,14 +93,18 @@ def calibration_stats(model: nn.Module, tokenizer, cfg: CompressionConfig, cache
 
 
 def _projections(model: nn.Module, cfg: CompressionConfig, fisher) -> dict[tuple[int, str], tuple[nn.Linear, Any]]:
-    """(layer, "k"|"v") -> (linear, output-channel Fisher weights or None)."""
+    """(layer, "k"|"v") -> (linear, output-side weights: Fisher per channel (whiten_fisher), damped
+    output-gradient covariance blocks (G, rows, rows) (whiten_kfac), or None)."""
     adapter = get_adapter(model.config)
     stat = {"whiten_fisher": "output", "whiten_kfac": "output_cov"}.get(cfg.decomposition.method.value)
     out = {}
     for idx, layer in enumerate(adapter.layers(model)):
         attn = getattr(layer, adapter.attention_attr)
         for proj, name in (("k", adapter.k_proj), ("v", adapter.v_proj)):
-            out[(idx, proj)] = (getattr(attn, name), fisher[stat][(idx, proj)] if stat else None)
+            row_weight = fisher[stat][(idx, proj)] if stat else None
+            if stat == "output_cov":
+                row_weight = damp_covariance(row_weight, cfg.decomposition.kfac_damp)
+            out[(idx, proj)] = (getattr(attn, name), row_weight)
     return out
 
 

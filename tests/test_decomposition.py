@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from palu.decomposition import decompose_projection, regularized_cholesky
+from palu.decomposition import damp_covariance, decompose_projection, regularized_cholesky
 
 
 def _data(seed=0, d_in=48, d_out=32, n=400):
@@ -86,3 +86,22 @@ def test_kfac_full_rank_exact_and_best_in_its_metric():
         err = {m: kfac_err(_rebuild(*decompose_projection(w, [r], 8, 4, m, chol, out_cov if m == "whiten_kfac" else None)))
                for m in ("whiten", "whiten_kfac")}
         assert err["whiten_kfac"] < err["whiten"], (r, err)
+
+
+def test_damp_covariance_loads_each_block_by_its_own_diagonal():
+    cov = torch.stack([torch.diag(torch.tensor([1.0, 3.0])), torch.diag(torch.tensor([10.0, 30.0]))]).double()
+    damped = damp_covariance(cov, 0.5)
+    torch.testing.assert_close(damped[0], torch.diag(torch.tensor([2.0, 4.0])).double())  # + 0.5 * mean 2
+    torch.testing.assert_close(damped[1], torch.diag(torch.tensor([20.0, 40.0])).double())  # + 0.5 * mean 20
+
+
+def test_kfac_with_huge_damping_becomes_plain_whitening():
+    w, x = _data(seed=7)
+    g = torch.Generator().manual_seed(8)
+    grads = torch.randn(300, 32, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3.0, 32, dtype=torch.float64)
+    chol = regularized_cholesky(x.T @ x, 1e-9)
+    white = _rebuild(*decompose_projection(w, [8], 8, 4, "whiten", chol))
+    for damp, close in ((0.0, False), (1e8, True)):
+        cov = damp_covariance((grads.T @ grads)[None], damp)
+        kfac = _rebuild(*decompose_projection(w, [8], 8, 4, "whiten_kfac", chol, cov))
+        assert torch.allclose(kfac, white, rtol=1e-4, atol=1e-6) == close, damp

@@ -47,7 +47,7 @@ def test_compress_then_ppl_end_to_end(workspace, capsys):
         "--model_id", str(workspace / "tiny"), "--calib_dataset", str(workspace / "calib.txt"),
         "--param_ratio_target", "0.5", "--search_method", "fisher", "--head_group_size", "1",
         "--decompose_method", "whiten", "--rank_multiple", "4", "--n_fisher_calib_samples", "2",
-        "--n_whiten_calib_samples", "3", "--calib_seqlen", "64", "--seed", "3", "--output_dir", str(out),
+        "--n_whiten_calib_samples", "3", "--calib_seqlen", "64", "--seed", "3", "--kfac_damp", "0.5", "--output_dir", str(out),
         "--cache_dir", str(workspace / "cache"),
     ])
     assert rc == 0 and is_palu_dump(out)
@@ -58,6 +58,7 @@ def test_compress_then_ppl_end_to_end(workspace, capsys):
                                   "seqlen": 64, "seed": 3}
     assert cfg["rank_search"] == {"method": "fisher", "param_ratio_target": 0.5, "rank_multiple": 4}
     assert cfg["decomposition"]["method"] == "whiten" and cfg["decomposition"]["head_group_size"] == 1
+    assert cfg["decomposition"]["kfac_damp"] == 0.5
     assert report["report"]["param_ratio"] == 0.5
     assert all(r % 4 == 0 for kv in json.loads((out / "ranks.json").read_text())["ranks"].values() for r in kv["k"] + kv["v"])
     assert sorted(p.name for p in (workspace / "cache").iterdir())  # calibration statistics were cached there
