@@ -78,6 +78,9 @@ def test_long_bench_end_to_end(tiny_models, task_dir, tmp_path, capsys):
     ])
     assert rc == 0
     out = json.loads(out_json.read_text())
+    cfg = json.loads((tiny_models["chat"] / "config.json").read_text())
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    per_token = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * 4
     assert out["config"]["longbench"]["datasets"] == ["wiki_title_qa", "wiki_passage_retrieval"]
     results = out["results"]
     assert results["chat_template"] is True
@@ -86,6 +89,11 @@ def test_long_bench_end_to_end(tiny_models, task_dir, tmp_path, capsys):
         assert r["metric"] == metric and r["n"] == 2 and len(r["samples"]) == 2
         assert 0.0 <= r["score"] <= 100.0 and r["truncated"] == 2  # 2 articles > 96 tokens
         assert all(isinstance(s["prediction"], str) and 0.0 <= s["score"] <= 1.0 for s in r["samples"])
+        # The cache held the prompt (and the answer but its last token): whole tokens of full K/V, fp32.
+        for s in r["samples"]:
+            assert s["kv_cache_bytes"] % per_token == 0 and s["kv_cache_bytes"] >= s["prompt_tokens"] * per_token
+        assert r["max_kv_cache_bytes"] == max(s["kv_cache_bytes"] for s in r["samples"])
+        assert r["peak_memory_bytes"] is None  # CPU
     assert 0.0 <= results["average"] <= 100.0
     assert "| **average** |" in capsys.readouterr().out
 

@@ -198,8 +198,10 @@ class FirstLineDone(StoppingCriteria):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, stop_at_newline: bool) -> str:
-    """Greedy continuation of one prompt, decoded without special tokens."""
+def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, stop_at_newline: bool) -> tuple[str, int]:
+    """Greedy continuation of one prompt: (text decoded without special tokens, KV-cache bytes at the end)."""
+    from ..modules.cache import cache_nbytes
+
     device = next(model.parameters()).device
     ids = torch.tensor([input_ids], device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -207,27 +209,38 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, stop_a
     out = model.generate(
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
         temperature=None, top_p=None, top_k=None, pad_token_id=pad, stopping_criteria=stopping,
+        return_dict_in_generate=True,
     )
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    kv_bytes = cache_nbytes(out.past_key_values) if out.past_key_values is not None else 0
+    return tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True), kv_bytes
 
 
 def evaluate_dataset(model, tokenizer, name: str, records: list[dict[str, Any]], template: str,
                      max_length: Optional[int], show_progress: bool = True) -> dict[str, Any]:
-    """Score one dataset: {"score" (0-100), "metric", "n", "truncated", "avg_prompt_tokens", "samples"}."""
+    """Score one dataset: {"score" (0-100), "metric", "n", "truncated", "avg_prompt_tokens",
+    "max_kv_cache_bytes" (cache held after the largest item), "peak_memory_bytes" (CUDA only), "samples"}."""
     task = TASKS[name]
     budget = prompt_budget(model, tokenizer, task, max_length)
     samples, n_truncated, n_tokens = [], 0, 0
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # peak over this dataset: weights + cache + activations of the longest prompt
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     for rec in tqdm(records, desc=name, disable=not show_progress):
         ids, truncated = build_input_ids(rec, template, task, tokenizer, budget)
-        prediction = generate(model, tokenizer, ids, task.max_new_tokens, stop_at_newline=task.first_line)
+        prediction, kv_bytes = generate(model, tokenizer, ids, task.max_new_tokens, stop_at_newline=task.first_line)
         score = score_item(task.metric, prediction, rec["answers"], rec.get("all_classes"), task.first_line)
-        samples.append({"id": rec.get("_id"), "prediction": prediction, "answers": rec["answers"], "score": score})
+        samples.append({"id": rec.get("_id"), "prediction": prediction, "answers": rec["answers"], "score": score,
+                        "prompt_tokens": len(ids), "kv_cache_bytes": kv_bytes})
         n_truncated += truncated
         n_tokens += len(ids)
     return {
         "score": 100 * sum(s["score"] for s in samples) / len(samples), "metric": task.metric, "n": len(samples),
         "max_new_tokens": task.max_new_tokens, "prompt_budget": budget, "truncated": n_truncated,
-        "avg_prompt_tokens": n_tokens / len(samples), "samples": samples,
+        "avg_prompt_tokens": n_tokens / len(samples),
+        "max_kv_cache_bytes": max(s["kv_cache_bytes"] for s in samples),
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "samples": samples,
     }
 
 
@@ -248,8 +261,11 @@ def evaluate(model, tokenizer, cfg: LongBenchConfig, show_progress: bool = True)
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    lines = ["| dataset | metric | score | n | truncated |", "|---|---|---:|---:|---:|"]
+    lines = ["| dataset | metric | score | n | truncated | avg prompt tokens | max KV cache MiB | peak memory MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    mib = lambda b: "n/a" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
     for name, r in summary["datasets"].items():
-        lines.append(f"| {name} | {r['metric']} | {r['score']:.2f} | {r['n']} | {r['truncated']} |")
-    lines.append(f"| **average** | | {summary['average']:.2f} | | |")
+        lines.append(f"| {name} | {r['metric']} | {r['score']:.2f} | {r['n']} | {r['truncated']} | "
+                     f"{r['avg_prompt_tokens']:.0f} | {mib(r['max_kv_cache_bytes'])} | {mib(r['peak_memory_bytes'])} |")
+    lines.append(f"| **average** | | {summary['average']:.2f} | | | | | |")
     return "\n".join(lines)
