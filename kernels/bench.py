@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.testing
 
-from .latent_attention import LatentView, latent_decode_attention
+from .latent_attention import LatentView, _host_offsets, latent_decode_attention
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +69,12 @@ def measure_ceilings(device: torch.device) -> dict[str, float]:
     return {"bandwidth_Bps": 2 * 2**30 / (copy_ms * 1e-3), "fp16_flops": 2 * n**3 / (mm_ms * 1e-3)}
 
 
-def _quantize(x: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _quantize(x: torch.Tensor, bits: int, group: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random codes with plausible scale/zero in palu.quant's layout (values don't matter for timing)."""
     b, s, r = x.shape
-    words = torch.randint(-(2**31), 2**31 - 1, (b, s, triton.cdiv(r, 32 // bits)), dtype=torch.int32, device=x.device)
-    scale = torch.rand(b, s, triton.cdiv(r, group), dtype=x.dtype, device=x.device) * 0.1 + 0.01
+    words = torch.randint(-(2**31), 2**31 - 1, (b, s, triton.cdiv(r, 32 // bits)), dtype=torch.int32, device=x.device,
+                          generator=gen)
+    scale = torch.rand(b, s, triton.cdiv(r, group), dtype=x.dtype, device=x.device, generator=gen) * 0.1 + 0.01
     zero = torch.full_like(scale, float(1 << (bits - 1)))
     return words, scale, zero
 
@@ -93,7 +94,7 @@ def make_problem(cfg: KernelBenchConfig, seq_len: int, device: torch.device, see
     else:
         views = []
         for r in (cfg.total_rank, cfg.total_rank_v):
-            codes, scale, zero = _quantize(randn(B, 1, r).expand(B, seq_len, r), cfg.bits, cfg.quant_group_size)
+            codes, scale, zero = _quantize(randn(B, 1, r).expand(B, seq_len, r), cfg.bits, cfg.quant_group_size, gen)
             views.append(LatentView(fp=None, codes=codes, scale=scale, zero=zero, bits=cfg.bits,
                                     quant_group_size=cfg.quant_group_size))
         k_view, v_view = views
@@ -134,7 +135,9 @@ def unfused_decode(p: dict) -> torch.Tensor:
     B, H, D = q.shape
     G, gs_d, rk = k_up.shape
     gs = gs_d // D
-    rv = int(p["v_offsets"][1] - p["v_offsets"][0])
+    # Host copy cached before capture: a .item()/int() of a CUDA tensor cannot run in a CUDA graph.
+    v_off = _host_offsets(p["v_offsets"])
+    rv = v_off[1] - v_off[0]
     latent_k = _dequant_torch(p["k_latent"], G * rk, q.dtype)  # (B, S, G*rk)
     latent_v = _dequant_torch(p["v_latent"], G * rv, q.dtype)
     S = latent_k.shape[1]
@@ -230,9 +233,11 @@ def run_seq_len(cfg: KernelBenchConfig, seq_len: int, ceilings: dict[str, float]
 
     full_bytes = sdpa_traffic(cfg, seq_len)[0]
     sets = max(1, min(4, math.ceil(L2_ROTATE_BYTES / full_bytes)))
-    q = torch.randn(B, H, 1, D, dtype=dt, device=device)
-    kv = [(torch.randn(B, Hkv, seq_len, D, dtype=dt, device=device),
-           torch.randn(B, Hkv, seq_len, D, dtype=dt, device=device)) for _ in range(sets)]
+    # A private generator: a failed graph capture would leave the default CUDA generator unusable.
+    gen = torch.Generator(device=device).manual_seed(seq_len)
+    q = torch.randn(B, H, 1, D, dtype=dt, device=device, generator=gen)
+    kv = [(torch.randn(B, Hkv, seq_len, D, dtype=dt, device=device, generator=gen),
+           torch.randn(B, Hkv, seq_len, D, dtype=dt, device=device, generator=gen)) for _ in range(sets)]
     sdpa = [lambda k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=H != Hkv) for k, v in kv]
     result["sdpa"] = _entry(_try(lambda: _bench(sdpa)), sdpa_traffic(cfg, seq_len), ceilings)
     del kv, sdpa
