@@ -23,21 +23,26 @@ def _grid(block_s: tuple[int, ...], warps: tuple[int, ...], stages: tuple[int, .
 
 
 def reconstruction_configs() -> list[triton.Config]:
-    """rope_qk: one tile per program, no loop, so num_stages is moot; the slot block is the dot's M."""
-    return _grid((64, 128), (4, 8), (1,))
+    """rope_qk: the slot block is the dots' M; stages pipeline the loop over a program's blocks
+    (its length, ``slots_per_program``, is set on the host from the GPU's size)."""
+    return _grid((64, 128), (4, 8), (1, 3))
 
 
 def prune_reconstruction_configs(
     configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any
 ) -> list[triton.Config]:
-    """Drop blocks whose latent tile plus the two up-projection halves overflow shared memory."""
+    """Drop configs whose pipelined latent tiles plus the resident up-projection halves overflow
+    shared memory, and pipelines deeper than a program's loop."""
     args = {**named_args, **kwargs}
     elt = 2  # fp16/bf16; fp32 inputs only run in tests
     kept = []
     for cfg in configs:
-        latent = cfg.kwargs["BLOCK_S"] * args["RK_PAD"] * elt
+        block_s = cfg.kwargs["BLOCK_S"]
+        if cfg.num_stages > 1 and int(args["slots_per_program"]) // block_s < 2 * cfg.num_stages:
+            continue
+        latent = max(1, cfg.num_stages) * block_s * args["RK_PAD"] * elt
         up = 2 * args["RK_PAD"] * args["HALF_PAD"] * elt
-        rot = 2 * cfg.kwargs["BLOCK_S"] * args["HALF_PAD"] * elt
+        rot = 2 * block_s * args["HALF_PAD"] * elt
         if latent + up + rot <= SHARED_MEMORY_BUDGET:
             kept.append(cfg)
     return kept or [triton.Config({"BLOCK_S": 64}, num_warps=4, num_stages=1)]

@@ -202,6 +202,22 @@ def choose_num_splits(num_slots: int, batch_groups: int, num_sms: int) -> int:
     return max(1, min(wanted, max_useful, MAX_SPLITS))
 
 
+RECON_UNIT = 128  # slots per reconstruction program are a multiple of every autotuned BLOCK_S
+MAX_RECON_SLOTS = 4096
+
+
+def choose_slots_per_program(num_slots: int, programs_per_range: int, num_sms: int, block_s: Optional[int]) -> int:
+    """Slots each reconstruction program covers: about four programs per SM in all (latency
+    hiding), each as long as possible so its up-projection load is amortized over many blocks,
+    capped at MAX_RECON_SLOTS. ``programs_per_range`` = GS * B * G programs share a slot range.
+    With a fixed ``block_s`` (interpreter, tests) two blocks per program, so the loop is exercised."""
+    if block_s is not None:
+        return 2 * block_s
+    along = max(1, (4 * num_sms) // max(1, programs_per_range))
+    per = triton.cdiv(triton.cdiv(num_slots, along), RECON_UNIT) * RECON_UNIT
+    return max(RECON_UNIT, min(per, MAX_RECON_SLOTS))
+
+
 _HOST_OFFSETS: dict[int, tuple[weakref.ref, int, list[int]]] = {}
 
 
@@ -368,8 +384,8 @@ def latent_decode_attention(
     assert interpret == (device.type == "cpu"), (
         "CPU tensors need TRITON_INTERPRET=1 set before `kernels` is imported; CUDA tensors need it unset"
     )
+    num_sms = 4 if interpret else torch.cuda.get_device_properties(device).multi_processor_count
     if num_splits is None:
-        num_sms = 4 if interpret else torch.cuda.get_device_properties(device).multi_processor_count
         num_splits = choose_num_splits(num_slots, batch * num_groups, num_sms)
     split_len = triton.cdiv(triton.cdiv(num_slots, num_splits), MIN_SPLIT_LEN) * MIN_SPLIT_LEN
     if interpret:
@@ -394,6 +410,7 @@ def latent_decode_attention(
         positions, positions.stride(0), kv_start, inv_freq,
         scores, scores.stride(0), scores.stride(1),
         float(rope_scale), float(sm_scale) * LOG2E, num_quantized, num_slots, num_groups,
+        choose_slots_per_program(num_slots, gs * batch * num_groups, num_sms, fixed.get("BLOCK_S")),
     ]
     rope_consts = dict(
         HEAD_DIM=head_dim, HALF_PAD=pad(head_dim // 2), GS=gs, N_REP=n_rep, REP_PAD=pad(n_rep),
@@ -401,7 +418,7 @@ def latent_decode_attention(
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
         VEC_QUANT=_words_aligned(k_latent, k_off_host, [pad(max(k_ranks))]), INTERPRET=interpret, **quant,
     )
-    rope_grid = lambda meta: (gs, triton.cdiv(num_slots, meta["BLOCK_S"]), batch * num_groups)  # noqa: E731
+    rope_grid = (gs, triton.cdiv(num_slots, rope_args[-1]), batch * num_groups)
     if "BLOCK_S" in fixed:
         _rope_qk_kernel[rope_grid](*rope_args, **rope_consts, **fixed)
     else:
