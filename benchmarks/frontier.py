@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import platform
 import sys
 import time
@@ -71,12 +72,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--search_method", default=RankSearchConfig().method.value)
     p.add_argument("--decompose_method", default=DecompositionConfig().method.value)
     p.add_argument("--head_group_size", type=int, default=None, help="default: largest divisor of the KV heads <= 4")
-    p.add_argument("--rank_multiple", type=int, default=32)
-    p.add_argument("--n_whiten_calib_samples", type=int, default=16)
-    p.add_argument("--n_fisher_calib_samples", type=int, default=8)
-    p.add_argument("--calib_seqlen", type=int, default=512)
+    p.add_argument("--rank_multiple", type=int, default=RankSearchConfig().rank_multiple)
+    p.add_argument("--n_whiten_calib_samples", type=int, default=CalibrationConfig().n_whiten_samples)
+    p.add_argument("--n_fisher_calib_samples", type=int, default=CalibrationConfig().n_fisher_samples)
+    p.add_argument("--calib_seqlen", type=int, default=CalibrationConfig().seqlen)
     p.add_argument("--cache_dir", default=None, help="calibration statistics (default: <output_dir>/.calib_cache)")
     p.add_argument("--output_dir", required=True)
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw <output_dir>/frontier.png from its frontier.json (e.g. on a machine with matplotlib)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     unknown = set(args.families.split(",")) - set(FAMILIES)
@@ -158,6 +161,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
     out = Path(args.output_dir)
+    if args.replot:
+        plot(json.loads((out / "frontier.json").read_text()), out / "frontier.png")
+        print(f"wrote {out / 'frontier.png'}")
+        return 0
     args.cache_dir = args.cache_dir or str(out / ".calib_cache")
     families = set(args.families.split(","))
     base, tokenizer = palu.load_model(args.model_id, device=args.device, dtype=args.dtype)
@@ -184,7 +191,11 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "n_tokens": ref["n_tokens"], "uncompressed_ppl": ref["ppl"],
               "fp16_kv_bytes_per_token": fp16_kv_bytes_per_token(attention_shape(base.config)), "points": points}
     cli.write_json_atomic(out / "frontier.json", result)
-    plot(result, out / "frontier.png")
+    try:
+        plot(result, out / "frontier.png")
+    except ImportError:  # the JSON is the result; draw it later with --replot
+        print(f"matplotlib is not installed: wrote {out / 'frontier.json'} only; redraw with --replot")
+        return 0
     print(f"wrote {out / 'frontier.json'} and {out / 'frontier.png'}")
     return 0
 

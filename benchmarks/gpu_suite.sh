@@ -5,7 +5,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results/latency}
 mkdir -p "$OUT"
-run() { echo "+ $*"; "$@" 2>&1 | grep -v "Warning" | tee -a "$OUT/suite.log"; }
+run() { echo "+ $*"; "$@" 2>&1 | tee -a "$OUT/suite.log"; }  # no grep: it buffers, and a killed run loses its output
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 run python3 -m pytest -q -p no:cacheprovider tests/test_backends_agree.py
 # Attention module, one decode step, Llama-2-7B shape, 50% of K+V kept (rank_k 1024, rank_v 3072, 4 heads/group)
