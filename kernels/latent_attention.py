@@ -171,6 +171,7 @@ _softmax_v_split_tuned = triton.autotune(
     configs=softmax_v_configs(),
     key=["HG", "RV1", "RV2", "HAS_QUANT", "HAS_FP", "BITS", "tune_bucket"],
     prune_configs_by={"early_config_prune": prune_softmax_v_configs},
+    cache_results=True,  # best configs persist in Triton's cache dir: later processes skip tuning
 )(_softmax_v_split_kernel)
 
 
@@ -402,6 +403,7 @@ def latent_decode_attention(
     if interpret or block_s is not None:
         fixed["BLOCK_S"] = block_s or 16
 
+    slots_per_program = choose_slots_per_program(num_slots, gs * batch * num_groups, num_sms, fixed.get("BLOCK_S"))
     # 1. Scores (B, H, S) fp32 in log2 units: sm_scale * log2(e) * q . RoPE(k_up @ latent_k).
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
     rope_args = [
@@ -410,7 +412,7 @@ def latent_decode_attention(
         positions, positions.stride(0), kv_start, inv_freq,
         scores, scores.stride(0), scores.stride(1),
         float(rope_scale), float(sm_scale) * LOG2E, num_quantized, num_slots, num_groups,
-        choose_slots_per_program(num_slots, gs * batch * num_groups, num_sms, fixed.get("BLOCK_S")),
+        slots_per_program, int(slots_per_program >= 1024),  # the second is the autotune bucket
     ]
     rope_consts = dict(
         HEAD_DIM=head_dim, HALF_PAD=pad(head_dim // 2), GS=gs, N_REP=n_rep, REP_PAD=pad(n_rep),
@@ -418,7 +420,7 @@ def latent_decode_attention(
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
         VEC_QUANT=_words_aligned(k_latent, k_off_host, [pad(max(k_ranks))]), INTERPRET=interpret, **quant,
     )
-    rope_grid = (gs, triton.cdiv(num_slots, rope_args[-1]), batch * num_groups)
+    rope_grid = (gs, triton.cdiv(num_slots, slots_per_program), batch * num_groups)
     if "BLOCK_S" in fixed:
         _rope_qk_kernel[rope_grid](*rope_args, **rope_consts, **fixed)
     else:

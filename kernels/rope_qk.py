@@ -184,7 +184,7 @@ def _rope_qk_kernel(
     up_ptr, up_sg, up_sr, k_offsets_ptr, bias_ptr,
     pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
     scores_ptr, scores_sb, scores_sh,
-    rope_scale, qk_scale, num_quantized, num_slots, num_groups, slots_per_program,
+    rope_scale, qk_scale, num_quantized, num_slots, num_groups, slots_per_program, tune_bucket,
     HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, N_REP: tl.constexpr, REP_PAD: tl.constexpr,
     RK_PAD: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
     QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, CHAN_ALIGN: tl.constexpr,
@@ -258,6 +258,8 @@ def _rope_qk_kernel(
 
 rope_qk_tuned = triton.autotune(
     configs=reconstruction_configs(),
-    key=["HEAD_DIM", "GS", "N_REP", "RK_PAD", "HAS_QUANT", "HAS_FP", "BITS"],
+    # tune_bucket (short / long loops per program) is only a key: the best pipelining differs.
+    key=["HEAD_DIM", "GS", "N_REP", "RK_PAD", "HAS_QUANT", "HAS_FP", "BITS", "tune_bucket"],
     prune_configs_by={"early_config_prune": prune_reconstruction_configs},
+    cache_results=True,  # best configs persist in Triton's cache dir: later processes skip tuning
 )(_rope_qk_kernel)

@@ -1,0 +1,37 @@
+"""Host-side launch choices of the latent decode kernels: split/program sizes and autotune pruning."""
+from __future__ import annotations
+
+import pytest
+import triton
+
+from kernels._autotune import prune_reconstruction_configs, reconstruction_configs
+from kernels.latent_attention import MAX_RECON_SLOTS, RECON_UNIT, choose_slots_per_program
+
+
+@pytest.mark.parametrize("num_slots", [1, 100, 4096, 65536, 262144])
+@pytest.mark.parametrize("programs_per_range", [4, 32, 256])
+def test_slots_per_program_covers_the_cache_in_whole_units(num_slots, programs_per_range):
+    per = choose_slots_per_program(num_slots, programs_per_range, num_sms=132, block_s=None)
+    assert per % RECON_UNIT == 0 and RECON_UNIT <= per <= MAX_RECON_SLOTS
+    programs = programs_per_range * triton.cdiv(num_slots, per)
+    if per < MAX_RECON_SLOTS and num_slots > RECON_UNIT:
+        # Not capped: no more than about four programs per SM are launched.
+        assert programs <= 4 * 132 + programs_per_range
+
+
+def test_slots_per_program_amortizes_the_up_projection_at_long_context():
+    # 64K slots, 7B shape (4 heads x 8 groups, batch 1): each program loops over many blocks.
+    assert choose_slots_per_program(65536, 32, 132, None) == 4096
+    assert choose_slots_per_program(65536, 32, 132, 16) == 32  # fixed block: two blocks per program
+
+
+def test_reconstruction_pruning_respects_shared_memory_and_loop_length():
+    configs = reconstruction_configs()
+    args = dict(RK_PAD=128, HALF_PAD=64, slots_per_program=4096)
+    kept = prune_reconstruction_configs(configs, args)
+    assert kept and all(c.kwargs["BLOCK_S"] in (64, 128) for c in kept)
+    assert len(kept) == len(configs)  # rank 128: 3 stages of 128-slot tiles + resident halves fit (162 KB)
+    wide = prune_reconstruction_configs(configs, dict(args, RK_PAD=256))
+    assert {(c.kwargs["BLOCK_S"], c.num_stages) for c in wide} == {(64, 1), (64, 3), (128, 1)}  # 128 x 3 stages: 292 KB
+    short = prune_reconstruction_configs(configs, dict(args, slots_per_program=128))
+    assert all(c.num_stages == 1 for c in short)  # a one- or two-block loop has nothing to pipeline
