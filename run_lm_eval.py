@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from palu.eval import lm_eval as lme
 
     try:
-        quant = cli.latent_quant_from_args(args)
+        cli.latent_quant_from_args(args)  # validates the --lt_* flags before loading anything
         cfg = lme.LMEvalConfig(
             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), num_fewshot=args.num_fewshot,
             batch_size=args.batch_size, limit=int(args.limit) if args.limit and args.limit >= 1 else args.limit,
@@ -56,10 +56,10 @@ def main(argv=None) -> int:
         lme.check_tasks(manager, cfg.tasks, cfg.include_path)  # before the model is loaded
     except (ValueError, FileNotFoundError) as err:
         cli.fail(str(err))
-    model, tokenizer = cli.load_for_eval(args)
+    model, tokenizer, applied_quant = cli.load_for_eval(args)
     summary = lme.evaluate(model, tokenizer, cfg, manager=manager)
     out = {
-        "config": {**vars(args), "lm_eval": cfg.to_dict(), "latent_quant": quant.to_dict(),
+        "config": {**vars(args), "lm_eval": cfg.to_dict(), "latent_quant": applied_quant.to_dict(),
                    "palu": getattr(model.config, "palu", None)},
         "argv": sys.argv, "results": summary,
     }

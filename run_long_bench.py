@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from palu.eval import longbench
 
     try:
-        quant = cli.latent_quant_from_args(args)
+        cli.latent_quant_from_args(args)  # validates the --lt_* flags before loading anything
         cfg = longbench.LongBenchConfig(
             datasets=tuple(d.strip() for d in args.datasets.split(",") if d.strip()), max_length=args.max_length,
             data_dir=args.data_dir, prompt_config=args.prompt_config, limit=args.limit,
@@ -54,13 +54,13 @@ def main(argv=None) -> int:
         longbench.load_prompts(cfg.prompt_config)
     except (ValueError, FileNotFoundError) as err:
         cli.fail(str(err))
-    model, tokenizer = cli.load_for_eval(args)
+    model, tokenizer, applied_quant = cli.load_for_eval(args)
     try:
         summary = longbench.evaluate(model, tokenizer, cfg)
     except (ValueError, FileNotFoundError) as err:  # malformed data found while reading
         cli.fail(str(err))
     out = {
-        "config": {**vars(args), "longbench": cfg.to_dict(), "latent_quant": quant.to_dict(),
+        "config": {**vars(args), "longbench": cfg.to_dict(), "latent_quant": applied_quant.to_dict(),
                    "palu": getattr(model.config, "palu", None)},
         "argv": sys.argv, "results": summary,
     }

@@ -49,13 +49,13 @@ def main(argv=None) -> int:
         cli.fail(str(err))
     from palu.eval.perplexity import perplexity
 
-    model, tokenizer = cli.load_for_eval(args)
+    model, tokenizer, applied_quant = cli.load_for_eval(args)
     results = {}
     for name in names:
         ids = data.tokenize_stream(data.load_texts(name, "eval"), tokenizer)
         results[name] = perplexity(model, data.eval_windows(ids, args.seqlen, args.n_samples), args.batch_size)
         print(f"{name}: ppl {results[name]['ppl']:.4f} over {results[name]['n_tokens']} tokens")
-    out = {"config": {**vars(args), "latent_quant": args.latent_quant_applied, "palu": getattr(model.config, "palu", None)},
+    out = {"config": {**vars(args), "latent_quant": applied_quant.to_dict(), "palu": getattr(model.config, "palu", None)},
            "argv": sys.argv, "results": results}
     if args.output_json:
         cli.write_json_atomic(args.output_json, out)

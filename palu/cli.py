@@ -80,7 +80,8 @@ def latent_quant_from_args(args: argparse.Namespace) -> LatentQuantConfig:
 
 
 def load_for_eval(args: argparse.Namespace):
-    """Model + tokenizer from the model/quant flags: original checkpoints as-is, Palu dumps configured."""
+    """(model, tokenizer, latent quantization applied) from the model/quant flags: original
+    checkpoints as-is, Palu dumps configured (a ``--kv_budget`` dump's saved bits unless --lt_* override)."""
     from .integrations.hf import configure, palu_modules
     from .models import load_model
 
@@ -89,12 +90,11 @@ def load_for_eval(args: argparse.Namespace):
     saved = (getattr(model.config, "palu", None) or {}).get("latent_quant")
     if saved and not quant.enabled:  # a --kv_budget dump carries its chosen bits; explicit --lt_bits override them
         quant = LatentQuantConfig.from_dict(saved)
-    args.latent_quant_applied = quant.to_dict()
     if any(True for _ in palu_modules(model)):
         configure(model, quant=quant, cache_mode=args.cache_mode, backend=args.backend)
     elif quant.enabled or quant.hadamard or args.cache_mode:
         raise SystemExit("error: --lt_* and --cache_mode apply to Palu dumps; this model is not compressed (run compress.py)")
-    return model, tokenizer
+    return model, tokenizer, quant
 
 
 def setup_logging(verbose: bool) -> None:
