@@ -78,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calib_seqlen", type=int, default=CalibrationConfig().seqlen)
     p.add_argument("--cache_dir", default=None, help="calibration statistics (default: <output_dir>/.calib_cache)")
     p.add_argument("--output_dir", required=True)
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="only combine the points of earlier runs (same model, eval set and seqlen) into "
+                        "<output_dir>/frontier.json + .png; each point keeps the device it ran on")
     p.add_argument("--replot", action="store_true",
                    help="only redraw <output_dir>/frontier.png from its frontier.json (e.g. on a machine with matplotlib)")
     p.add_argument("--verbose", action="store_true")
@@ -165,6 +168,15 @@ def main(argv=None) -> int:
         plot(json.loads((out / "frontier.json").read_text()), out / "frontier.png")
         print(f"wrote {out / 'frontier.png'}")
         return 0
+    if args.merge:
+        try:
+            result = merge_runs([json.loads(Path(p).read_text()) for p in args.merge], args.merge)
+        except (OSError, ValueError, KeyError) as err:
+            cli.fail(f"--merge: {err}")
+        cli.write_json_atomic(out / "frontier.json", result)
+        plot(result, out / "frontier.png")
+        print(f"wrote {out / 'frontier.json'} and {out / 'frontier.png'}")
+        return 0
     args.cache_dir = args.cache_dir or str(out / ".calib_cache")
     families = set(args.families.split(","))
     base, tokenizer = palu.load_model(args.model_id, device=args.device, dtype=args.dtype)
@@ -210,6 +222,20 @@ def _series(point: dict) -> str:
     if point["method"] in ("kivi", "per_token"):
         return {"kivi": "KIVI", "per_token": "per-token quant"}[point["method"]]
     return {"palu-budget": "Palu budget (joint ranks + bits)"}.get(point["method"], point["method"])
+
+
+def merge_runs(runs: list[dict], names: list[str]) -> dict:
+    """One frontier from several runs of the same evaluation (e.g. fixed points on a GPU, budget
+    points on a CPU): points are concatenated, each tagged with its run's device."""
+    first = runs[0]
+    same = ("eval_dataset", "seqlen", "n_samples", "model_id")
+    for run, name in zip(runs[1:], names[1:]):
+        diff = [k for k in same if run["config"].get(k) != first["config"].get(k)]
+        if diff or run["n_tokens"] != first["n_tokens"]:
+            raise ValueError(f"{name} differs from {names[0]} in {diff or ['n_tokens']}: not the same evaluation")
+    points = [{**p, "device": run["device"]} for run in runs for p in run["points"]]
+    return {**first, "argv": sys.argv, "merged_from": names, "device": " + ".join(sorted({r["device"] for r in runs})),
+            "uncompressed_ppl_by_run": [r["uncompressed_ppl"] for r in runs], "points": points}
 
 
 def plot(result: dict, path: Path) -> None:

@@ -181,3 +181,17 @@ def test_frontier_smoke_writes_json_and_png(corpus, tmp_path):
     assert all(p["kv_bytes_per_token"] > 0 and p["ppl"] > 0 and "bits_per_element" in p for p in result["points"])
     assert result["config"]["seqlen"] == 64 and result["argv"]
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Merging runs of the same evaluation keeps every point and its device; a different eval is refused.
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps({**result, "device": "other", "points": result["points"][:2]}))
+    merged_dir = tmp_path / "merged"
+    assert _frontier().main(["--merge", str(out / "frontier.json"), str(second), "--output_dir", str(merged_dir)]) == 0
+    merged = json.loads((merged_dir / "frontier.json").read_text())
+    assert len(merged["points"]) == len(result["points"]) + 2
+    assert [p["device"] for p in merged["points"][-2:]] == ["other", "other"]
+    assert (merged_dir / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    other_eval = tmp_path / "other_eval.json"
+    other_eval.write_text(json.dumps({**result, "config": {**result["config"], "seqlen": 128}}))
+    with pytest.raises(SystemExit):
+        _frontier().main(["--merge", str(out / "frontier.json"), str(other_eval), "--output_dir", str(tmp_path / "m2")])
