@@ -66,11 +66,12 @@ def _hub_texts(name: str, split: Split, cache_dir: Optional[str]) -> list[str]:
     from datasets import load_dataset  # lazy: optional on GPU machines
 
     if name == "wikitext2":
+        # Joined as in the GPTQ/Palu evaluations, so perplexities compare with published ones.
         ds = load_dataset("wikitext", "wikitext-2-raw-v1", split="train" if split == "calib" else "test", cache_dir=cache_dir)
-        return ["".join(ds["text"])]
+        return ["\n\n".join(ds["text"])]
     if name == "ptb":
         ds = load_dataset("ptb_text_only", "penn_treebank", split="train" if split == "calib" else "test", cache_dir=cache_dir)
-        return ["\n".join(ds["sentence"])]
+        return [" ".join(ds["sentence"])]
     if name == "c4":
         files = {
             "calib": "en/c4-train.00000-of-01024.json.gz",
