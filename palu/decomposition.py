@@ -63,8 +63,16 @@ def regularized_cholesky(gram: torch.Tensor, damp: float) -> torch.Tensor:
 def _truncate(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     # Split Σ as √Σ on each side so neither factor carries the whole dynamic range;
     # the latent (down side) then has balanced scale for quantization.
-    root = s[:rank].sqrt()
-    return u[:, :rank] * root, root[:, None] * vh[:rank]
+    u, s, vh = u[:, :rank], s[:rank], vh[:rank]
+    # Singular vectors are defined up to sign, and LAPACK and cuSOLVER pick different ones. The
+    # product does not care, but per-token min-max quantization of the latents does (flipping one
+    # channel changes its group's range): measured 33.97 vs 30.90 ppl for the same 3-bit model
+    # decomposed on a CPU and on an H100. Fix the sign (largest |entry| of each row of Vᵀ positive)
+    # so that a dump is the same wherever it is made.
+    pivot = vh.abs().argmax(dim=1, keepdim=True)
+    sign = torch.where(vh.gather(1, pivot) < 0, -1.0, 1.0).to(vh.dtype)  # (r, 1)
+    root = s.sqrt()
+    return (u * sign.T) * root, root[:, None] * (vh * sign)
 
 
 @register_decomposition("svd")

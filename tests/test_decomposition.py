@@ -105,3 +105,26 @@ def test_kfac_with_huge_damping_becomes_plain_whitening():
         cov = damp_covariance((grads.T @ grads)[None], damp)
         kfac = _rebuild(*decompose_projection(w, [8], 8, 4, "whiten_kfac", chol, cov))
         assert torch.allclose(kfac, white, rtol=1e-4, atol=1e-6) == close, damp
+
+
+@pytest.mark.parametrize("method", ["svd", "whiten"])
+def test_factor_signs_do_not_depend_on_the_svd_implementation(method):
+    # Flipping the sign of singular vector pairs (what another LAPACK may return) must give the
+    # same factors: the sign convention is applied after the SVD.
+    w, x = _data(seed=11)
+    chol = regularized_cholesky(x.T @ x, 1e-9)
+    ups, downs = decompose_projection(w, [8], 8, 4, method, chol)
+    real_svd = torch.linalg.svd
+
+    def flipped_svd(a, full_matrices=False):
+        u, s, vh = real_svd(a, full_matrices=full_matrices)
+        flip = torch.where(torch.arange(s.shape[0]) % 2 == 0, -1.0, 1.0).to(u.dtype)
+        return u * flip, s, vh * flip[:, None]
+
+    torch.linalg.svd = flipped_svd
+    try:
+        ups2, downs2 = decompose_projection(w, [8], 8, 4, method, chol)
+    finally:
+        torch.linalg.svd = real_svd
+    torch.testing.assert_close(ups2[0], ups[0])
+    torch.testing.assert_close(downs2[0], downs[0])
