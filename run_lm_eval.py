@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     try:
         cli.latent_quant_from_args(args)  # validates the --lt_* flags before loading anything
         cfg = lme.LMEvalConfig(
-            tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), num_fewshot=args.num_fewshot,
+            tasks=cli.comma_list(args.tasks), num_fewshot=args.num_fewshot,
             batch_size=args.batch_size, limit=int(args.limit) if args.limit and args.limit >= 1 else args.limit,
             include_path=args.include_path, include_defaults=args.include_defaults, seed=args.seed,
         )
@@ -58,11 +58,7 @@ def main(argv=None) -> int:
         cli.fail(str(err))
     model, tokenizer, applied_quant = cli.load_for_eval(args)
     summary = lme.evaluate(model, tokenizer, cfg, manager=manager)
-    out = {
-        "config": {**vars(args), "lm_eval": cfg.to_dict(), "latent_quant": applied_quant.to_dict(),
-                   "palu": getattr(model.config, "palu", None)},
-        "argv": sys.argv, "results": summary,
-    }
+    out = cli.eval_record(args, model, applied_quant, summary, lm_eval=cfg.to_dict())
     if args.output_json:
         cli.write_json_atomic(args.output_json, out)
     print(lme.markdown_table(summary))

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     try:
         cli.latent_quant_from_args(args)  # validates the --lt_* flags before loading anything
         cfg = longbench.LongBenchConfig(
-            datasets=tuple(d.strip() for d in args.datasets.split(",") if d.strip()), max_length=args.max_length,
+            datasets=cli.comma_list(args.datasets), max_length=args.max_length,
             data_dir=args.data_dir, prompt_config=args.prompt_config, limit=args.limit,
         )
         longbench.check_data(cfg)
@@ -59,11 +59,7 @@ def main(argv=None) -> int:
         summary = longbench.evaluate(model, tokenizer, cfg)
     except (ValueError, FileNotFoundError) as err:  # malformed data found while reading
         cli.fail(str(err))
-    out = {
-        "config": {**vars(args), "longbench": cfg.to_dict(), "latent_quant": applied_quant.to_dict(),
-                   "palu": getattr(model.config, "palu", None)},
-        "argv": sys.argv, "results": summary,
-    }
+    out = cli.eval_record(args, model, applied_quant, summary, longbench=cfg.to_dict())
     if args.output_json:
         cli.write_json_atomic(args.output_json, out)
     print(longbench.markdown_table(summary))

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
             before = json.loads(Path(args.compare_json).read_text())["results"]
         except (OSError, ValueError, KeyError) as err:
             cli.fail(f"--compare_json {args.compare_json}: not a run_ppl_eval.py result ({err})")
-    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    names = cli.comma_list(args.datasets)
     try:
         cli.latent_quant_from_args(args)  # validates the --lt_* flags before loading anything
         for name in names:
@@ -55,8 +55,7 @@ def main(argv=None) -> int:
         ids = data.tokenize_stream(data.load_texts(name, "eval"), tokenizer)
         results[name] = perplexity(model, data.eval_windows(ids, args.seqlen, args.n_samples), args.batch_size)
         print(f"{name}: ppl {results[name]['ppl']:.4f} over {results[name]['n_tokens']} tokens")
-    out = {"config": {**vars(args), "latent_quant": applied_quant.to_dict(), "palu": getattr(model.config, "palu", None)},
-           "argv": sys.argv, "results": results}
+    out = cli.eval_record(args, model, applied_quant, results)
     if args.output_json:
         cli.write_json_atomic(args.output_json, out)
     if before is not None:

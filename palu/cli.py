@@ -97,6 +97,21 @@ def load_for_eval(args: argparse.Namespace):
     return model, tokenizer, quant
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """A comma-separated flag value, items stripped, empty items dropped: "a, b,," -> ("a", "b")."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def eval_record(args: argparse.Namespace, model, applied_quant: LatentQuantConfig, results: Any, **configs: Any) -> dict:
+    """What every evaluation runner writes: its flags plus typed sub-configs (``configs``), the latent
+    quantization it applied, the dump's ``palu`` section, argv and the results."""
+    return {
+        "config": {**vars(args), **configs, "latent_quant": applied_quant.to_dict(),
+                   "palu": getattr(model.config, "palu", None)},
+        "argv": sys.argv, "results": results,
+    }
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
