@@ -165,7 +165,11 @@ def main(argv=None) -> int:
     cli.setup_logging(args.verbose)
     out = Path(args.output_dir)
     if args.replot:
-        plot(json.loads((out / "frontier.json").read_text()), out / "frontier.png")
+        try:
+            result = json.loads((out / "frontier.json").read_text())
+        except (OSError, ValueError) as err:
+            cli.fail(f"--replot: no readable frontier.json in {out} ({err}); run frontier.py there first")
+        plot(result, out / "frontier.png")
         print(f"wrote {out / 'frontier.png'}")
         return 0
     if args.merge:

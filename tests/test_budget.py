@@ -195,3 +195,7 @@ def test_frontier_smoke_writes_json_and_png(corpus, tmp_path):
     other_eval.write_text(json.dumps({**result, "config": {**result["config"], "seqlen": 128}}))
     with pytest.raises(SystemExit):
         _frontier().main(["--merge", str(out / "frontier.json"), str(other_eval), "--output_dir", str(tmp_path / "m2")])
+    # --replot redraws from the JSON, and says what is missing when there is none.
+    assert _frontier().main(["--replot", "--output_dir", str(merged_dir)]) == 0
+    with pytest.raises(SystemExit):
+        _frontier().main(["--replot", "--output_dir", str(tmp_path / "empty")])
