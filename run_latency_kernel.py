@@ -37,15 +37,17 @@ def markdown_table(report: dict) -> str:
         f"{report['ceilings']['fp16_flops'] / 1e12:.0f} TFLOP/s fp16 matmul",
         f"command: `{report['command']}`",
         "",
-        "| seq len | SDPA full K/V (us) | unfused (us) | fused (us) | fused roofline (us) | fused % roofline "
-        "| fused GB/s | fused TFLOP/s | speedup vs SDPA |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| seq len | SDPA full K/V (us) | unfused (us) | fused (us) | reconstruction kernel instead (us) "
+        "| fused roofline (us) | fused % roofline | fused GB/s | fused TFLOP/s | speedup vs SDPA |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     fmt = lambda x, f="{:.1f}": "-" if x is None else f.format(x)  # noqa: E731
     for r in report["results"]:
         s, u, f = r["sdpa"], r["unfused"], r["fused"]
+        rq = r.get("fused_rope_qk", {})
         lines.append(
             f"| {r['seq_len']} | {fmt(s['time_us'])} | {fmt(u['time_us'])} | {fmt(f['time_us'])} | "
+            f"{fmt(rq.get('time_us'))} | "
             f"{fmt(f['roofline_us'])} | {fmt(f.get('pct_roofline'), '{:.0f}%')} | {fmt(f.get('GBps'), '{:.0f}')} | "
             f"{fmt(f.get('TFLOPs'))} | {fmt(f.get('speedup_vs_sdpa'), '{:.2f}x')} |"
         )

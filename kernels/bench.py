@@ -249,16 +249,19 @@ def run_seq_len(cfg: KernelBenchConfig, seq_len: int, ceilings: dict[str, float]
     latent_decode_attention(**problems[0])  # autotune outside the timed region
     fused = [lambda p=p: latent_decode_attention(**p) for p in problems]
     result["fused"] = _entry(_try(lambda: _bench(fused)), fused_traffic(cfg, seq_len), ceilings)
+    result["fused_kernels_us"] = kernel_breakdown(fused[0])
+    if cfg.num_heads == cfg.num_kv_heads:  # the reconstruction kernel (the fold path's alternative)
+        recon = [lambda p=p: latent_decode_attention(**p, method="rope_qk") for p in problems]
+        result["fused_rope_qk"] = _entry(_try(lambda: _bench(recon)), fused_traffic(cfg, seq_len), ceilings)
     unfused = [lambda p=p: unfused_decode(p) for p in problems]
     result["unfused"] = _entry(_try(lambda: _bench(unfused)), fused_traffic(cfg, seq_len), ceilings)
-    result["fused_kernels_us"] = kernel_breakdown(fused[0])
     if cfg.bits == 16:  # the unfused path computes the same function: keep it honest
         ref, out = unfused_decode(problems[0]).float(), latent_decode_attention(**problems[0])
         result["fused_vs_unfused_rel_err"] = ((out - ref).norm() / ref.norm()).item()
     del problems, fused, unfused
     torch.cuda.empty_cache()
-    for name in ("unfused", "fused"):
-        if result[name]["time_us"] and result["sdpa"]["time_us"]:
+    for name in ("unfused", "fused", "fused_rope_qk"):
+        if name in result and result[name]["time_us"] and result["sdpa"]["time_us"]:
             result[name]["speedup_vs_sdpa"] = result["sdpa"]["time_us"] / result[name]["time_us"]
     return result
 

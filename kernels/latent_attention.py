@@ -76,7 +76,9 @@ def _softmax_v_block(
     slots = start + tl.arange(0, BLOCK_S)
     slot_mask = slots < hi
     # Scores are already scaled by sm_scale * log2(e), left padding already -inf.
-    s = tl.load(scores_rows + slots[None, :], mask=row_mask[:, None] & slot_mask[None, :], other=float("-inf"))
+    # .cg: scores come from another kernel that may run concurrently (fold path); never from a stale L1 line.
+    s = tl.load(scores_rows + slots[None, :], mask=row_mask[:, None] & slot_mask[None, :], other=float("-inf"),
+                cache_modifier=".cg")
     # Value channels as two power-of-two column blocks (384 = 256 + 128) instead of one padded to 512.
     v1 = load_latent_tile(
         v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
@@ -165,6 +167,83 @@ def _softmax_v_split_kernel(
     if RV2 > 0:
         v_idx2 = RV1 + tl.arange(0, RV2)
         tl.store(acc_rows + v_idx2[None, :], acc2, mask=row_mask[:, None] & (v_idx2 < rv_max)[None, :])
+
+
+@triton.jit
+def _softmax_v_wait_kernel(
+    scores_ptr, scores_sb, scores_sh,
+    v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
+    v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
+    v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, flags_ptr,
+    num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, num_groups, batch_groups,
+    HG: tl.constexpr, HG_PAD: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr,
+    HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
+    HAS_ZERO: tl.constexpr, CHAN_ALIGN: tl.constexpr, VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Persistent version of :func:`_softmax_v_split_kernel` that waits for its scores.
+
+    Program p handles items p, p + P, ... (P programs) of ``num_splits * batch_groups`` items in
+    split-major order, item = split * batch_groups + b * G + g: the order in which the score kernel
+    (:mod:`kernels.fold_scores`) finishes chunks. Before an item it spins on the item's flag
+    (acquire), so it may run concurrently with the score kernel on another stream. The grid is at
+    most one program per SM and the score kernel never waits, so every flag is eventually raised.
+    """
+    num_items = num_splits * batch_groups
+    item = tl.program_id(0)
+    while item < num_items:
+        split = item // batch_groups
+        bg = item % batch_groups
+        g = bg % num_groups
+        b = (bg // num_groups).to(tl.int64)
+        while tl.atomic_add(flags_ptr + bg * num_splits + split, 0, sem="acquire", scope="gpu") == 0:
+            pass
+        v_off = tl.multiple_of(tl.load(v_offsets_ptr + g), CHAN_ALIGN)
+        v_rank = tl.multiple_of(tl.load(v_offsets_ptr + g + 1) - v_off, CHAN_ALIGN)
+        t_idx = tl.arange(0, HG_PAD)
+        row_mask = t_idx < HG
+        head = g * HG + t_idx
+        scores_rows = scores_ptr + b * scores_sb + head.to(tl.int64)[:, None] * scores_sh
+        v_fp = v_fp_ptr + b * v_fp_sb
+        v_codes = v_codes_ptr + b * v_codes_sb
+        v_scale = v_scale_ptr + b * v_scale_sb
+        v_zero = v_zero_ptr + b * v_zero_sb
+        m_i = tl.full((HG_PAD,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((HG_PAD,), dtype=tl.float32)
+        acc1 = tl.zeros((HG_PAD, RV1), dtype=tl.float32)
+        acc2 = tl.zeros((HG_PAD, RV2 if RV2 > 0 else 16), dtype=tl.float32)
+        lo = split * split_len
+        hi = tl.minimum(lo + split_len, num_slots)
+        lo = tl.maximum(lo, tl.load(kv_start_ptr + b))
+        DTYPE = v_fp_ptr.dtype.element_ty
+        if INTERPRET:
+            start = lo
+            while start < hi:
+                m_i, l_i, acc1, acc2 = _softmax_v_block(
+                    m_i, l_i, acc1, acc2, scores_rows, row_mask,
+                    v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
+                    start, hi, num_quantized, v_off, v_rank,
+                    HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE,
+                )
+                start += BLOCK_S
+        else:
+            for start in range(lo, hi, BLOCK_S):
+                m_i, l_i, acc1, acc2 = _softmax_v_block(
+                    m_i, l_i, acc1, acc2, scores_rows, row_mask,
+                    v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
+                    start, hi, num_quantized, v_off, v_rank,
+                    HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE,
+                )
+        row = (b * num_heads + head.to(tl.int64)) * num_splits + split
+        tl.store(part_m_ptr + row, m_i, mask=row_mask)
+        tl.store(part_l_ptr + row, l_i, mask=row_mask)
+        v_idx1 = tl.arange(0, RV1)
+        acc_rows = part_acc_ptr + row[:, None] * rv_max
+        tl.store(acc_rows + v_idx1[None, :], acc1, mask=row_mask[:, None] & (v_idx1 < rv_max)[None, :])
+        if RV2 > 0:
+            v_idx2 = RV1 + tl.arange(0, RV2)
+            tl.store(acc_rows + v_idx2[None, :], acc2, mask=row_mask[:, None] & (v_idx2 < rv_max)[None, :])
+        item += tl.num_programs(0)
 
 
 _softmax_v_split_tuned = triton.autotune(
@@ -317,6 +396,8 @@ def latent_decode_attention(
     *,
     num_splits: Optional[int] = None,
     block_s: Optional[int] = None,
+    method: str = "auto",
+    overlap: Optional[bool] = None,
 ) -> torch.Tensor:
     """Decode attention of one new token over latent keys/values; returns z (B, H, rv_max) fp32.
 
@@ -334,6 +415,14 @@ def latent_decode_attention(
       k_bias     optional (H_kv*D,) key bias added before RoPE.
       num_splits optional override of the number of splits of the slot axis (tests, benchmarks).
       block_s    optional fixed slots per block (skips autotuning; tests compile fewer variants).
+      method     "fold" (queries folded into k_up, :mod:`kernels.fold_scores`; n_rep == 1), "rope_qk"
+                 (keys reconstructed, :mod:`kernels.rope_qk`; any n_rep) or "auto" (fold where it
+                 applies, its folded matrices fit in shared memory and B * S <= FOLD_MAX_BATCH_SLOTS).
+      overlap    fold only, EXPERIMENTAL (default False): score and value kernels run concurrently on
+                 two streams, synchronized per chunk of slots by flags, once both kernels are known to
+                 fit on one SM together. Passed its GPU tests, but one benchmark run hung with it (H200,
+                 64K slots, CUDA-graph timing; cause not found, kernels/NOTES.md). Off: the two kernels
+                 run one after the other on the current stream, where no wait can block.
 
     Query head h reads KV head h // (H // H_kv) of group (h // (H // H_kv)) // gs. Output column
     c >= rv_g of a head in group g is 0. D must be even and <= 256; S >= 1.
@@ -386,6 +475,7 @@ def latent_decode_attention(
         "CPU tensors need TRITON_INTERPRET=1 set before `kernels` is imported; CUDA tensors need it unset"
     )
     num_sms = 4 if interpret else torch.cuda.get_device_properties(device).multi_processor_count
+    requested_splits = num_splits
     if num_splits is None:
         num_splits = choose_num_splits(num_slots, batch * num_groups, num_sms)
     split_len = triton.cdiv(triton.cdiv(num_slots, num_splits), MIN_SPLIT_LEN) * MIN_SPLIT_LEN
@@ -394,6 +484,19 @@ def latent_decode_attention(
     num_splits = triton.cdiv(num_slots, split_len)
 
     pad = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731 (tl.dot needs >= 16)
+    if method not in ("auto", "fold", "rope_qk"):
+        raise ValueError(f"method must be 'auto', 'fold' or 'rope_qk', got {method!r}")
+    elt = q.element_size()
+    fold_fits = fold_shared_bytes(gs * n_rep, pad(head_dim // 2), pad(max(k_ranks)), elt) <= FOLD_SMEM_BUDGET
+    # auto: fold where it measured faster (H200, 32x128 heads, gs 4: 38.9 vs 42.6 us at 4K, 333.5 vs 363.4 us
+    # at 64K); its one-program-per-SM score kernel lost at 256K slots (1108 vs 1028 us) and at B=8 x 64K.
+    fold_auto = n_rep == 1 and fold_fits and batch * num_slots <= FOLD_MAX_BATCH_SLOTS
+    if method == "fold" or (method == "auto" and fold_auto):
+        return _fold_decode(
+            q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
+            gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap, requested_splits,
+        )
+
     kv_views = (_view_args(k_latent, q), _view_args(v_latent, q))
     quant = dict(
         HAS_QUANT=num_quantized > 0, HAS_FP=num_fp > 0,
@@ -451,5 +554,168 @@ def latent_decode_attention(
     _merge_splits_kernel[(batch * num_heads, triton.cdiv(rv_max, block_rv))](
         part_m, part_l, part_acc, out, num_splits, rv_max,
         SPLITS_PAD=triton.next_power_of_2(num_splits), BLOCK_RV=block_rv,
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Fold path: folded-query score kernel and value kernel, concurrently, synchronized by chunk flags.
+# ------------------------------------------------------------------------------------------------
+
+FOLD_BLOCK_S = 64  # score kernel: slots per dot (wgmma M)
+FOLD_MAX_BATCH_SLOTS = 131072  # auto uses fold up to B * S slots (measured faster at 64K, slower at 256K)
+FOLD_SMEM_BUDGET = 160 * 1024  # score kernel: folded matrices + two latent stages; leaves ~66 KB for the value kernel
+VALUE_BLOCK_S = 32  # value kernel beside it: two stages of 32 slots
+
+
+def fold_shared_bytes(heads_per_group: int, half_pad: int, rk_pad: int, elt: int, stages: int = 2) -> int:
+    """Shared memory the score kernel needs: 2 folded (D/2, r) matrices per head + latent stages."""
+    return 2 * heads_per_group * half_pad * rk_pad * elt + stages * FOLD_BLOCK_S * rk_pad * elt
+
+
+def choose_fold_chunks(num_slots: int, batch_groups: int, num_sms: int) -> tuple[int, int]:
+    """(chunk_len, num_chunks): chunks of a multiple of MIN_SPLIT_LEN slots, about two value items
+    per SM in all (so both kernels' programs fill the GPU), at most MAX_SPLITS per sequence."""
+    wanted = max(1, triton.cdiv(2 * num_sms, batch_groups))
+    chunk_len = triton.cdiv(triton.cdiv(num_slots, wanted), MIN_SPLIT_LEN) * MIN_SPLIT_LEN
+    chunk_len = max(chunk_len, triton.cdiv(triton.cdiv(num_slots, MAX_SPLITS), MIN_SPLIT_LEN) * MIN_SPLIT_LEN)
+    return chunk_len, triton.cdiv(num_slots, chunk_len)
+
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+_CO_RESIDENT: dict[tuple, bool] = {}  # (device, launch constexprs) -> both kernels fit on one SM together
+
+
+def _side_stream(device: torch.device) -> "torch.cuda.Stream":
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SIDE_STREAMS:
+        _SIDE_STREAMS[idx] = torch.cuda.Stream(device=idx)
+    return _SIDE_STREAMS[idx]
+
+
+def _fits_together(device: torch.device, kernels: list, warps: list[int]) -> bool:
+    """Whether one program of each compiled kernel fits on one SM at the same time (shared memory,
+    registers). The value kernel spins on flags the score kernel raises: with one value program per SM
+    resident, a score program must still find room, or the two kernels would wait on each other."""
+    props = torch.cuda.get_device_properties(device)
+    smem = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    regs = getattr(props, "regs_per_multiprocessor", 65536)
+    used_smem = used_regs = 0
+    for k, w in zip(kernels, warps):
+        if k is None:
+            return False
+        k._init_handles()
+        used_smem += int(k.metadata.shared) + 1024  # the driver reserves 1 KB per block
+        used_regs += triton.cdiv(int(k.n_regs), 8) * 8 * 32 * w
+    return used_smem <= smem and used_regs <= regs
+
+
+def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
+                 sm_scale, gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap,
+                 num_splits):
+    """latent_decode_attention through :mod:`kernels.fold_scores` (same arguments and result)."""
+    from .fold_scores import _fold_scores_kernel
+
+    batch, num_heads, head_dim = q.shape
+    num_groups = k_up.shape[0]
+    device = q.device
+    num_quantized, num_fp = k_latent.num_quantized, k_latent.num_fp
+    num_slots = num_quantized + num_fp
+    k_ranks = [b - a for a, b in zip(k_off_host, k_off_host[1:])]
+    rv_max = max(b - a for a, b in zip(v_off_host, v_off_host[1:]))
+    pad = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731
+    hg, bgs = gs * n_rep, batch * num_groups
+    if num_splits is not None:  # tests: a given number of chunks
+        chunk_len = triton.cdiv(num_slots, num_splits)
+        num_chunks = triton.cdiv(num_slots, chunk_len)
+    else:
+        chunk_len, num_chunks = choose_fold_chunks(num_slots, bgs, num_sms)
+    ctas_per_bg = max(1, min(num_chunks, num_sms // bgs))
+    quant = dict(
+        HAS_QUANT=num_quantized > 0, HAS_FP=num_fp > 0,
+        BITS=k_latent.bits if num_quantized else 16, QUANT_GROUP=k_latent.quant_group_size,
+    )
+    half_pad, rk_pad = pad(head_dim // 2), pad(max(k_ranks))
+    elt = q.element_size()
+    if interpret:
+        key_cfg = dict(BLOCK_S=block_s or 16, num_warps=4, num_stages=1)
+        val_cfg = dict(BLOCK_S=block_s or 16, num_warps=4, num_stages=1)
+    else:
+        stages = 2 if fold_shared_bytes(hg, half_pad, rk_pad, elt, 2) <= FOLD_SMEM_BUDGET else 1
+        key_cfg = dict(BLOCK_S=block_s or FOLD_BLOCK_S, num_warps=4, num_stages=stages)
+        val_cfg = dict(BLOCK_S=block_s or VALUE_BLOCK_S, num_warps=4, num_stages=2)
+
+    kv_views = (_view_args(k_latent, q), _view_args(v_latent, q))
+    flags = torch.zeros(bgs * num_chunks, dtype=torch.int32, device=device)
+    scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
+    key_args = [
+        q, q.stride(0), q.stride(1), *kv_views[0],
+        k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if k_bias is not None else q,
+        positions, positions.stride(0), kv_start, inv_freq,
+        scores, scores.stride(0), scores.stride(1), flags,
+        float(sm_scale) * LOG2E * float(rope_scale), num_quantized, num_slots, num_groups, bgs, chunk_len,
+        num_chunks, ctas_per_bg,
+    ]
+    key_consts = dict(
+        HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad,
+        HAS_ZERO=k_latent.zero is not None, HAS_BIAS=k_bias is not None,
+        CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
+        VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), INTERPRET=interpret, **quant,
+    )
+    part_m = torch.empty(batch, num_heads, num_chunks, dtype=torch.float32, device=device)
+    part_l = torch.empty_like(part_m)
+    part_acc = torch.empty(batch, num_heads, num_chunks, rv_max, dtype=torch.float32, device=device)
+    rv1, rv2 = _split_value_columns(rv_max)
+    val_args = [
+        scores, scores.stride(0), scores.stride(1), *kv_views[1], v_offsets, kv_start, part_m, part_l, part_acc,
+        flags, num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, num_groups, bgs,
+    ]
+    val_consts = dict(HG=hg, HG_PAD=pad(hg), RV1=rv1, RV2=rv2, HAS_ZERO=v_latent.zero is not None,
+                      CHAN_ALIGN=_channel_alignment(v_off_host),
+                      VEC_QUANT=_words_aligned(v_latent, v_off_host, [rv1, rv2] if rv2 else [rv1]),
+                      INTERPRET=interpret, **quant)
+    key_grid = (bgs * ctas_per_bg,)
+    val_grid = (min(bgs * num_chunks, num_sms),)
+
+    fit_key = None
+    if not interpret:
+        fit_key = (device.index, tuple(sorted(key_consts.items())), tuple(sorted(val_consts.items())),
+                   tuple(sorted(key_cfg.items())), tuple(sorted(val_cfg.items())))
+    concurrent = bool(overlap) and fit_key is not None and _CO_RESIDENT.get(fit_key, False)
+    if overlap and not interpret and fit_key in _CO_RESIDENT and not concurrent:
+        raise ValueError("overlap=True, but the score and value kernels do not fit on one SM together")
+    if concurrent:
+        side = _side_stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))  # flags zeroed, inputs written
+        _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
+        with torch.cuda.stream(side):
+            _softmax_v_wait_kernel[val_grid](*val_args, **val_consts, **val_cfg)
+        torch.cuda.current_stream(device).wait_stream(side)
+    elif overlap:  # first overlap call (or the interpreter): in sequence, learning whether both fit on one SM
+        kk = _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
+        vk = _softmax_v_wait_kernel[val_grid](*val_args, **val_consts, **val_cfg)
+        if fit_key is not None:
+            _CO_RESIDENT[fit_key] = _fits_together(device, [kk, vk], [key_cfg["num_warps"], val_cfg["num_warps"]])
+    else:
+        # One after the other on this stream. Values through the autotuned split kernel: measured 2x
+        # faster than the persistent one-program-per-SM wait kernel when it runs alone (H200, 64K:
+        # 97 vs 191 us), which cannot keep enough loads in flight.
+        _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
+        sv_args = [
+            scores, scores.stride(0), scores.stride(1), *kv_views[1], v_offsets, kv_start, part_m, part_l, part_acc,
+            num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, int(chunk_len >= 1024),
+        ]
+        sv_grid = (num_chunks, num_groups, batch)
+        sv_consts = {k: v for k, v in val_consts.items()}
+        if interpret or block_s is not None:
+            _softmax_v_split_kernel[sv_grid](*sv_args, **sv_consts, **val_cfg)
+        else:
+            _softmax_v_split_tuned[sv_grid](*sv_args, **sv_consts)
+
+    out = torch.empty(batch, num_heads, rv_max, dtype=torch.float32, device=device)
+    block_rv = min(64, pad(rv_max))
+    _merge_splits_kernel[(batch * num_heads, triton.cdiv(rv_max, block_rv))](
+        part_m, part_l, part_acc, out, num_chunks, rv_max,
+        SPLITS_PAD=triton.next_power_of_2(num_chunks), BLOCK_RV=block_rv,
     )
     return out

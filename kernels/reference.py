@@ -117,6 +117,32 @@ def latent_decode_scores_ref(
     return scores.masked_fill(masked[:, None, :], float("-inf"))
 
 
+def fold_queries_ref(
+    q: torch.Tensor, k_up: torch.Tensor, head_group_size: int, k_bias: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries folded into the key up-projection (the math of :mod:`kernels.fold_scores`).
+
+    Returns M (B, H, D, rk_max) and c (B, H, D) with, for slot latent x_s (its group's channels, zero
+    padded to rk_max) and angles a_si = pos_s * inv_freq_i,
+        q_h . RoPE(U x_s + bias) = sum_i cos(a_si) (M[i] . x_s + c[i]) + sin(a_si) (M[D/2+i] . x_s + c[D/2+i])
+    (rope_scale multiplying cos and sin, sm_scale outside). Rows [0, D/2) are the cos part, [D/2, D) the sin part.
+    """
+    batch, num_heads, head_dim = q.shape
+    half = head_dim // 2
+    num_groups, _, rk_max = k_up.shape
+    up = k_up.float().view(num_groups * head_group_size, head_dim, rk_max)  # (H_kv, D, r): U_j
+    n_rep = num_heads // up.shape[0]
+    up = up.repeat_interleave(n_rep, dim=0)  # (H, D, r)
+    q1, q2 = q.float()[..., :half, None], q.float()[..., half:, None]  # (B, H, D/2, 1)
+    u1, u2 = up[None, :, :half], up[None, :, half:]
+    m = torch.cat((q1 * u1 + q2 * u2, q2 * u1 - q1 * u2), dim=2)
+    if k_bias is None:
+        return m, torch.zeros(batch, num_heads, head_dim, device=q.device)
+    bias = k_bias.float().view(-1, head_dim).repeat_interleave(n_rep, dim=0)[None]  # (1, H, D)
+    b1, b2, q1, q2 = bias[..., :half], bias[..., half:], q1[..., 0], q2[..., 0]
+    return m, torch.cat((q1 * b1 + q2 * b2, q2 * b1 - q1 * b2), dim=2)
+
+
 def latent_decode_attention_ref(
     q: torch.Tensor,
     k_latent: "LatentView",

@@ -61,3 +61,21 @@ def test_latent_cache_is_smaller_than_dynamic_cache():
     assert fp == full * 0.5 + 2 * 70 * 2 * 4
     # Per slot, layer and projection (R = 32 latents): 4 int32 words of 4-bit codes + 4 fp32 scales + 4 zeros.
     assert q4 == 2 * 70 * 2 * (2 * (4 + 4 + 4) * 4 + 4)
+
+
+def test_quantized_prompt_leaves_a_small_fp_window():
+    """A long prompt goes straight to the packed part: the fp window's capacity stays bounded by the
+    residual window plus one growth step, not the prompt length (it used to keep the whole prompt's)."""
+    from palu.modules.cache import _MIN_GROW, LatentStore
+
+    for residual in (0, 5):
+        store = LatentStore(LatentQuantConfig(bits=4, group_size=8, residual_length=residual))
+        x = torch.randn(2, 3000, 16)
+        store.append(x)
+        for i in range(3):
+            store.append(torch.randn(2, 1, 16))
+        assert store.fp.length == residual and store.n_quantized == 3003 - residual
+        assert store.fp.buf.shape[1] <= residual + _MIN_GROW
+        full = store.materialize(torch.float32)
+        assert full.shape == (2, 3003, 16)
+        torch.testing.assert_close(full[:, :3000], x, atol=0.5, rtol=0)  # 4-bit round trip of the prompt

@@ -130,7 +130,7 @@ def filled_palu_cache(model: torch.nn.Module, cfg: LatencyConfig) -> Cache:
     pos = torch.arange(cfg.prompt_len, device=cfg.device, dtype=torch.int32).expand(cfg.batch_size, -1)
     for m in palu_modules(model):
         layer = latent_layer_for(cache, m.layer_idx, m.quant)
-        chunk = 8192  # bounded temporaries while filling
+        chunk = 2048  # bounded temporaries while filling (quantization of a chunk holds fp32 copies of it)
         for s in range(0, cfg.prompt_len, chunk):
             n = min(chunk, cfg.prompt_len - s)
             k = torch.randn(cfg.batch_size, n, m.k_proj.rank_total, device=cfg.device, dtype=cfg.torch_dtype)

@@ -79,6 +79,8 @@ class PaluAttention(nn.Module):
     def _head_up(self, proj: LowRankProjection) -> torch.Tensor:
         """(H, D, r_max): the up-projection rows that serve each query head."""
         per_kv = proj.up.view(self.num_kv_heads, self.head_dim, proj.rank_max)
+        if self.num_key_value_groups == 1:
+            return per_kv  # a view: no per-step copy of the up-projection
         return per_kv.repeat_interleave(self.num_key_value_groups, dim=0)
 
     def _head_bias(self, proj: LowRankProjection) -> Optional[torch.Tensor]:

@@ -53,6 +53,75 @@ def test_interpreter_shapes(device, head_dim, n_rep, group_size):
     check(case, device, num_splits=2)
 
 
+@pytest.mark.parametrize("method", ["fold", "rope_qk"])
+@pytest.mark.parametrize("n_rep,group_size,bias", [(1, 2, False), (1, 1, True), (2, 2, True)])
+def test_interpreter_methods(device, method, n_rep, group_size, bias):
+    """Both score kernels on the same problems: folded queries (any n_rep when forced) and key
+    reconstruction; with key bias, unequal ranks and more than one chunk of slots."""
+    groups = 4 // group_size
+    case = Case(num_heads=4 * n_rep, num_kv_heads=4, group_size=group_size, k_ranks=(24, 40, 17, 33)[:groups],
+                v_ranks=(17, 24, 40, 9)[:groups], num_slots=45, bias=bias, theta=5e5, rope_scale=1.1,
+                dtype=torch.float32)
+    check(case, device, num_splits=3, method=method)
+
+
+def test_fold_and_reconstruction_agree_on_far_positions(device):
+    """The fold identity holds for every slot, not only on average: per-head scores of the two paths
+    agree through the full pipeline on adversarial positions (large, non-contiguous)."""
+    case = Case(num_heads=4, num_kv_heads=4, group_size=2, num_slots=33, dtype=torch.float32, theta=1e4)
+    inputs = make_inputs(case, device)
+    inputs["positions"] = torch.randint(0, 300000, inputs["positions"].shape, dtype=torch.int32, device=device)
+    a = latent_decode_attention(**inputs, method="fold", block_s=16, num_splits=2)
+    b = latent_decode_attention(**inputs, method="rope_qk", block_s=16, num_splits=2)
+    ref = latent_decode_attention_ref(**inputs)
+    assert rel_error(a, ref) < 1e-4 and rel_error(b, ref) < 1e-4
+
+
+@pytest.mark.parametrize("bits", [16, 4])
+def test_interpreter_overlap_kernels(device, bits):
+    """The flag-waiting value kernel (overlap mode) computes what the split kernel does."""
+    case = Case(num_heads=4, num_kv_heads=4, group_size=2, num_slots=45, bits=bits, quant_group_size=16,
+                k_ranks=(32, 64), v_ranks=(64, 48), dtype=torch.float32)
+    check(case, device, num_splits=3, method="fold", overlap=True)
+
+
+def test_fold_identity_reference():
+    """fold_queries_ref's (M, c) give the same scores as reconstructing and rotating the keys."""
+    from kernels.reference import fold_queries_ref, latent_decode_scores_ref, rope_cos_sin_ref
+
+    case = Case(num_heads=8, num_kv_heads=4, group_size=2, num_slots=19, bias=True, rope_scale=1.3,
+                dtype=torch.float32, left_pad=False)
+    inp = make_inputs(case, torch.device("cpu"))
+    latent = inp["k_latent"].fp.float()
+    ref = latent_decode_scores_ref(inp["q"], latent, inp["k_up"], inp["k_offsets"], inp["positions"],
+                                   inp["kv_start"], inp["inv_freq"], inp["rope_scale"], 1.0, case.group_size,
+                                   inp["k_bias"])
+    m, c = fold_queries_ref(inp["q"], inp["k_up"], case.group_size, inp["k_bias"])
+    cos, sin = rope_cos_sin_ref(inp["positions"], inp["inv_freq"], inp["rope_scale"])  # (B, S, D)
+    half = case.head_dim // 2
+    cs = torch.cat((cos[..., :half], sin[..., :half]), dim=-1)  # (B, S, D): cos rows then sin rows
+    offs = inp["k_offsets"].tolist()
+    heads_per_group = case.num_heads // (case.num_kv_heads // case.group_size)
+    out = torch.empty_like(ref)
+    for h in range(case.num_heads):
+        g = h // heads_per_group
+        x = torch.zeros(latent.shape[0], latent.shape[1], m.shape[-1])
+        x[..., : offs[g + 1] - offs[g]] = latent[..., offs[g]:offs[g + 1]]
+        y = torch.einsum("bsr,bdr->bsd", x, m[:, h]) + c[:, h, None]
+        out[:, h] = (y * cs).sum(-1)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fold_choice(device):
+    """auto takes the fold path for n_rep == 1 and reconstruction for GQA (fewer dot FLOPs)."""
+    from kernels.latent_attention import FOLD_SMEM_BUDGET, fold_shared_bytes
+
+    assert fold_shared_bytes(4, 64, 128, 2) <= FOLD_SMEM_BUDGET  # Llama-2-7B, 4 heads/group, rank 128
+    assert fold_shared_bytes(16, 64, 256, 2) > FOLD_SMEM_BUDGET
+    with pytest.raises(ValueError, match="method"):
+        latent_decode_attention(**make_inputs(Case(dtype=torch.float32), device), method="nope")
+
+
 @pytest.mark.parametrize("num_slots", [1, 37, 70])
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_interpreter_seq_lens_and_splits(device, num_slots, num_splits):
@@ -150,6 +219,30 @@ def test_gpu_shapes(dtype, head_dim, n_rep, group_size):
     )
     for num_slots in (1, 37, 300, 2049):
         check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"))
+        if n_rep == 1:  # the auto path above was "fold": the reconstruction kernel too
+            check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"), method="rope_qk")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [16, 4])
+@pytest.mark.parametrize("num_slots", [777, 20000])
+def test_gpu_fold_overlap_matches_sequential(bits, num_slots):
+    """Score and value kernels on two streams (flags per chunk) give, call after call, exactly what the
+    same two kernels give one after the other (the first overlap call runs them in sequence): a race
+    would show as a moving error. The default path's value kernel differs (blocks, splits): tolerance."""
+    case = Case(num_heads=32, num_kv_heads=32, head_dim=128, group_size=4, k_ranks=(128,) * 8, v_ranks=(384,) * 8,
+                num_slots=num_slots, batch=2, bits=bits, num_quantized=num_slots - 64 if bits < 16 else None,
+                dtype=torch.float16)
+    inputs = make_inputs(case, torch.device("cuda"))
+    kernels.latent_attention._CO_RESIDENT.clear()
+    seq = latent_decode_attention(**inputs, overlap=True)  # in sequence: learns whether both fit together
+    for _ in range(20):
+        out = latent_decode_attention(**inputs, overlap=True)
+        torch.testing.assert_close(out, seq, rtol=0, atol=0)
+    default = latent_decode_attention(**inputs)
+    ref = latent_decode_attention_ref(**inputs)
+    tol = tolerance(torch.float16, torch.device("cuda"))
+    assert rel_error(seq, ref) < tol and rel_error(default, ref) < tol
 
 
 @pytest.mark.gpu

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One device call of kernel + latency measurements (H100/H200). Usage (repo root, CUDA machine):
+#   OUT=<dir> bash benchmarks/gpu_kernels.sh <part>...
+#   kernel     run_latency_kernel.py: B=1 at 4K-256K, B=8 at 64K, 4-bit at 64K (fp16, 32x128, 50% ranks)
+#   attention  run_latency_attention.py, one module, CUDA graph and eager, 4K/16K/64K, B=1/8, fp16 and 4-bit
+#   model      whole 32-layer model at 32K: B=1/2 fp16 latents, and the largest batch with 4-bit latents
+#   smoke      the fold path with overlap on a small problem, under a time limit (a deadlock would hang)
+#   tests      the GPU tests (kernels and backend agreement)
+# Results go to $RES (default $OUT/res) and, after each part, into $OUT/results.tgz (the device tool
+# returns at most 8 files); the log goes to $OUT/gpu.log as it is written.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 TRITON_PRINT_AUTOTUNING=1
+OUT=${OUT:?set OUT to the results directory}
+RES=${RES:-/tmp/palu_res}
+mkdir -p "$OUT" "$RES"
+LOG="$OUT/gpu.log"
+run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$RES/device.txt"
+OUT_SAVED=$OUT; OUT=$RES  # every part below writes under $RES
+K="python3 run_latency_kernel.py --total_rank 1024 --total_rank_v 3072 --num_heads 32 --head_dim 128 --group_size 4"
+for part in "$@"; do case $part in
+kernel)
+  run $K --target_seq_lens 4096 16384 65536 262144 --batch_size 1 --output_json "$OUT/b1_fp16.json"
+  run $K --target_seq_lens 65536 --batch_size 8 --output_json "$OUT/b8_fp16.json"
+  run $K --target_seq_lens 16384 65536 --batch_size 1 --bits 4 --output_json "$OUT/b1_4bit.json"
+  ;;
+maxbatch)
+  run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 --palu --lt_bits 4 --reps 3 \
+      --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
+  ;;
+attention_quick)
+  run python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 --palu --cuda_graph --reps 50 \
+      --output_json "$OUT/attention_fp16_cudagraph.json"
+  ;;
+probe)
+  for n in 16384 65536; do run timeout 60 python3 benchmarks/overlap_probe.py $n; done
+  ;;
+kernel_quick)
+  run $K --target_seq_lens 4096 65536 --batch_size 1 --output_json "$OUT/b1_fp16.json"
+  ;;
+attention)
+  run python3 run_latency_attention.py --prompt_len 4096 16384 65536 --batch_size 1 8 --palu --cuda_graph --reps 50 \
+      --output_json "$OUT/attention_fp16_cudagraph.json"
+  run python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 8 --palu --lt_bits 4 --cuda_graph --reps 50 \
+      --output_json "$OUT/attention_int4_cudagraph.json"
+  ;;
+model)
+  run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --reps 10 --warmup 2 \
+      --output_json "$OUT/model_fp16.json"
+  run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 --palu --lt_bits 4 --reps 3 \
+      --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
+  ;;
+smoke)
+  run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "fold_overlap or autotuned" || exit 1
+  ;;
+tests)
+  run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels tests/test_backends_agree.py
+  ;;
+*) echo "unknown part $part" >&2; exit 2 ;;
+esac; tar czf "$OUT_SAVED/results.tgz" -C "$RES" .; done
