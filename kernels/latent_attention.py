@@ -103,21 +103,19 @@ def _softmax_v_block(
 
 
 @triton.jit
-def _softmax_v_split_kernel(
-    scores_ptr, scores_sb, scores_sh,
+def _softmax_v_item(
+    split, g, b, scores_ptr, scores_sb, scores_sh,
     v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
     v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
     v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
-    num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, tune_bucket,
+    num_heads, num_quantized, num_slots, split_len, num_splits, rv_max,
     HG: tl.constexpr, HG_PAD: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr,
     HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
     HAS_ZERO: tl.constexpr, CHAN_ALIGN: tl.constexpr, VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    """Grid (num_splits, G, B): partial softmax state of one split for the HG query heads of a group."""
-    split = tl.program_id(0)
-    g = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
+    """Partial softmax state (m, l, acc) of split ``split`` of batch row ``b`` (int64) for the HG
+    query heads of group ``g``, written to part_m/part_l/part_acc."""
     DTYPE = v_fp_ptr.dtype.element_ty
     # Alignment hints let the compiler issue 16-byte (and asynchronous, pipelined) latent loads.
     v_off = tl.multiple_of(tl.load(v_offsets_ptr + g), CHAN_ALIGN)
@@ -170,6 +168,30 @@ def _softmax_v_split_kernel(
 
 
 @triton.jit
+def _softmax_v_split_kernel(
+    scores_ptr, scores_sb, scores_sh,
+    v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
+    v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
+    v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+    num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, tune_bucket,
+    HG: tl.constexpr, HG_PAD: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr,
+    HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
+    HAS_ZERO: tl.constexpr, CHAN_ALIGN: tl.constexpr, VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Grid (num_splits, G, B): partial softmax state of one split for the HG query heads of a group."""
+    _softmax_v_item(
+        tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64), scores_ptr, scores_sb, scores_sh,
+        v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
+        v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
+        v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+        num_heads, num_quantized, num_slots, split_len, num_splits, rv_max,
+        HG, HG_PAD, RV1, RV2, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, CHAN_ALIGN, VEC_QUANT, INTERPRET,
+        BLOCK_S,
+    )
+
+
+@triton.jit
 def _softmax_v_wait_kernel(
     scores_ptr, scores_sb, scores_sh,
     v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
@@ -198,51 +220,15 @@ def _softmax_v_wait_kernel(
         b = (bg // num_groups).to(tl.int64)
         while tl.atomic_add(flags_ptr + bg * num_splits + split, 0, sem="acquire", scope="gpu") == 0:
             pass
-        v_off = tl.multiple_of(tl.load(v_offsets_ptr + g), CHAN_ALIGN)
-        v_rank = tl.multiple_of(tl.load(v_offsets_ptr + g + 1) - v_off, CHAN_ALIGN)
-        t_idx = tl.arange(0, HG_PAD)
-        row_mask = t_idx < HG
-        head = g * HG + t_idx
-        scores_rows = scores_ptr + b * scores_sb + head.to(tl.int64)[:, None] * scores_sh
-        v_fp = v_fp_ptr + b * v_fp_sb
-        v_codes = v_codes_ptr + b * v_codes_sb
-        v_scale = v_scale_ptr + b * v_scale_sb
-        v_zero = v_zero_ptr + b * v_zero_sb
-        m_i = tl.full((HG_PAD,), float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros((HG_PAD,), dtype=tl.float32)
-        acc1 = tl.zeros((HG_PAD, RV1), dtype=tl.float32)
-        acc2 = tl.zeros((HG_PAD, RV2 if RV2 > 0 else 16), dtype=tl.float32)
-        lo = split * split_len
-        hi = tl.minimum(lo + split_len, num_slots)
-        lo = tl.maximum(lo, tl.load(kv_start_ptr + b))
-        DTYPE = v_fp_ptr.dtype.element_ty
-        if INTERPRET:
-            start = lo
-            while start < hi:
-                m_i, l_i, acc1, acc2 = _softmax_v_block(
-                    m_i, l_i, acc1, acc2, scores_rows, row_mask,
-                    v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-                    start, hi, num_quantized, v_off, v_rank,
-                    HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE,
-                )
-                start += BLOCK_S
-        else:
-            for start in range(lo, hi, BLOCK_S):
-                m_i, l_i, acc1, acc2 = _softmax_v_block(
-                    m_i, l_i, acc1, acc2, scores_rows, row_mask,
-                    v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-                    start, hi, num_quantized, v_off, v_rank,
-                    HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE,
-                )
-        row = (b * num_heads + head.to(tl.int64)) * num_splits + split
-        tl.store(part_m_ptr + row, m_i, mask=row_mask)
-        tl.store(part_l_ptr + row, l_i, mask=row_mask)
-        v_idx1 = tl.arange(0, RV1)
-        acc_rows = part_acc_ptr + row[:, None] * rv_max
-        tl.store(acc_rows + v_idx1[None, :], acc1, mask=row_mask[:, None] & (v_idx1 < rv_max)[None, :])
-        if RV2 > 0:
-            v_idx2 = RV1 + tl.arange(0, RV2)
-            tl.store(acc_rows + v_idx2[None, :], acc2, mask=row_mask[:, None] & (v_idx2 < rv_max)[None, :])
+        _softmax_v_item(
+            split, g, b, scores_ptr, scores_sb, scores_sh,
+            v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
+            v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
+            v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+            num_heads, num_quantized, num_slots, split_len, num_splits, rv_max,
+            HG, HG_PAD, RV1, RV2, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, CHAN_ALIGN, VEC_QUANT, INTERPRET,
+            BLOCK_S,
+        )
         item += tl.num_programs(0)
 
 
@@ -379,6 +365,63 @@ def _check_view(view: LatentView, name: str, batch: int, rank: int, dtype: torch
             assert view.zero.shape == scale.shape and view.zero.dtype == dtype and view.zero.stride(2) == 1
 
 
+def _pad(n: int) -> int:
+    """Power-of-two tile extent, at least 16 (tl.dot needs >= 16)."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def _quant_consts(view: LatentView) -> dict:
+    """Storage constexprs of a latent view (keys and values share them: checked by the launcher)."""
+    n_q = view.num_quantized
+    return dict(HAS_QUANT=n_q > 0, HAS_FP=view.num_fp > 0, BITS=view.bits if n_q else 16,
+                QUANT_GROUP=view.quant_group_size)
+
+
+def _value_consts(v_latent: LatentView, v_off_host: list[int], heads_per_group: int, rv_max: int,
+                  interpret: bool) -> dict:
+    """Constexprs of both value kernels (split and waiting)."""
+    rv1, rv2 = _split_value_columns(rv_max)
+    return dict(HG=heads_per_group, HG_PAD=_pad(heads_per_group), RV1=rv1, RV2=rv2,
+                HAS_ZERO=v_latent.zero is not None, CHAN_ALIGN=_channel_alignment(v_off_host),
+                VEC_QUANT=_words_aligned(v_latent, v_off_host, [rv1, rv2] if rv2 else [rv1]),
+                INTERPRET=interpret, **_quant_consts(v_latent))
+
+
+def _partials(batch: int, num_heads: int, num_splits: int, rv_max: int, device: torch.device) -> tuple:
+    """Per-split softmax state (m, l, acc) the value kernels write and the merge reads."""
+    part_m = torch.empty(batch, num_heads, num_splits, dtype=torch.float32, device=device)
+    part_acc = torch.empty(batch, num_heads, num_splits, rv_max, dtype=torch.float32, device=device)
+    return part_m, torch.empty_like(part_m), part_acc
+
+
+def _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, consts, fixed) -> None:
+    """Online softmax and p @ latent_v per (split, group, batch): the autotuned split kernel, or
+    the ``fixed`` config (a dict with BLOCK_S, num_warps, num_stages) when given."""
+    batch, num_heads, num_slots = scores.shape
+    num_splits, rv_max = parts[2].shape[2], parts[2].shape[3]
+    args = [
+        scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
+        num_heads, v_latent.num_quantized, num_slots, split_len, num_splits, rv_max, int(split_len >= 1024),
+    ]
+    grid = (num_splits, v_offsets.shape[0] - 1, batch)
+    if fixed is not None:
+        _softmax_v_split_kernel[grid](*args, **consts, **fixed)
+    else:
+        _softmax_v_split_tuned[grid](*args, **consts)
+
+
+def _merge(part_m, part_l, part_acc) -> torch.Tensor:
+    """z (B, H, rv_max) fp32 from the splits' partial states."""
+    batch, num_heads, num_splits, rv_max = part_acc.shape
+    out = torch.empty(batch, num_heads, rv_max, dtype=torch.float32, device=part_acc.device)
+    block_rv = min(64, _pad(rv_max))
+    _merge_splits_kernel[(batch * num_heads, triton.cdiv(rv_max, block_rv))](
+        part_m, part_l, part_acc, out, num_splits, rv_max,
+        SPLITS_PAD=triton.next_power_of_2(num_splits), BLOCK_RV=block_rv,
+    )
+    return out
+
+
 def latent_decode_attention(
     q: torch.Tensor,
     k_latent: LatentView,
@@ -483,11 +526,10 @@ def latent_decode_attention(
         split_len = triton.cdiv(num_slots, num_splits)
     num_splits = triton.cdiv(num_slots, split_len)
 
-    pad = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731 (tl.dot needs >= 16)
     if method not in ("auto", "fold", "rope_qk"):
         raise ValueError(f"method must be 'auto', 'fold' or 'rope_qk', got {method!r}")
     elt = q.element_size()
-    fold_fits = fold_shared_bytes(gs * n_rep, pad(head_dim // 2), pad(max(k_ranks)), elt) <= FOLD_SMEM_BUDGET
+    fold_fits = fold_shared_bytes(gs * n_rep, _pad(head_dim // 2), _pad(max(k_ranks)), elt) <= FOLD_SMEM_BUDGET
     # auto: fold where it measured faster (H200, 32x128 heads, gs 4: 38.9 vs 42.6 us at 4K, 333.5 vs 363.4 us
     # at 64K); its one-program-per-SM score kernel lost at 256K slots (1108 vs 1028 us) and at B=8 x 64K.
     fold_auto = n_rep == 1 and fold_fits and batch * num_slots <= FOLD_MAX_BATCH_SLOTS
@@ -497,11 +539,7 @@ def latent_decode_attention(
             gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap, requested_splits,
         )
 
-    kv_views = (_view_args(k_latent, q), _view_args(v_latent, q))
-    quant = dict(
-        HAS_QUANT=num_quantized > 0, HAS_FP=num_fp > 0,
-        BITS=k_latent.bits if num_quantized else 16, QUANT_GROUP=k_latent.quant_group_size,
-    )
+    quant = _quant_consts(k_latent)
     fixed = dict(num_warps=4, num_stages=1 if interpret else 2)
     if interpret or block_s is not None:
         fixed["BLOCK_S"] = block_s or 16
@@ -510,7 +548,7 @@ def latent_decode_attention(
     # 1. Scores (B, H, S) fp32 in log2 units: sm_scale * log2(e) * q . RoPE(k_up @ latent_k).
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
     rope_args = [
-        q, q.stride(0), q.stride(1), *kv_views[0],
+        q, q.stride(0), q.stride(1), *_view_args(k_latent, q),
         k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if k_bias is not None else q,
         positions, positions.stride(0), kv_start, inv_freq,
         scores, scores.stride(0), scores.stride(1),
@@ -518,10 +556,10 @@ def latent_decode_attention(
         slots_per_program, int(slots_per_program >= 1024),  # the second is the autotune bucket
     ]
     rope_consts = dict(
-        HEAD_DIM=head_dim, HALF_PAD=pad(head_dim // 2), GS=gs, N_REP=n_rep, REP_PAD=pad(n_rep),
-        RK_PAD=pad(max(k_ranks)), HAS_ZERO=k_latent.zero is not None, HAS_BIAS=k_bias is not None,
+        HEAD_DIM=head_dim, HALF_PAD=_pad(head_dim // 2), GS=gs, N_REP=n_rep, REP_PAD=_pad(n_rep),
+        RK_PAD=_pad(max(k_ranks)), HAS_ZERO=k_latent.zero is not None, HAS_BIAS=k_bias is not None,
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
-        VEC_QUANT=_words_aligned(k_latent, k_off_host, [pad(max(k_ranks))]), INTERPRET=interpret, **quant,
+        VEC_QUANT=_words_aligned(k_latent, k_off_host, [_pad(max(k_ranks))]), INTERPRET=interpret, **quant,
     )
     rope_grid = (gs, triton.cdiv(num_slots, slots_per_program), batch * num_groups)
     if "BLOCK_S" in fixed:
@@ -529,33 +567,12 @@ def latent_decode_attention(
     else:
         rope_qk_tuned[rope_grid](*rope_args, **rope_consts)
 
-    # 2. Online softmax and p @ latent_v per (split, group, batch).
-    part_m = torch.empty(batch, num_heads, num_splits, dtype=torch.float32, device=device)
-    part_l = torch.empty_like(part_m)
-    part_acc = torch.empty(batch, num_heads, num_splits, rv_max, dtype=torch.float32, device=device)
-    rv1, rv2 = _split_value_columns(rv_max)
-    sv_args = [
-        scores, scores.stride(0), scores.stride(1), *kv_views[1], v_offsets, kv_start, part_m, part_l, part_acc,
-        num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, int(split_len >= 1024),
-    ]
-    sv_consts = dict(HG=gs * n_rep, HG_PAD=pad(gs * n_rep), RV1=rv1, RV2=rv2, HAS_ZERO=v_latent.zero is not None,
-                     CHAN_ALIGN=_channel_alignment(v_off_host),
-                     VEC_QUANT=_words_aligned(v_latent, v_off_host, [rv1, rv2] if rv2 else [rv1]),
-                     INTERPRET=interpret, **quant)
-    grid = (num_splits, num_groups, batch)
-    if "BLOCK_S" in fixed:
-        _softmax_v_split_kernel[grid](*sv_args, **sv_consts, **fixed)
-    else:
-        _softmax_v_split_tuned[grid](*sv_args, **sv_consts)
-
-    # 3. Merge the splits.
-    out = torch.empty(batch, num_heads, rv_max, dtype=torch.float32, device=device)
-    block_rv = min(64, pad(rv_max))
-    _merge_splits_kernel[(batch * num_heads, triton.cdiv(rv_max, block_rv))](
-        part_m, part_l, part_acc, out, num_splits, rv_max,
-        SPLITS_PAD=triton.next_power_of_2(num_splits), BLOCK_RV=block_rv,
-    )
-    return out
+    # 2. Online softmax and p @ latent_v per (split, group, batch); 3. merge the splits.
+    parts = _partials(batch, num_heads, num_splits, rv_max, device)
+    consts = _value_consts(v_latent, v_off_host, gs * n_rep, rv_max, interpret)
+    _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, consts,
+                  fixed if "BLOCK_S" in fixed else None)
+    return _merge(*parts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -623,7 +640,6 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     num_slots = num_quantized + num_fp
     k_ranks = [b - a for a, b in zip(k_off_host, k_off_host[1:])]
     rv_max = max(b - a for a, b in zip(v_off_host, v_off_host[1:]))
-    pad = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731
     hg, bgs = gs * n_rep, batch * num_groups
     if num_splits is not None:  # tests: a given number of chunks
         chunk_len = triton.cdiv(num_slots, num_splits)
@@ -631,11 +647,7 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     else:
         chunk_len, num_chunks = choose_fold_chunks(num_slots, bgs, num_sms)
     ctas_per_bg = max(1, min(num_chunks, num_sms // bgs))
-    quant = dict(
-        HAS_QUANT=num_quantized > 0, HAS_FP=num_fp > 0,
-        BITS=k_latent.bits if num_quantized else 16, QUANT_GROUP=k_latent.quant_group_size,
-    )
-    half_pad, rk_pad = pad(head_dim // 2), pad(max(k_ranks))
+    half_pad, rk_pad = _pad(head_dim // 2), _pad(max(k_ranks))
     elt = q.element_size()
     if interpret:
         key_cfg = dict(BLOCK_S=block_s or 16, num_warps=4, num_stages=1)
@@ -645,11 +657,11 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         key_cfg = dict(BLOCK_S=block_s or FOLD_BLOCK_S, num_warps=4, num_stages=stages)
         val_cfg = dict(BLOCK_S=block_s or VALUE_BLOCK_S, num_warps=4, num_stages=2)
 
-    kv_views = (_view_args(k_latent, q), _view_args(v_latent, q))
-    flags = torch.zeros(bgs * num_chunks, dtype=torch.int32, device=device)
+    # Flags are read only by the waiting value kernel; without overlap they need no zeroing (no memset).
+    flags = (torch.zeros if overlap else torch.empty)(bgs * num_chunks, dtype=torch.int32, device=device)
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
     key_args = [
-        q, q.stride(0), q.stride(1), *kv_views[0],
+        q, q.stride(0), q.stride(1), *_view_args(k_latent, q),
         k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if k_bias is not None else q,
         positions, positions.stride(0), kv_start, inv_freq,
         scores, scores.stride(0), scores.stride(1), flags,
@@ -660,20 +672,14 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad,
         HAS_ZERO=k_latent.zero is not None, HAS_BIAS=k_bias is not None,
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
-        VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), INTERPRET=interpret, **quant,
+        VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), INTERPRET=interpret, **_quant_consts(k_latent),
     )
-    part_m = torch.empty(batch, num_heads, num_chunks, dtype=torch.float32, device=device)
-    part_l = torch.empty_like(part_m)
-    part_acc = torch.empty(batch, num_heads, num_chunks, rv_max, dtype=torch.float32, device=device)
-    rv1, rv2 = _split_value_columns(rv_max)
+    parts = _partials(batch, num_heads, num_chunks, rv_max, device)
     val_args = [
-        scores, scores.stride(0), scores.stride(1), *kv_views[1], v_offsets, kv_start, part_m, part_l, part_acc,
+        scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
         flags, num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, num_groups, bgs,
     ]
-    val_consts = dict(HG=hg, HG_PAD=pad(hg), RV1=rv1, RV2=rv2, HAS_ZERO=v_latent.zero is not None,
-                      CHAN_ALIGN=_channel_alignment(v_off_host),
-                      VEC_QUANT=_words_aligned(v_latent, v_off_host, [rv1, rv2] if rv2 else [rv1]),
-                      INTERPRET=interpret, **quant)
+    val_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret)
     key_grid = (bgs * ctas_per_bg,)
     val_grid = (min(bgs * num_chunks, num_sms),)
 
@@ -701,21 +707,6 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         # faster than the persistent one-program-per-SM wait kernel when it runs alone (H200, 64K:
         # 97 vs 191 us), which cannot keep enough loads in flight.
         _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
-        sv_args = [
-            scores, scores.stride(0), scores.stride(1), *kv_views[1], v_offsets, kv_start, part_m, part_l, part_acc,
-            num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, int(chunk_len >= 1024),
-        ]
-        sv_grid = (num_chunks, num_groups, batch)
-        sv_consts = {k: v for k, v in val_consts.items()}
-        if interpret or block_s is not None:
-            _softmax_v_split_kernel[sv_grid](*sv_args, **sv_consts, **val_cfg)
-        else:
-            _softmax_v_split_tuned[sv_grid](*sv_args, **sv_consts)
-
-    out = torch.empty(batch, num_heads, rv_max, dtype=torch.float32, device=device)
-    block_rv = min(64, pad(rv_max))
-    _merge_splits_kernel[(batch * num_heads, triton.cdiv(rv_max, block_rv))](
-        part_m, part_l, part_acc, out, num_chunks, rv_max,
-        SPLITS_PAD=triton.next_power_of_2(num_chunks), BLOCK_RV=block_rv,
-    )
-    return out
+        _split_values(q, scores, v_latent, v_offsets, kv_start, parts, chunk_len, val_consts,
+                      val_cfg if interpret or block_s is not None else None)
+    return _merge(*parts)
