@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--palu", action="store_true", help="also time Palu (without it only the baseline runs)")
     p.add_argument("--lt_bits", type=int, default=16, choices=[2, 3, 4, 8, 16], help="latent bits (16 = fp latents)")
     p.add_argument("--lt_group_size", type=int, default=32)
-    p.add_argument("--cuda_graph", action="store_true", help="attention scope: replay the read-only step in a CUDA graph")
+    p.add_argument("--cuda_graph", action="store_true", help="attention scope: replay the decode step (over a fixed cache, rewriting its last slot) in a CUDA graph")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     p.add_argument("--num_layers", type=int, default=32, help="model scope: decoder layers")
     p.add_argument("--num_heads", type=int, default=32)

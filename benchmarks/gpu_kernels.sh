@@ -4,12 +4,15 @@
 #   kernel     run_latency_kernel.py: B=1 at 4K-256K, B=8 at 64K, 4-bit at 64K (fp16, 32x128, 50% ranks)
 #   attention  run_latency_attention.py, one module, CUDA graph and eager, 4K/16K/64K, B=1/8, fp16 and 4-bit
 #   model      whole 32-layer model at 32K: B=1/2 fp16 latents, and the largest batch with 4-bit latents
+#   sweep      benchmarks/fold_heads_sweep.py: fold heads per program / warps vs reconstruction, per shape
+#   sweep_tiles  the same script: latent tiles in flight and slots per tile of the default fold program
+#   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   smoke      the fold path with overlap on a small problem, under a time limit (a deadlock would hang)
 #   tests      the GPU tests (kernels and backend agreement)
 # Results go to $RES (default $OUT/res) and, after each part, into $OUT/results.tgz (the device tool
 # returns at most 8 files); the log goes to $OUT/gpu.log as it is written.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 TRITON_PRINT_AUTOTUNING=1
+export PYTHONUNBUFFERED=1 TRITON_PRINT_AUTOTUNING=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:?set OUT to the results directory}
 RES=${RES:-/tmp/palu_res}
 mkdir -p "$OUT" "$RES"
@@ -35,6 +38,15 @@ attention_quick)
 probe)
   for n in 16384 65536; do run timeout 60 python3 benchmarks/overlap_probe.py $n; done
   ;;
+sweep)
+  run timeout 300 python3 benchmarks/fold_heads_sweep.py "$OUT/fold_heads_sweep.json" heads
+  ;;
+sweep_tiles)
+  run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/fold_tiles_sweep.json" tiles
+  ;;
+profile)
+  run timeout 240 python3 benchmarks/profile_step.py 4096 65536 --output_json "$OUT/profile_step_fp16.json"
+  ;;
 kernel_quick)
   run $K --target_seq_lens 4096 65536 --batch_size 1 --output_json "$OUT/b1_fp16.json"
   ;;
@@ -54,7 +66,7 @@ smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "fold_overlap or autotuned" || exit 1
   ;;
 tests)
-  run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels tests/test_backends_agree.py
+  run timeout 330 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels tests/test_backends_agree.py -rf --durations=15
   ;;
 *) echo "unknown part $part" >&2; exit 2 ;;
 esac; tar czf "$OUT_SAVED/results.tgz" -C "$RES" .; done

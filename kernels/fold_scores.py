@@ -31,11 +31,11 @@ from .rope_qk import cos_sin, load_latent_tile
 def _fold_block(
     start, hi, kv_start, k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
     num_quantized, k_off, k_rank, mcs, mss, bcs, bss, inv_freq, pos_base, out_base, out_sh,
-    HG: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
+    HP: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
     QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, VEC_QUANT: tl.constexpr,
     RK_PAD: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr, DTYPE: tl.constexpr,
 ):
-    """Scores of slots [start, min(start + BLOCK_S, hi)) for the HG query heads of one group."""
+    """Scores of slots [start, min(start + BLOCK_S, hi)) for the HP query heads of one program."""
     slots = start + tl.arange(0, BLOCK_S)
     slot_mask = slots < hi
     valid = slots >= kv_start  # left padding: latents not read, score -inf
@@ -46,7 +46,7 @@ def _fold_block(
     )  # (BLOCK_S, RK_PAD)
     pos = tl.load(pos_base + slots, mask=slot_mask, other=0).to(tl.float32)
     cos, sin = cos_sin(pos[:, None] * inv_freq[None, :], INTERPRET)  # (BLOCK_S, HALF_PAD), once for all heads
-    for t in tl.static_range(HG):
+    for t in tl.static_range(HP):
         yc = tl.dot(latent, tl.trans(mcs[t]))  # (BLOCK_S, HALF_PAD) fp32
         ys = tl.dot(latent, tl.trans(mss[t]))
         if HAS_BIAS:
@@ -66,20 +66,25 @@ def _fold_scores_kernel(
     pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
     scores_ptr, scores_sb, scores_sh, flags_ptr,
     score_scale, num_quantized, num_slots, num_groups, batch_groups, chunk_len, num_chunks, ctas_per_bg,
-    HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, HG: tl.constexpr, N_REP: tl.constexpr,
+    head_splits,
+    HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, HG: tl.constexpr, HP: tl.constexpr,
+    N_REP: tl.constexpr,
     RK_PAD: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
     QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, CHAN_ALIGN: tl.constexpr,
     VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    """Grid (batch_groups * ctas_per_bg,): program p scores (b, g) = divmod(p % batch_groups, G) for
-    chunks p // batch_groups, + ctas_per_bg, ... of ``chunk_len`` slots, raising flag (b*G + g, chunk)
-    after each. Every program of a group folds the same queries: M is built once per program and
-    stays in shared memory for all its chunks.
+    """Grid (batch_groups * head_splits * ctas_per_bg,): program p scores HP = HG / head_splits of the
+    group's query heads, (b, g) = divmod(p % batch_groups, G), heads from (p // batch_groups) % head_splits,
+    for chunks p // (batch_groups * head_splits), + ctas_per_bg, ... of ``chunk_len`` slots, adding 1 to
+    flag (b*G + g, chunk) after each (the chunk is done when it reaches head_splits). M is built once per
+    program and stays in shared memory for all its chunks. HP < HG: smaller programs, more per SM, less
+    fold work each (short caches); HP = HG: cos/sin and the latent tile once for the whole group.
 
     score_scale = sm_scale * log2(e) * rope_scale (rope_scale multiplies cos and sin).
     """
     pid = tl.program_id(0)
     bg = pid % batch_groups
+    h0 = ((pid // batch_groups) % head_splits) * HP  # first local query head of this program
     g = bg % num_groups
     b = (bg // num_groups).to(tl.int64)
     HALF: tl.constexpr = HEAD_DIM // 2
@@ -93,14 +98,14 @@ def _fold_scores_kernel(
     half_mask = half_idx < HALF
     up_mask = half_mask[:, None] & (r_idx < k_rank)[None, :]
 
-    # Folded matrices of the group's HG query heads, (HALF_PAD, RK_PAD) each, in the input dtype.
+    # Folded matrices of this program's HP query heads, (HALF_PAD, RK_PAD) each, in the input dtype.
     mcs = ()
     mss = ()
     bcs = ()
     bss = ()
-    for t in tl.static_range(HG):
-        jl = t // N_REP  # local KV head read by local query head t
-        head = g * HG + t
+    for t in tl.static_range(HP):
+        jl = (h0 + t) // N_REP  # local KV head read by local query head h0 + t
+        head = g * HG + h0 + t
         q_row = q_ptr + b * q_sb + head.to(tl.int64) * q_sh
         q1 = tl.load(q_row + half_idx, mask=half_mask, other=0.0).to(tl.float32) * score_scale
         q2 = tl.load(q_row + HALF + half_idx, mask=half_mask, other=0.0).to(tl.float32) * score_scale
@@ -125,8 +130,8 @@ def _fold_scores_kernel(
     k_scale = k_scale_ptr + b * k_scale_sb
     k_zero = k_zero_ptr + b * k_zero_sb
     pos_base = pos_ptr + b * pos_sb
-    out_base = scores_ptr + b * scores_sb + (g * HG).to(tl.int64) * scores_sh
-    chunk = pid // batch_groups
+    out_base = scores_ptr + b * scores_sb + (g * HG + h0).to(tl.int64) * scores_sh
+    chunk = pid // (batch_groups * head_splits)
     while chunk < num_chunks:
         lo = chunk * chunk_len
         hi = tl.minimum(lo + chunk_len, num_slots)
@@ -135,16 +140,16 @@ def _fold_scores_kernel(
             while start < hi:
                 _fold_block(start, hi, kv_start, k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero,
                             k_zero_ss, num_quantized, k_off, k_rank, mcs, mss, bcs, bss, inv_freq, pos_base,
-                            out_base, scores_sh, HG, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS,
+                            out_base, scores_sh, HP, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS,
                             VEC_QUANT, RK_PAD, INTERPRET, BLOCK_S, DTYPE)
                 start += BLOCK_S
         else:  # a `for` loop, which the compiler software-pipelines (num_stages)
             for start in range(lo, hi, BLOCK_S):
                 _fold_block(start, hi, kv_start, k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero,
                             k_zero_ss, num_quantized, k_off, k_rank, mcs, mss, bcs, bss, inv_freq, pos_base,
-                            out_base, scores_sh, HG, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS,
+                            out_base, scores_sh, HP, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS,
                             VEC_QUANT, RK_PAD, INTERPRET, BLOCK_S, DTYPE)
         # Every thread's score stores happen before the flag: a CTA barrier, then a gpu-scope release.
         tl.debug_barrier()
-        tl.atomic_xchg(flags_ptr + bg * num_chunks + chunk, 1, sem="release", scope="gpu")
+        tl.atomic_add(flags_ptr + bg * num_chunks + chunk, 1, sem="release", scope="gpu")
         chunk += ctas_per_bg

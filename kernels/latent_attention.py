@@ -196,7 +196,7 @@ def _softmax_v_wait_kernel(
     scores_ptr, scores_sb, scores_sh,
     v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
     v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
-    v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, flags_ptr,
+    v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, flags_ptr, flag_target,
     num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, num_groups, batch_groups,
     HG: tl.constexpr, HG_PAD: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr,
     HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
@@ -208,7 +208,7 @@ def _softmax_v_wait_kernel(
     Program p handles items p, p + P, ... (P programs) of ``num_splits * batch_groups`` items in
     split-major order, item = split * batch_groups + b * G + g: the order in which the score kernel
     (:mod:`kernels.fold_scores`) finishes chunks. Before an item it spins on the item's flag
-    (acquire), so it may run concurrently with the score kernel on another stream. The grid is at
+    (acquire) until all ``flag_target`` score programs of the chunk have added theirs, so it may run concurrently with the score kernel on another stream. The grid is at
     most one program per SM and the score kernel never waits, so every flag is eventually raised.
     """
     num_items = num_splits * batch_groups
@@ -218,7 +218,7 @@ def _softmax_v_wait_kernel(
         bg = item % batch_groups
         g = bg % num_groups
         b = (bg // num_groups).to(tl.int64)
-        while tl.atomic_add(flags_ptr + bg * num_splits + split, 0, sem="acquire", scope="gpu") == 0:
+        while tl.atomic_add(flags_ptr + bg * num_splits + split, 0, sem="acquire", scope="gpu") < flag_target:
             pass
         _softmax_v_item(
             split, g, b, scores_ptr, scores_sb, scores_sh,
@@ -410,10 +410,10 @@ def _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, co
         _softmax_v_split_tuned[grid](*args, **consts)
 
 
-def _merge(part_m, part_l, part_acc) -> torch.Tensor:
-    """z (B, H, rv_max) fp32 from the splits' partial states."""
+def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """z (B, H, rv_max) in out_dtype from the splits' partial states (fp32 math, one rounding)."""
     batch, num_heads, num_splits, rv_max = part_acc.shape
-    out = torch.empty(batch, num_heads, rv_max, dtype=torch.float32, device=part_acc.device)
+    out = torch.empty(batch, num_heads, rv_max, dtype=out_dtype, device=part_acc.device)
     block_rv = min(64, _pad(rv_max))
     _merge_splits_kernel[(batch * num_heads, triton.cdiv(rv_max, block_rv))](
         part_m, part_l, part_acc, out, num_splits, rv_max,
@@ -441,8 +441,10 @@ def latent_decode_attention(
     block_s: Optional[int] = None,
     method: str = "auto",
     overlap: Optional[bool] = None,
+    fold_heads: Optional[int] = None,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Decode attention of one new token over latent keys/values; returns z (B, H, rv_max) fp32.
+    """Decode attention of one new token over latent keys/values; returns z (B, H, rv_max) in out_dtype.
 
     Shapes (B batch, H query heads, H_kv KV heads, gs = head_group_size, G = H_kv // gs groups,
     D head_dim, S = S_q + S_fp cache slots, R_k / R_v latent channels summed over groups):
@@ -460,12 +462,15 @@ def latent_decode_attention(
       block_s    optional fixed slots per block (skips autotuning; tests compile fewer variants).
       method     "fold" (queries folded into k_up, :mod:`kernels.fold_scores`; n_rep == 1), "rope_qk"
                  (keys reconstructed, :mod:`kernels.rope_qk`; any n_rep) or "auto" (fold where it
-                 applies, its folded matrices fit in shared memory and B * S <= FOLD_MAX_BATCH_SLOTS).
+                 applies: n_rep == 1 and one head's folded matrices fit in shared memory).
       overlap    fold only, EXPERIMENTAL (default False): score and value kernels run concurrently on
                  two streams, synchronized per chunk of slots by flags, once both kernels are known to
                  fit on one SM together. Passed its GPU tests, but one benchmark run hung with it (H200,
                  64K slots, CUDA-graph timing; cause not found, kernels/NOTES.md). Off: the two kernels
                  run one after the other on the current stream, where no wait can block.
+      fold_heads fold only: query heads per score program (a divisor of gs * n_rep); default from
+                 :func:`choose_fold_heads` (the most heads whose program fits twice on an SM).
+      out_dtype  dtype of z (the merge writes it directly; fp32 by default).
 
     Query head h reads KV head h // (H // H_kv) of group (h // (H // H_kv)) // gs. Output column
     c >= rv_g of a head in group g is 0. D must be even and <= 256; S >= 1.
@@ -529,14 +534,16 @@ def latent_decode_attention(
     if method not in ("auto", "fold", "rope_qk"):
         raise ValueError(f"method must be 'auto', 'fold' or 'rope_qk', got {method!r}")
     elt = q.element_size()
-    fold_fits = fold_shared_bytes(gs * n_rep, _pad(head_dim // 2), _pad(max(k_ranks)), elt) <= FOLD_SMEM_BUDGET
-    # auto: fold where it measured faster (H200, 32x128 heads, gs 4: 38.9 vs 42.6 us at 4K, 333.5 vs 363.4 us
-    # at 64K); its one-program-per-SM score kernel lost at 256K slots (1108 vs 1028 us) and at B=8 x 64K.
-    fold_auto = n_rep == 1 and fold_fits and batch * num_slots <= FOLD_MAX_BATCH_SLOTS
+    fold_fits = fold_shared_bytes(1, _pad(head_dim // 2), _pad(max(k_ranks)), elt) <= FOLD_SMEM_BUDGET
+    # auto: fold where it measured faster (H200, 32x128 heads, gs 4, 2 heads per program: 31.9 vs 39.1 us
+    # at 4K, 277 vs 363 us at 64K, 1158 vs 1403 us at 256K, 2305 vs 2824 us at B=8 x 64K, 4-bit 652 vs 814 us).
+    # With GQA its dots grow n_rep-fold (each query head folds its own matrix): reconstruction there.
+    fold_auto = n_rep == 1 and fold_fits
     if method == "fold" or (method == "auto" and fold_auto):
         return _fold_decode(
             q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
             gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap, requested_splits,
+            fold_heads, out_dtype,
         )
 
     quant = _quant_consts(k_latent)
@@ -572,7 +579,7 @@ def latent_decode_attention(
     consts = _value_consts(v_latent, v_off_host, gs * n_rep, rv_max, interpret)
     _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, consts,
                   fixed if "BLOCK_S" in fixed else None)
-    return _merge(*parts)
+    return _merge(*parts, out_dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -580,7 +587,6 @@ def latent_decode_attention(
 # ------------------------------------------------------------------------------------------------
 
 FOLD_BLOCK_S = 64  # score kernel: slots per dot (wgmma M)
-FOLD_MAX_BATCH_SLOTS = 131072  # auto uses fold up to B * S slots (measured faster at 64K, slower at 256K)
 FOLD_SMEM_BUDGET = 160 * 1024  # score kernel: folded matrices + two latent stages; leaves ~66 KB for the value kernel
 VALUE_BLOCK_S = 32  # value kernel beside it: two stages of 32 slots
 
@@ -588,6 +594,31 @@ VALUE_BLOCK_S = 32  # value kernel beside it: two stages of 32 slots
 def fold_shared_bytes(heads_per_group: int, half_pad: int, rk_pad: int, elt: int, stages: int = 2) -> int:
     """Shared memory the score kernel needs: 2 folded (D/2, r) matrices per head + latent stages."""
     return 2 * heads_per_group * half_pad * rk_pad * elt + stages * FOLD_BLOCK_S * rk_pad * elt
+
+
+SMEM_PER_SM = 227 * 1024  # sm_90 shared memory per SM available to blocks
+FOLD_WARPS = 4  # score kernel warps (8 measured slower for 1 and 4 heads per program: fold_heads_sweep)
+FOLD_STAGES = 3  # latent tiles in flight per score program when they fit (3 vs 2 at 64K: 262 vs 277 us, fold_tiles_sweep)
+
+
+def _fold_programs_per_sm(heads: int, half_pad: int, rk_pad: int, elt: int) -> int:
+    """Score programs of ``heads`` query heads resident on one SM: by shared memory (1 KB driver
+    reserve each), and at most 2 by registers (sm_90 builds use 176-255 registers per thread)."""
+    return max(1, min(2, SMEM_PER_SM // (fold_shared_bytes(heads, half_pad, rk_pad, elt) + 1024)))
+
+
+def choose_fold_heads(heads_per_group: int, half_pad: int, rk_pad: int, elt: int) -> int:
+    """Query heads per score program: the most whose program still fits twice on an SM, else the
+    most that fit once. Measured on an H200 (32x128 heads, 4 per group, rank 128; fold_heads_sweep):
+    2 heads per program (two 97-KB programs per SM) beat 4 (one 164-KB program, no latency hiding
+    across programs) and 1 (cos/sin and latent tile loaded per head) at every length and batch, e.g.
+    64K: 277 vs 331 / 375 us; 4K: 31.9 vs 36.2 / 35.7 us; B=8 x 64K: 2305 vs 2904 / 2788 us."""
+    fitting = [d for d in range(1, heads_per_group + 1) if heads_per_group % d == 0
+               and fold_shared_bytes(d, half_pad, rk_pad, elt, 1) <= FOLD_SMEM_BUDGET]
+    if not fitting:
+        raise ValueError("no fold program fits in shared memory; use method='rope_qk'")
+    twice = [d for d in fitting if _fold_programs_per_sm(d, half_pad, rk_pad, elt) >= 2]
+    return max(twice) if twice else max(fitting)
 
 
 def choose_fold_chunks(num_slots: int, batch_groups: int, num_sms: int) -> tuple[int, int]:
@@ -629,7 +660,7 @@ def _fits_together(device: torch.device, kernels: list, warps: list[int]) -> boo
 
 def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
                  sm_scale, gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap,
-                 num_splits):
+                 num_splits, fold_heads, out_dtype):
     """latent_decode_attention through :mod:`kernels.fold_scores` (same arguments and result)."""
     from .fold_scores import _fold_scores_kernel
 
@@ -646,15 +677,21 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         num_chunks = triton.cdiv(num_slots, chunk_len)
     else:
         chunk_len, num_chunks = choose_fold_chunks(num_slots, bgs, num_sms)
-    ctas_per_bg = max(1, min(num_chunks, num_sms // bgs))
     half_pad, rk_pad = _pad(head_dim // 2), _pad(max(k_ranks))
     elt = q.element_size()
+    if fold_heads is None:
+        fold_heads = choose_fold_heads(hg, half_pad, rk_pad, elt)
+    if fold_heads < 1 or hg % fold_heads or fold_shared_bytes(fold_heads, half_pad, rk_pad, elt, 1) > FOLD_SMEM_BUDGET:
+        raise ValueError(f"fold_heads={fold_heads} must divide the {hg} query heads per group and fit in shared memory")
+    head_splits = hg // fold_heads
+    per_sm = _fold_programs_per_sm(fold_heads, half_pad, rk_pad, elt)
+    ctas_per_bg = max(1, min(num_chunks, (num_sms * per_sm) // (bgs * head_splits)))
     if interpret:
         key_cfg = dict(BLOCK_S=block_s or 16, num_warps=4, num_stages=1)
         val_cfg = dict(BLOCK_S=block_s or 16, num_warps=4, num_stages=1)
     else:
-        stages = 2 if fold_shared_bytes(hg, half_pad, rk_pad, elt, 2) <= FOLD_SMEM_BUDGET else 1
-        key_cfg = dict(BLOCK_S=block_s or FOLD_BLOCK_S, num_warps=4, num_stages=stages)
+        stages = FOLD_STAGES if fold_shared_bytes(fold_heads, half_pad, rk_pad, elt, FOLD_STAGES) <= FOLD_SMEM_BUDGET else 1
+        key_cfg = dict(BLOCK_S=block_s or FOLD_BLOCK_S, num_warps=FOLD_WARPS, num_stages=stages)
         val_cfg = dict(BLOCK_S=block_s or VALUE_BLOCK_S, num_warps=4, num_stages=2)
 
     # Flags are read only by the waiting value kernel; without overlap they need no zeroing (no memset).
@@ -666,10 +703,10 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         positions, positions.stride(0), kv_start, inv_freq,
         scores, scores.stride(0), scores.stride(1), flags,
         float(sm_scale) * LOG2E * float(rope_scale), num_quantized, num_slots, num_groups, bgs, chunk_len,
-        num_chunks, ctas_per_bg,
+        num_chunks, ctas_per_bg, head_splits,
     ]
     key_consts = dict(
-        HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad,
+        HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, HP=fold_heads, N_REP=n_rep, RK_PAD=rk_pad,
         HAS_ZERO=k_latent.zero is not None, HAS_BIAS=k_bias is not None,
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
         VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), INTERPRET=interpret, **_quant_consts(k_latent),
@@ -677,10 +714,10 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     parts = _partials(batch, num_heads, num_chunks, rv_max, device)
     val_args = [
         scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
-        flags, num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, num_groups, bgs,
+        flags, head_splits, num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, num_groups, bgs,
     ]
     val_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret)
-    key_grid = (bgs * ctas_per_bg,)
+    key_grid = (bgs * head_splits * ctas_per_bg,)
     val_grid = (min(bgs * num_chunks, num_sms),)
 
     fit_key = None
@@ -709,4 +746,4 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
         _split_values(q, scores, v_latent, v_offsets, kv_start, parts, chunk_len, val_consts,
                       val_cfg if interpret or block_s is not None else None)
-    return _merge(*parts)
+    return _merge(*parts, out_dtype)

@@ -76,6 +76,13 @@ def unpack_codes(words: torch.Tensor, bits: int, length: int) -> torch.Tensor:
     return codes.reshape(*words.shape[:-1], -1)[..., :length]
 
 
+def scale_floor(dtype: torch.dtype) -> float:
+    """Smallest scale: 1e-8, or the dtype's smallest normal number when that is larger (fp16: 6.1e-5).
+    A constant group (e.g. all-zero latents) has range 0; a 1e-8 scale would round to 0 in fp16 and
+    its zero-point and codes to NaN."""
+    return max(1e-8, torch.finfo(dtype).tiny)
+
+
 def quantize(x: torch.Tensor, cfg: LatentQuantConfig) -> QuantizedLatent:
     """Quantize (..., R) per token in groups of ``cfg.group_size`` channels.
 
@@ -87,16 +94,17 @@ def quantize(x: torch.Tensor, cfg: LatentQuantConfig) -> QuantizedLatent:
     qmax = (1 << bits) - 1
     # A trailing partial group is zero-padded; its statistics must come from its real channels only.
     real = _grouped(torch.ones(r, device=x.device), cfg.group_size).bool()  # (n_groups, group_size)
+    floor = scale_floor(x.dtype)
     if cfg.sym:
         half = 1 << (bits - 1)
         amax = g.abs().amax(-1) * cfg.clip_ratio
-        scale = (amax / (half - 1 if bits > 1 else 1)).clamp_min(1e-8).to(x.dtype).float()
+        scale = (amax / (half - 1 if bits > 1 else 1)).clamp_min(floor).to(x.dtype).float()
         codes = (torch.round(g / scale[..., None]) + half).clamp(0, qmax)
         zero = None
     else:
         gmax = g.masked_fill(~real, -torch.inf).amax(-1) * cfg.clip_ratio
         gmin = g.masked_fill(~real, torch.inf).amin(-1) * cfg.clip_ratio
-        scale = ((gmax - gmin) / qmax).clamp_min(1e-8).to(x.dtype).float()
+        scale = ((gmax - gmin) / qmax).clamp_min(floor).to(x.dtype).float()
         # A real-valued zero-point (= −min/scale, like storing the group minimum): an integer one
         # clamped to [0, qmax] would saturate every group that does not straddle zero.
         zero = (-gmin / scale).to(x.dtype)

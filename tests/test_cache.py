@@ -79,3 +79,33 @@ def test_quantized_prompt_leaves_a_small_fp_window():
         full = store.materialize(torch.float32)
         assert full.shape == (2, 3003, 16)
         torch.testing.assert_close(full[:, :3000], x, atol=0.5, rtol=0)  # 4-bit round trip of the prompt
+
+
+def test_reserved_cache_allocates_once_and_decodes_the_same():
+    """PaluCache(max_len=N): each buffer is allocated once at N slots (no growth chain while filling in
+    chunks or decoding), the fp window of a quantized cache stays small, and logits do not change."""
+    model = compress_plain(tiny_model(num_kv_heads=2, head_dim=32), ratio=0.5, multiple=8)
+    x = torch.randint(3, 128, (2, 40))
+    for quant in (LatentQuantConfig(), LatentQuantConfig(bits=4, group_size=8, residual_length=5)):
+        configure(model, quant=quant)
+        logits = []
+        for cache in (PaluCache(), PaluCache(max_len=60)):
+            with torch.no_grad():
+                out = [model(x[:, :25], past_key_values=cache, use_cache=True).logits]
+                out.append(model(x[:, 25:], past_key_values=cache, use_cache=True).logits)  # a second chunk
+                for i in range(10):
+                    out.append(model(x[:, i : i + 1], past_key_values=cache, use_cache=True).logits)
+            logits.append(torch.cat(out, dim=1))
+        torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
+        for layer in cache.layers:
+            held = [layer.positions] + ([layer.k.codes, layer.v.codes] if quant.enabled else [layer.k.fp, layer.v.fp])
+            assert all(part.buf.shape[1] == 60 for part in held)
+            if quant.enabled:
+                assert layer.k.fp.buf.shape[1] < 60
+
+
+def test_reserve_rejects_a_bad_length():
+    import pytest
+
+    with pytest.raises(ValueError, match="max_len"):
+        PaluCache(max_len=0)

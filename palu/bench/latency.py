@@ -18,7 +18,7 @@ from transformers.cache_utils import Cache, StaticLayer
 from ..config import LatentQuantConfig, PaluConfig
 from ..integrations.hf import apply_palu, configure, palu_modules
 from ..modules.attention import apply_rope
-from ..modules.cache import cache_nbytes, latent_layer_for
+from ..modules.cache import PaluCache, cache_nbytes, latent_layer_for, quantize_into_views
 from .timing import peak_memory_bytes, peak_memory_reset, time_fn
 
 logger = logging.getLogger(__name__)
@@ -124,9 +124,10 @@ def filled_baseline_cache(cfg: LatencyConfig, num_layers: int, kind: str, extra:
     return Cache(layers=layers)
 
 
-def filled_palu_cache(model: torch.nn.Module, cfg: LatencyConfig) -> Cache:
-    """A cache whose Palu layers hold prompt_len random latents (quantized as configured)."""
-    cache = Cache(layers=[])
+def filled_palu_cache(model: torch.nn.Module, cfg: LatencyConfig, extra: int) -> Cache:
+    """A cache whose Palu layers hold prompt_len random latents (quantized as configured), sized
+    once for ``extra`` more tokens (like the baseline's static cache: no growth while timing)."""
+    cache = PaluCache(max_len=cfg.prompt_len + extra)
     pos = torch.arange(cfg.prompt_len, device=cfg.device, dtype=torch.int32).expand(cfg.batch_size, -1)
     for m in palu_modules(model):
         layer = latent_layer_for(cache, m.layer_idx, m.quant)
@@ -159,7 +160,8 @@ def model_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "dynamic", nu
     model = build_model(cfg, num_layers, palu)
     n_layers = model.config.num_hidden_layers
     peak_memory_reset(cfg.device)
-    cache = filled_palu_cache(model, cfg) if palu else filled_baseline_cache(cfg, n_layers, cache_kind, cfg.warmup + cfg.reps + 8)
+    extra = cfg.warmup + cfg.reps + 8
+    cache = filled_palu_cache(model, cfg, extra) if palu else filled_baseline_cache(cfg, n_layers, cache_kind, extra)
     step = _decode_step(model, cache, cfg, cfg.prompt_len)
     timing = time_fn(step, cfg.warmup, cfg.reps, cfg.device)
     out = {
@@ -173,14 +175,19 @@ def model_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "dynamic", nu
     return out
 
 
+def attention_setup(cfg: LatencyConfig, palu: bool, cache_kind: str = "static"):
+    """(model, attention module, rotary embedding, filled cache, input x (B, 1, d_model)) of a 1-layer model."""
+    model = build_model(cfg, 1, palu)
+    extra = cfg.warmup + cfg.reps + 8
+    cache = filled_palu_cache(model, cfg, extra) if palu else filled_baseline_cache(cfg, 1, cache_kind, extra)
+    x = torch.randn(cfg.batch_size, 1, cfg.hidden_size, device=cfg.device, dtype=cfg.torch_dtype)
+    return model, model.model.layers[0].self_attn, model.model.rotary_emb, cache, x
+
+
 @torch.no_grad()
 def attention_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "static") -> dict[str, Any]:
     """Time one decode step of a single attention module (layer 0 of a 1-layer model)."""
-    model = build_model(cfg, 1, palu)
-    attn = model.model.layers[0].self_attn
-    rotary = model.model.rotary_emb
-    cache = filled_palu_cache(model, cfg) if palu else filled_baseline_cache(cfg, 1, cache_kind, cfg.warmup + cfg.reps + 8)
-    x = torch.randn(cfg.batch_size, 1, cfg.hidden_size, device=cfg.device, dtype=cfg.torch_dtype)
+    model, attn, rotary, cache, x = attention_setup(cfg, palu, cache_kind)
     state = {"pos": cfg.prompt_len}
 
     def step():
@@ -189,7 +196,7 @@ def attention_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "static")
         return attn(x, position_embeddings=rotary(x, pos), attention_mask=None, past_key_values=cache, position_ids=pos)
 
     if cfg.cuda_graph:
-        step = _graphed_readonly_step(attn, cache, x, rotary, cfg, palu)
+        step = _graphed_step(attn, cache, x, rotary, cfg, palu)
     timing = time_fn(step, cfg.warmup, cfg.reps, cfg.device)
     out = {"palu": palu, "cache": "palu_latent" if palu else cache_kind, "time_ms": timing["median_ms"],
            "cache_bytes": cache_nbytes(cache), "timing": timing}
@@ -197,27 +204,49 @@ def attention_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "static")
     return out
 
 
-def _graphed_readonly_step(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bool):
-    """CUDA-graph replay of the attention read over a fixed cache (no append: graphs need static shapes)."""
-    if not str(cfg.device).startswith("cuda"):
-        raise ValueError("--cuda_graph needs a CUDA device")
-    pos = torch.full((cfg.batch_size, 1), cfg.prompt_len, device=cfg.device, dtype=torch.long)
-    cos, sin = rotary(x, pos)
-    if palu:
-        layer = cache.layers[0]
+def static_step_body(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bool):
+    """One decode step over a fixed cache, with static shapes (for CUDA graphs and profiling): all four
+    projections, RoPE, the new token's K/V (or latents) written into the cache's last slot and
+    attention over all slots. Returns a closure giving the module output (B, 1, d_model).
 
+    Graphs need static shapes, so every replay rewrites the same slot instead of appending: the
+    cache holds prompt_len slots, the last one standing for the new token (Palu: in the fp window,
+    or quantized into the packed part when the window is empty, as in a real step).
+    """
+    b, hd = cfg.batch_size, cfg.head_dim
+    pos = torch.full((b, 1), cfg.prompt_len - 1, device=cfg.device, dtype=torch.long)
+    cos, sin = rotary(x, pos)
+    layer = cache.layers[0]
+
+    def query():
+        return apply_rope(attn.q_proj(x).view(b, 1, cfg.num_heads, hd).transpose(1, 2), cos, sin)
+
+    if palu:
         def body():
-            q = attn.q_proj(x).view(cfg.batch_size, 1, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-            return attn._output(attn._triton_decode(apply_rope(q, cos, sin), layer))
+            q = query()
+            _write_last_slot(layer.k, attn.k_proj.down(x))
+            _write_last_slot(layer.v, attn.v_proj.down(x))
+            return attn._output(attn._triton_decode(q, layer))
     else:
-        layer = cache.layers[0]
         keys, values = layer.keys[:, :, : cfg.prompt_len], layer.values[:, :, : cfg.prompt_len]
 
         def body():
-            q = attn.q_proj(x).view(cfg.batch_size, 1, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-            o = torch.nn.functional.scaled_dot_product_attention(apply_rope(q, cos, sin), keys, values, scale=attn.scaling)
-            return attn.o_proj(o.transpose(1, 2).reshape(cfg.batch_size, 1, -1))
+            q = query()
+            k = apply_rope(attn.k_proj(x).view(b, 1, cfg.num_kv_heads, hd).transpose(1, 2), cos, sin)
+            keys[:, :, -1:].copy_(k)
+            values[:, :, -1:].copy_(attn.v_proj(x).view(b, 1, cfg.num_kv_heads, hd).transpose(1, 2))
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, keys, values, scale=attn.scaling, enable_gqa=cfg.num_heads != cfg.num_kv_heads)
+            return attn.o_proj(o.transpose(1, 2).reshape(b, 1, -1))
 
+    return body
+
+
+def _graphed_step(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bool):
+    """CUDA-graph replay of :func:`static_step_body`."""
+    if not str(cfg.device).startswith("cuda"):
+        raise ValueError("--cuda_graph needs a CUDA device")
+    body = static_step_body(attn, cache, x, rotary, cfg, palu)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -228,6 +257,15 @@ def _graphed_readonly_step(attn, cache: Cache, x, rotary, cfg: LatencyConfig, pa
     with torch.cuda.graph(graph):
         body()
     return graph.replay
+
+
+def _write_last_slot(store, latent: torch.Tensor) -> None:
+    """Overwrite a LatentStore's newest slot with ``latent`` (B, 1, R), in place (graph-capturable)."""
+    if store.fp.length:
+        store.fp.view()[:, -1:].copy_(latent)
+        return
+    zero = store.zero.view()[:, -1:] if store.zero.length else None
+    quantize_into_views(latent, store.quant, store.codes.view()[:, -1:], store.scale.view()[:, -1:], zero)
 
 
 @torch.no_grad()

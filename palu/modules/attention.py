@@ -215,9 +215,9 @@ class PaluAttention(nn.Module):
             q[:, :, 0], view(layer.k), view(layer.v), self.k_proj.up, self.k_proj.offsets, self.v_proj.offsets,
             layer.positions.view(), layer.kv_start, self.rotary.inv_freq.float(),
             float(getattr(self.rotary, "attention_scaling", 1.0)), self.scaling, self.head_group_size,
-            k_bias=self.k_proj.bias,
+            k_bias=self.k_proj.bias, out_dtype=q.dtype,
         )
-        return z.to(q.dtype).unsqueeze(2)
+        return z.unsqueeze(2)
 
 
 def _sdpa_mask(attention_mask, s_q: int, s: int, device) -> tuple[Optional[torch.Tensor], bool]:

@@ -32,18 +32,24 @@ class _Growable:
     def __init__(self) -> None:
         self.buf: Optional[torch.Tensor] = None
         self.length = 0
+        self.reserved = 0  # capacity the first allocation (and any growth) takes at least
 
     def append(self, x: torch.Tensor) -> None:
-        n_new = x.shape[1]
+        self.extend(x.shape[0], x.shape[1], x.shape[2:], x.dtype, x.device).copy_(x)
+
+    def extend(self, batch: int, n_new: int, tail: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+        """Add ``n_new`` slots and return them, (batch, n_new, *tail), a view for the caller to fill."""
         if self.buf is None:
-            self.buf = x.new_empty((x.shape[0], n_new, *x.shape[2:]))
+            self.buf = torch.empty((batch, max(n_new, self.reserved), *tail), dtype=dtype, device=device)
         elif self.length + n_new > self.buf.shape[1]:
             cap = self.length + n_new + max(_MIN_GROW, (self.length + n_new) // 8)
-            grown = x.new_empty((x.shape[0], cap, *x.shape[2:]))
+            cap = max(cap, self.reserved)
+            grown = self.buf.new_empty((self.buf.shape[0], cap, *self.buf.shape[2:]))
             grown[:, : self.length] = self.buf[:, : self.length]
             self.buf = grown
-        self.buf[:, self.length : self.length + n_new] = x
+        view = self.buf[:, self.length : self.length + n_new]
         self.length += n_new
+        return view
 
     def drop_front(self, n: int) -> torch.Tensor:
         """Remove and return the oldest ``n`` slots (a copy)."""
@@ -65,6 +71,28 @@ class _Growable:
             return 0
         per_slot = self.buf[:, :1].numel() * self.buf.element_size()
         return per_slot * (self.length if used_only else self.buf.shape[1])
+
+
+def quantize_into_views(x: torch.Tensor, cfg: LatentQuantConfig, codes: torch.Tensor, scale: torch.Tensor,
+                        zero: Optional[torch.Tensor]) -> None:
+    """Quantize x (B, n, R) into preallocated views (codes, scale, zero: layouts of palu.quant).
+
+    On CUDA one Triton launch writes straight into them (kernels.quantize, bit-identical to
+    palu.quant.quantize, which takes ~25 launches and fp32 copies of x); elsewhere palu.quant.
+    """
+    if x.is_cuda:
+        try:
+            from kernels.quantize import quantize_into
+        except ImportError:  # no triton: the torch path below
+            pass
+        else:
+            quantize_into(x, cfg.bits, cfg.group_size, cfg.sym, cfg.clip_ratio, codes, scale, zero)
+            return
+    q = quantize(x, cfg)
+    codes.copy_(q.codes)
+    scale.copy_(q.scale)
+    if zero is not None:
+        zero.copy_(q.zero)
 
 
 @dataclasses.dataclass
@@ -91,12 +119,18 @@ class LatentStore:
         from_fp = min(overflow, self.fp.length)
         old = self.fp.drop_front(from_fp) if from_fp else latent[:, :0]
         n_new = overflow - from_fp
-        q = quantize(torch.cat((old, latent[:, :n_new]), dim=1) if n_new else old, self.quant)
-        self.codes.append(q.codes)
-        self.scale.append(q.scale)
-        if q.zero is not None:
-            self.zero.append(q.zero)
+        self._append_quantized(torch.cat((old, latent[:, :n_new]), dim=1) if n_new and from_fp else
+                               latent[:, :n_new] if n_new else old)
         self.fp.append(latent[:, n_new:])
+
+    def _append_quantized(self, x: torch.Tensor) -> None:
+        """Quantize x (B, n, R) onto the end of the packed part."""
+        cfg, (b, n, r) = self.quant, x.shape
+        words, groups = -(-r // (32 // cfg.bits)), -(-r // cfg.group_size)
+        codes = self.codes.extend(b, n, (words,), torch.int32, x.device)
+        scale = self.scale.extend(b, n, (groups,), x.dtype, x.device)
+        zero = None if cfg.sym else self.zero.extend(b, n, (groups,), x.dtype, x.device)
+        quantize_into_views(x, cfg, codes, scale, zero)
 
     @property
     def n_quantized(self) -> int:
@@ -122,6 +156,11 @@ class LatentStore:
     def parts(self) -> list[_Growable]:
         return [self.fp, self.codes, self.scale, self.zero]
 
+    def reserve(self, max_len: int) -> None:
+        """Allocate room for ``max_len`` slots at once (quantized: the packed part; the fp window stays small)."""
+        for part in ([self.codes, self.scale, self.zero] if self.quant.enabled else [self.fp]):
+            part.reserved = max_len
+
 
 class PaluLatentLayer(CacheLayerMixin):
     """Cache layer holding Palu latents instead of keys/values (shapes in module docstring)."""
@@ -129,13 +168,24 @@ class PaluLatentLayer(CacheLayerMixin):
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, quant: LatentQuantConfig | None = None, **kwargs) -> None:
+    def __init__(self, quant: LatentQuantConfig | None = None, max_len: Optional[int] = None, **kwargs) -> None:
         super().__init__()
         self.quant = quant or LatentQuantConfig()
         self.k = LatentStore(self.quant)
         self.v = LatentStore(self.quant)
         self.positions = _Growable()
         self.kv_start: Optional[torch.Tensor] = None  # (B,) first non-padding slot, set at prefill
+        self.palu_max_len = max_len
+        if max_len:
+            self.reserve(max_len)
+
+    def reserve(self, max_len: int) -> None:
+        """Size the buffers for ``max_len`` slots when they are first allocated (and never grow below it):
+        one allocation per buffer instead of a chain of growing ones, whose freed blocks fragment
+        the CUDA allocator's pool when a cache fills up in chunks."""
+        self.k.reserve(max_len)
+        self.v.reserve(max_len)
+        self.positions.reserved = max_len
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -162,7 +212,7 @@ class PaluLatentLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.__init__(self.quant)  # type: ignore[misc]
+        self.__init__(self.quant, self.palu_max_len)  # type: ignore[misc]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.batch_select_indices(beam_idx)
@@ -192,11 +242,15 @@ class PaluCache(Cache):
     """An empty cache whose layers Palu attention modules create on first use.
 
     ``model.generate()`` works without it (Palu installs its layers into the
-    ``DynamicCache`` that generate creates); pass one to hold a reference for byte counts.
+    ``DynamicCache`` that generate creates); pass one to hold a reference for byte counts, or
+    with ``max_len`` (prompt + new tokens) to allocate each layer's buffers once at that size.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_len: Optional[int] = None) -> None:
         super().__init__(layers=[])
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be >= 1 (prompt + new tokens), got {max_len}")
+        self.palu_max_len = max_len
 
     def nbytes(self, used_only: bool = True) -> int:
         return cache_nbytes(self, used_only)
@@ -216,7 +270,7 @@ def latent_layer_for(cache: Cache, layer_idx: int, quant: LatentQuantConfig) -> 
             f"cache layer {layer_idx} already holds full keys/values ({type(layer).__name__}); "
             "a Palu model in latent mode needs an empty cache (or set cache_mode='simulate')"
         )
-    cache.layers[layer_idx] = PaluLatentLayer(quant)
+    cache.layers[layer_idx] = PaluLatentLayer(quant, max_len=getattr(cache, "palu_max_len", None))
     return cache.layers[layer_idx]  # type: ignore[return-value]
 
 

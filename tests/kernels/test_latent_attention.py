@@ -78,11 +78,46 @@ def test_fold_and_reconstruction_agree_on_far_positions(device):
 
 
 @pytest.mark.parametrize("bits", [16, 4])
-def test_interpreter_overlap_kernels(device, bits):
-    """The flag-waiting value kernel (overlap mode) computes what the split kernel does."""
+@pytest.mark.parametrize("fold_heads", [None, 1])
+def test_interpreter_overlap_kernels(device, bits, fold_heads):
+    """The flag-waiting value kernel (overlap mode) computes what the split kernel does, also when
+    several score programs (one per head here) must all flag a chunk before its values are read."""
     case = Case(num_heads=4, num_kv_heads=4, group_size=2, num_slots=45, bits=bits, quant_group_size=16,
                 k_ranks=(32, 64), v_ranks=(64, 48), dtype=torch.float32)
-    check(case, device, num_splits=3, method="fold", overlap=True)
+    check(case, device, num_splits=3, method="fold", overlap=True, fold_heads=fold_heads)
+
+
+@pytest.mark.parametrize("fold_heads", [1, 2, 4])
+@pytest.mark.parametrize("n_rep,bias", [(1, True), (2, False)])
+def test_interpreter_fold_heads_per_program(device, fold_heads, n_rep, bias):
+    """Score programs covering 1, 2 or all 4 query heads of a group give the same attention
+    (heads offset inside the group, GQA head mapping, bias fold), in fp16."""
+    group_size = 4 // n_rep  # 4 query heads per group either way
+    groups = 4 // group_size
+    case = Case(num_heads=4 * n_rep, num_kv_heads=4, group_size=group_size, k_ranks=(40, 24)[:groups],
+                v_ranks=(24, 33)[:groups], num_slots=37, bias=bias, dtype=torch.float16)
+    check(case, device, num_splits=2, method="fold", fold_heads=fold_heads)
+
+
+def test_fold_heads_must_divide_the_group(device):
+    inputs = make_inputs(Case(num_heads=4, num_kv_heads=4, group_size=4, k_ranks=(32,), v_ranks=(32,),
+                              dtype=torch.float32), device)
+    with pytest.raises(ValueError, match="fold_heads=3"):
+        latent_decode_attention(**inputs, method="fold", fold_heads=3, block_s=16)
+
+
+def test_fold_heads_choice():
+    """The most heads per program whose program fits twice on an SM (measured best), else once."""
+    from kernels.latent_attention import FOLD_SMEM_BUDGET, SMEM_PER_SM, choose_fold_heads, fold_shared_bytes
+
+    assert choose_fold_heads(4, 64, 128, 2) == 2  # Llama-2-7B at 50%: 97 KB programs, two per SM
+    assert choose_fold_heads(4, 32, 64, 2) == 4  # head_dim 64, rank 64: all four fit twice
+    assert choose_fold_heads(3, 64, 128, 2) == 1  # 3 heads: only 1 divides and fits twice
+    d = choose_fold_heads(16, 64, 256, 2)
+    assert 16 % d == 0 and fold_shared_bytes(d, 64, 256, 2, stages=1) <= FOLD_SMEM_BUDGET
+    assert 2 * (fold_shared_bytes(d, 64, 256, 2) + 1024) > SMEM_PER_SM  # rank 256: no program fits twice
+    with pytest.raises(ValueError, match="rope_qk"):
+        choose_fold_heads(4, 128, 1024, 4)
 
 
 def test_fold_identity_reference():

@@ -1,0 +1,77 @@
+"""Fold path: query heads per score program (fold_heads) against the reconstruction kernel, per shape.
+
+For each (length, batch, bits): CUDA-graph time of the whole decode call with fold_heads = 1, 2, 4
+(and 8 warps for 1 and 4), with method="rope_qk" and the default, plus each variant's score-kernel time (torch profiler). The data behind
+choose_fold_heads and the auto rule in kernels/latent_attention.py.
+Usage (CUDA machine, repo root): PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json [heads|tiles]
+"""
+import dataclasses
+import json
+import math
+import sys
+
+import torch
+
+import kernels.latent_attention as la
+from kernels import latent_decode_attention
+from kernels.bench import L2_ROTATE_BYTES, KernelBenchConfig, _bench, fused_traffic, kernel_breakdown, make_problem
+
+SHAPES = [(4096, 1, 16), (8192, 1, 16), (16384, 1, 16), (32768, 1, 16), (65536, 1, 16), (262144, 1, 16),
+          (65536, 8, 16), (16384, 8, 16), (65536, 1, 4), (4096, 1, 4)]
+# name -> (latent_decode_attention kwargs, kernels.latent_attention module constants for the run)
+VARIANT_SETS = {
+    "heads": {
+        **{f"fold_heads={h}": (dict(method="fold", fold_heads=h), {}) for h in (1, 2, 4)},
+        "fold_heads=4,warps=8": (dict(method="fold", fold_heads=4), dict(FOLD_WARPS=8)),
+        "fold_heads=1,warps=8": (dict(method="fold", fold_heads=1), dict(FOLD_WARPS=8)),
+        "rope_qk": (dict(method="rope_qk"), {}),
+        "auto": ({}, {}),
+    },
+    "tiles": {  # two heads per program (the default): latent tiles in flight and slots per tile
+        "auto": ({}, {}),
+        "stages=3": ({}, dict(FOLD_STAGES=3)),
+        "block=128,stages=1": ({}, dict(FOLD_BLOCK_S=128, FOLD_STAGES=1)),
+        "block=32,stages=4": ({}, dict(FOLD_BLOCK_S=32, FOLD_STAGES=4)),
+    },
+}
+
+
+def main() -> int:
+    out_path, variant_set = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "heads"
+    device = torch.device("cuda")
+    rows = []
+    shapes = SHAPES if variant_set == "heads" else [(4096, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16),
+                                                    (65536, 1, 4)]
+    for seq_len, batch, bits in shapes:
+        cfg = KernelBenchConfig(total_rank=1024, total_rank_v=3072, batch_size=batch, bits=bits,
+                                target_seq_lens=(seq_len,))
+        sets = max(1, min(4, math.ceil(L2_ROTATE_BYTES / fused_traffic(cfg, seq_len)[0])))  # as run_latency_kernel
+        problems = [make_problem(cfg, seq_len, device, seed=i) for i in range(sets)]
+        row = {"seq_len": seq_len, "batch": batch, "bits": bits, "variants": {}}
+        check = latent_decode_attention(**problems[0], method="rope_qk")  # each variant must agree with it
+        for name, (kw, consts) in VARIANT_SETS[variant_set].items():
+            saved = {k: getattr(la, k) for k in consts}
+            for k, v in consts.items():
+                setattr(la, k, v)
+            us = _bench([lambda p=p: latent_decode_attention(**p, **kw) for p in problems]) * 1e3
+            parts = kernel_breakdown(lambda: latent_decode_attention(**problems[0], **kw))
+            score = sum(v for k, v in parts.items() if "fold_scores" in k or "rope_qk" in k)
+            out = latent_decode_attention(**problems[0], **kw)
+            err = ((out - check).norm() / check.norm()).item()
+            row["variants"][name] = {"time_us": us, "score_kernel_us": score, "rel_err_vs_rope_qk": err,
+                                     "kernels_us": parts}
+            print(f"S={seq_len} B={batch} bits={bits} {name}: {us:.1f} us (score kernel {score:.1f}, "
+                  f"rel err vs rope_qk {err:.1e})", flush=True)
+            for k, v in saved.items():
+                setattr(la, k, v)
+        rows.append(row)
+        del problems
+        torch.cuda.empty_cache()
+    with open(out_path, "w") as f:
+        json.dump({"argv": sys.argv, "device": torch.cuda.get_device_name(), "rows": rows,
+                   "config": dataclasses.asdict(KernelBenchConfig(total_rank=1024, total_rank_v=3072))}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
