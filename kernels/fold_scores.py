@@ -14,8 +14,9 @@ for all heads of the group, and keeps every head's folded matrix resident in sha
 The dots cost the same as the reconstruction when each KV head serves one query head; with GQA
 they grow n_rep-fold, so the launcher uses this kernel for n_rep == 1 only.
 
-Scores go to a (B, H, S) fp32 buffer in log2 units (sm_scale * log2(e) folded into M). After each
-chunk of slots a program raises that chunk's flag (release), so that the value kernel
+Scores go to a (B, H, S) fp32 buffer in log2 units (sm_scale * log2(e) folded into M). A program
+covers HP of the group's HG heads (two per program by default: two programs fit on an SM). After each
+chunk of slots it adds 1 to that chunk's flag (release); once all HG / HP programs have, the value kernel
 (:func:`kernels.latent_attention._softmax_v_wait_kernel`), running concurrently on another stream,
 can stream the chunk's value latents while later chunks are still being scored.
 """

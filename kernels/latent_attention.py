@@ -3,13 +3,16 @@
 One new token attends to S cached slots whose keys and values are stored as per-group latents.
 Three launches, none of which materializes a key or value:
 
-1. :mod:`kernels.rope_qk` (the paper's reconstruction kernel): per block of slots and KV head,
-   ``k = latent_k @ k_up^T`` as two dots (one per RoPE half), RoPE in registers, scores
-   ``q . k_rot`` written as fp32 (B, H, S): n_rep * 4 bytes per slot and KV head against the
-   r_g * 2 bytes of latent it read.
+1. Scores (B, H, S) fp32, by one of two kernels: :mod:`kernels.fold_scores` (default when each KV
+   head serves one query head) folds the query into the key up-projection and never builds a key;
+   :mod:`kernels.rope_qk` (the paper's reconstruction kernel; GQA) rebuilds each block's keys as
+   ``latent_k @ k_up^T`` in two dots (one per RoPE half), rotates them in registers and takes
+   ``q . k_rot``. Either writes n_rep * 4 bytes per slot and KV head against the r_g * 2 bytes of
+   latent it read.
 2. :func:`_softmax_v_split_kernel` (flash-decoding): per (batch, group, split of the slots), online
    softmax over the scores of all the group's query heads and ``p @ latent_v``, streaming the
-   group's value latents once. Values stay latent: their up-projection is folded into o_proj.
+   group's value latents once. Values stay latent: the caller applies their up-projection to the
+   weighted sum (or folds it into o_proj).
 3. :func:`_merge_splits_kernel` combines the splits' partial (max, sum, accumulator).
 
 A single-pass version (reconstruction inside the flash-decoding loop) was 5-9x slower in Triton:

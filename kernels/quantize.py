@@ -84,7 +84,11 @@ def _quantize_rows_kernel(
         code = _rint(tl.math.div_rn(xw, s) + z)
     code = tl.minimum(tl.maximum(code, 0.0), QMAX).to(tl.uint32)
     code = tl.where(in_rank, code, 0)  # channels past the rank pack as 0, as pack_codes pads them
-    word = tl.sum(code << (k_idx[None, :] * BITS).to(tl.uint32), axis=1)  # disjoint bits: sum == or
+    # Padding lanes (k >= VPW, 3-bit: VPW_PAD 16 > 10) shift by 0, not k * BITS >= 32: a shift past the
+    # width is poison in LLVM and turned whole 3-bit words into garbage on the GPU (the interpreter's
+    # numpy shift hid it).
+    shift = tl.where(k_idx < VPW, k_idx * BITS, 0).to(tl.uint32)
+    word = tl.sum(code << shift[None, :], axis=1)  # disjoint bits: sum == or
     n_words = tl.cdiv(rank, VPW)
     tl.store(codes_ptr + b * codes_sb + t * codes_st + w_idx, word.to(tl.int32, bitcast=True), mask=w_idx < n_words)
 
