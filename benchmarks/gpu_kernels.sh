@@ -8,7 +8,8 @@
 #   sweep_tiles  the same script: latent tiles in flight and slots per tile of the default fold program
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   smoke      the fold path with overlap on a small problem, under a time limit (a deadlock would hang)
-#   tests      the GPU tests (kernels and backend agreement)
+#   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
+#   tests2     the other GPU tests (quantization kernel, launch heuristics, backend agreement)
 # Results go to $RES (default $OUT/res) and, after each part, into $OUT/results.tgz (the device tool
 # returns at most 8 files); the log goes to $OUT/gpu.log as it is written.
 set -uo pipefail
@@ -65,8 +66,12 @@ model)
 smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "fold_overlap or autotuned" || exit 1
   ;;
-tests)
-  run timeout 330 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels tests/test_backends_agree.py -rf --durations=15
+tests)  # the latent-attention sweep alone took more than 330 s on an H200 (fourth session): two parts
+  run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_latent_attention.py -rf --durations=10
+  ;;
+tests2)
+  run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_quantize.py \
+      tests/kernels/test_launch_heuristics.py tests/test_backends_agree.py -rf --durations=10
   ;;
 *) echo "unknown part $part" >&2; exit 2 ;;
 esac; tar czf "$OUT_SAVED/results.tgz" -C "$RES" .; done
