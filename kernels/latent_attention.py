@@ -211,8 +211,9 @@ def _softmax_v_wait_kernel(
     Program p handles items p, p + P, ... (P programs) of ``num_splits * batch_groups`` items in
     split-major order, item = split * batch_groups + b * G + g: the order in which the score kernel
     (:mod:`kernels.fold_scores`) finishes chunks. Before an item it spins on the item's flag
-    (acquire) until all ``flag_target`` score programs of the chunk have added theirs, so it may run concurrently with the score kernel on another stream. The grid is at
-    most one program per SM and the score kernel never waits, so every flag is eventually raised.
+    (acquire) until all ``flag_target`` score programs of the chunk have added theirs, so it may run
+    concurrently with the score kernel on another stream. The grid is at most one program per SM and
+    the score kernel never waits, so every flag eventually reaches its target.
     """
     num_items = num_splits * batch_groups
     item = tl.program_id(0)
@@ -604,10 +605,20 @@ FOLD_WARPS = 4  # score kernel warps (8 measured slower for 1 and 4 heads per pr
 FOLD_STAGES = 3  # latent tiles in flight per score program when they fit (3 vs 2 at 64K: 262 vs 277 us, fold_tiles_sweep)
 
 
-def _fold_programs_per_sm(heads: int, half_pad: int, rk_pad: int, elt: int) -> int:
+def _fold_programs_per_sm(heads: int, half_pad: int, rk_pad: int, elt: int, stages: int = 2) -> int:
     """Score programs of ``heads`` query heads resident on one SM: by shared memory (1 KB driver
     reserve each), and at most 2 by registers (sm_90 builds use 176-255 registers per thread)."""
-    return max(1, min(2, SMEM_PER_SM // (fold_shared_bytes(heads, half_pad, rk_pad, elt) + 1024)))
+    return max(1, min(2, SMEM_PER_SM // (fold_shared_bytes(heads, half_pad, rk_pad, elt, stages) + 1024)))
+
+
+def _fold_stages(heads: int, half_pad: int, rk_pad: int, elt: int) -> int:
+    """FOLD_STAGES latent tiles in flight when they fit the budget without costing a program per SM
+    (the 2-stage count), else 2, else 1."""
+    fits = lambda n: fold_shared_bytes(heads, half_pad, rk_pad, elt, n) <= FOLD_SMEM_BUDGET  # noqa: E731
+    if fits(FOLD_STAGES) and (_fold_programs_per_sm(heads, half_pad, rk_pad, elt, FOLD_STAGES)
+                              >= _fold_programs_per_sm(heads, half_pad, rk_pad, elt, 2)):
+        return FOLD_STAGES
+    return 2 if fits(2) else 1
 
 
 def choose_fold_heads(heads_per_group: int, half_pad: int, rk_pad: int, elt: int) -> int:
@@ -687,13 +698,13 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     if fold_heads < 1 or hg % fold_heads or fold_shared_bytes(fold_heads, half_pad, rk_pad, elt, 1) > FOLD_SMEM_BUDGET:
         raise ValueError(f"fold_heads={fold_heads} must divide the {hg} query heads per group and fit in shared memory")
     head_splits = hg // fold_heads
-    per_sm = _fold_programs_per_sm(fold_heads, half_pad, rk_pad, elt)
+    stages = 1 if interpret else _fold_stages(fold_heads, half_pad, rk_pad, elt)
+    per_sm = _fold_programs_per_sm(fold_heads, half_pad, rk_pad, elt, stages)
     ctas_per_bg = max(1, min(num_chunks, (num_sms * per_sm) // (bgs * head_splits)))
     if interpret:
         key_cfg = dict(BLOCK_S=block_s or 16, num_warps=4, num_stages=1)
         val_cfg = dict(BLOCK_S=block_s or 16, num_warps=4, num_stages=1)
     else:
-        stages = FOLD_STAGES if fold_shared_bytes(fold_heads, half_pad, rk_pad, elt, FOLD_STAGES) <= FOLD_SMEM_BUDGET else 1
         key_cfg = dict(BLOCK_S=block_s or FOLD_BLOCK_S, num_warps=FOLD_WARPS, num_stages=stages)
         val_cfg = dict(BLOCK_S=block_s or VALUE_BLOCK_S, num_warps=4, num_stages=2)
 

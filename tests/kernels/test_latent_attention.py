@@ -120,6 +120,15 @@ def test_fold_heads_choice():
         choose_fold_heads(4, 128, 1024, 4)
 
 
+def test_fold_stages_keep_two_programs_per_sm():
+    """Three latent stages only where they fit the budget and keep the programs per SM (measured best)."""
+    from kernels.latent_attention import _fold_programs_per_sm, _fold_stages
+
+    assert _fold_stages(2, 64, 128, 2) == 3 and _fold_programs_per_sm(2, 64, 128, 2, 3) == 2  # 112 KB, twice
+    assert _fold_stages(4, 64, 128, 2) == 2  # 3 stages would exceed the 160-KB budget
+    assert _fold_stages(8, 64, 128, 2) == 1
+
+
 def test_fold_identity_reference():
     """fold_queries_ref's (M, c) give the same scores as reconstructing and rotating the keys."""
     from kernels.reference import fold_queries_ref, latent_decode_scores_ref, rope_cos_sin_ref
