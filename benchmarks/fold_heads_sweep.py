@@ -1,8 +1,9 @@
 """Fold path: query heads per score program (fold_heads) against the reconstruction kernel, per shape.
 
 For each (length, batch, bits): CUDA-graph time of the whole decode call with fold_heads = 1, 2, 4
-(and 8 warps for 1 and 4), with method="rope_qk" and the default, plus each variant's score-kernel time (torch profiler). The data behind
-choose_fold_heads and the auto rule in kernels/latent_attention.py.
+(and 8 warps for 1 and 4), with method="rope_qk" and the default, plus each variant's score-kernel
+time (torch profiler); "tiles": stages and slots per tile of the default program. The data behind
+choose_fold_heads, FOLD_STAGES and the auto rule in kernels/latent_attention.py.
 Usage (CUDA machine, repo root): PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json [heads|tiles]
 """
 import dataclasses

@@ -13,7 +13,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from palu.bench.latency import LatencyConfig, _graphed_step, attention_setup, static_step_body
+from palu.bench.latency import LatencyConfig, attention_setup, graphed_step, static_step_body
 from palu.bench.timing import time_fn
 
 
@@ -48,7 +48,7 @@ def main() -> int:
             for palu in (False, True):
                 model, attn, rotary, cache, x = attention_setup(cfg, palu)
                 kernels = kernel_table(static_step_body(attn, cache, x, rotary, cfg, palu), args.steps)
-                graph_ms = time_fn(_graphed_step(attn, cache, x, rotary, cfg, palu), 5, 100)["median_ms"]
+                graph_ms = time_fn(graphed_step(attn, cache, x, rotary, cfg, palu), 5, 100)["median_ms"]
                 total = sum(kernels.values())
                 rows.append({"prompt_len": n, "batch_size": args.batch_size, "palu": palu, "lt_bits": args.lt_bits,
                              "graph_us": graph_ms * 1e3, "kernel_sum_us": total, "kernels_us": kernels})

@@ -624,7 +624,7 @@ def _fold_stages(heads: int, half_pad: int, rk_pad: int, elt: int) -> int:
 def choose_fold_heads(heads_per_group: int, half_pad: int, rk_pad: int, elt: int) -> int:
     """Query heads per score program: the most whose program still fits twice on an SM, else the
     most that fit once. Measured on an H200 (32x128 heads, 4 per group, rank 128; fold_heads_sweep):
-    2 heads per program (two 97-KB programs per SM) beat 4 (one 164-KB program, no latency hiding
+    2 heads per program (two programs per SM: 97 KB each at 2 stages) beat 4 (one 164-KB program, no latency hiding
     across programs) and 1 (cos/sin and latent tile loaded per head) at every length and batch, e.g.
     64K: 277 vs 331 / 375 us; 4K: 31.9 vs 36.2 / 35.7 us; B=8 x 64K: 2305 vs 2904 / 2788 us."""
     fitting = [d for d in range(1, heads_per_group + 1) if heads_per_group % d == 0

@@ -62,6 +62,11 @@ class LatencyConfig:
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
+    @property
+    def decode_slots(self) -> int:
+        """Cache slots beyond prompt_len that a timed run may append (warm-up, repeats, margin)."""
+        return self.warmup + self.reps + 8
+
     def llama_config(self, num_layers: Optional[int] = None) -> LlamaConfig:
         return LlamaConfig(
             hidden_size=self.hidden_size, intermediate_size=self.intermediate_size, num_attention_heads=self.num_heads,
@@ -131,7 +136,7 @@ def filled_palu_cache(model: torch.nn.Module, cfg: LatencyConfig, extra: int) ->
     pos = torch.arange(cfg.prompt_len, device=cfg.device, dtype=torch.int32).expand(cfg.batch_size, -1)
     for m in palu_modules(model):
         layer = latent_layer_for(cache, m.layer_idx, m.quant)
-        chunk = 2048  # bounded temporaries while filling (quantization of a chunk holds fp32 copies of it)
+        chunk = 2048  # bounded temporaries while filling (torch quantization of a chunk holds fp32 copies of it)
         for s in range(0, cfg.prompt_len, chunk):
             n = min(chunk, cfg.prompt_len - s)
             k = torch.randn(cfg.batch_size, n, m.k_proj.rank_total, device=cfg.device, dtype=cfg.torch_dtype)
@@ -160,7 +165,7 @@ def model_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "dynamic", nu
     model = build_model(cfg, num_layers, palu)
     n_layers = model.config.num_hidden_layers
     peak_memory_reset(cfg.device)
-    extra = cfg.warmup + cfg.reps + 8
+    extra = cfg.decode_slots
     cache = filled_palu_cache(model, cfg, extra) if palu else filled_baseline_cache(cfg, n_layers, cache_kind, extra)
     step = _decode_step(model, cache, cfg, cfg.prompt_len)
     timing = time_fn(step, cfg.warmup, cfg.reps, cfg.device)
@@ -178,7 +183,7 @@ def model_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "dynamic", nu
 def attention_setup(cfg: LatencyConfig, palu: bool, cache_kind: str = "static"):
     """(model, attention module, rotary embedding, filled cache, input x (B, 1, d_model)) of a 1-layer model."""
     model = build_model(cfg, 1, palu)
-    extra = cfg.warmup + cfg.reps + 8
+    extra = cfg.decode_slots
     cache = filled_palu_cache(model, cfg, extra) if palu else filled_baseline_cache(cfg, 1, cache_kind, extra)
     x = torch.randn(cfg.batch_size, 1, cfg.hidden_size, device=cfg.device, dtype=cfg.torch_dtype)
     return model, model.model.layers[0].self_attn, model.model.rotary_emb, cache, x
@@ -196,7 +201,7 @@ def attention_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "static")
         return attn(x, position_embeddings=rotary(x, pos), attention_mask=None, past_key_values=cache, position_ids=pos)
 
     if cfg.cuda_graph:
-        step = _graphed_step(attn, cache, x, rotary, cfg, palu)
+        step = graphed_step(attn, cache, x, rotary, cfg, palu)
     timing = time_fn(step, cfg.warmup, cfg.reps, cfg.device)
     out = {"palu": palu, "cache": "palu_latent" if palu else cache_kind, "time_ms": timing["median_ms"],
            "cache_bytes": cache_nbytes(cache), "timing": timing}
@@ -242,7 +247,7 @@ def static_step_body(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bo
     return body
 
 
-def _graphed_step(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bool):
+def graphed_step(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bool):
     """CUDA-graph replay of :func:`static_step_body`."""
     if not str(cfg.device).startswith("cuda"):
         raise ValueError("--cuda_graph needs a CUDA device")
