@@ -2,9 +2,10 @@
 
 For each (length, batch, bits): CUDA-graph time of the whole decode call with fold_heads = 1, 2, 4
 (and 8 warps for 1 and 4), with method="rope_qk" and the default, plus each variant's score-kernel
-time (torch profiler); "tiles": stages and slots per tile of the default program. The data behind
-choose_fold_heads, FOLD_STAGES and the auto rule in kernels/latent_attention.py.
-Usage (CUDA machine, repo root): PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json [heads|tiles]
+time (torch profiler); "tiles": stages and slots per tile of the default program; "value_cols": value
+channels per value-kernel program. The data behind choose_fold_heads, FOLD_STAGES, value_cols="auto"
+and the auto rule in kernels/latent_attention.py.
+Usage (CUDA machine, repo root): PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json [heads|tiles|value_cols]
 """
 import dataclasses
 import json
@@ -28,6 +29,9 @@ VARIANT_SETS = {
         "rope_qk": (dict(method="rope_qk"), {}),
         "auto": ({}, {}),
     },
+    "value_cols": {  # value channels per value-kernel program
+        **{f"value_cols={c}": (dict(value_cols=c), {}) for c in ("all", 128)},
+    },
     "tiles": {  # two heads per program (the default): latent tiles in flight and slots per tile
         "auto": ({}, {}),
         "stages=3": ({}, dict(FOLD_STAGES=3)),
@@ -41,8 +45,11 @@ def main() -> int:
     out_path, variant_set = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "heads"
     device = torch.device("cuda")
     rows = []
-    shapes = SHAPES if variant_set == "heads" else [(4096, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16),
-                                                    (65536, 1, 4)]
+    shapes = {
+        "heads": SHAPES,
+        "tiles": [(4096, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (65536, 1, 4)],
+        "value_cols": [(4096, 1, 4), (65536, 1, 4), (65536, 8, 4), (4096, 1, 16), (65536, 1, 16), (65536, 8, 16)],
+    }[variant_set]
     for seq_len, batch, bits in shapes:
         cfg = KernelBenchConfig(total_rank=1024, total_rank_v=3072, batch_size=batch, bits=bits,
                                 target_seq_lens=(seq_len,))

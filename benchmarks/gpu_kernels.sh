@@ -6,6 +6,7 @@
 #   model      whole 32-layer model at 32K: B=1/2 fp16 latents, and the largest batch with 4-bit latents
 #   sweep      benchmarks/fold_heads_sweep.py: fold heads per program / warps vs reconstruction, per shape
 #   sweep_tiles  the same script: latent tiles in flight and slots per tile of the default fold program
+#   sweep_cols   the same script: value channels per value-kernel program (quantized and fp latents)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   smoke      the fold path with overlap on a small problem, under a time limit (a deadlock would hang)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
@@ -41,6 +42,9 @@ probe)
   ;;
 sweep)
   run timeout 300 python3 benchmarks/fold_heads_sweep.py "$OUT/fold_heads_sweep.json" heads
+  ;;
+sweep_cols)
+  run timeout 300 python3 benchmarks/fold_heads_sweep.py "$OUT/value_cols_sweep.json" value_cols
   ;;
 sweep_tiles)
   run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/fold_tiles_sweep.json" tiles

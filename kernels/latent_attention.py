@@ -107,7 +107,7 @@ def _softmax_v_block(
 
 @triton.jit
 def _softmax_v_item(
-    split, g, b, scores_ptr, scores_sb, scores_sh,
+    split, g, b, col0, scores_ptr, scores_sb, scores_sh,
     v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
     v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
     v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
@@ -118,10 +118,13 @@ def _softmax_v_item(
     BLOCK_S: tl.constexpr,
 ):
     """Partial softmax state (m, l, acc) of split ``split`` of batch row ``b`` (int64) for the HG
-    query heads of group ``g``, written to part_m/part_l/part_acc."""
+    query heads of group ``g``, value channels [col0, col0 + RV1 + RV2) of the group, written to
+    part_m/part_l (by the col0 == 0 program) and part_acc."""
     DTYPE = v_fp_ptr.dtype.element_ty
     # Alignment hints let the compiler issue 16-byte (and asynchronous, pipelined) latent loads.
-    v_off = tl.multiple_of(tl.load(v_offsets_ptr + g), CHAN_ALIGN)
+    g_off = tl.multiple_of(tl.load(v_offsets_ptr + g), CHAN_ALIGN)
+    v_off = g_off + col0
+    # Channels of this program (<= 0 for a column block past a small group's rank: all masked, acc 0).
     v_rank = tl.multiple_of(tl.load(v_offsets_ptr + g + 1) - v_off, CHAN_ALIGN)
     t_idx = tl.arange(0, HG_PAD)
     row_mask = t_idx < HG
@@ -160,13 +163,13 @@ def _softmax_v_item(
 
     # Partial state of (b, head, split); m is in log2 units (scores were scaled by log2(e)).
     row = (b * num_heads + head.to(tl.int64)) * num_splits + split  # (HG_PAD,)
-    tl.store(part_m_ptr + row, m_i, mask=row_mask)
-    tl.store(part_l_ptr + row, l_i, mask=row_mask)
-    v_idx1 = tl.arange(0, RV1)
+    tl.store(part_m_ptr + row, m_i, mask=row_mask & (col0 == 0))  # every column block has the same m, l
+    tl.store(part_l_ptr + row, l_i, mask=row_mask & (col0 == 0))
+    v_idx1 = col0 + tl.arange(0, RV1)
     acc_rows = part_acc_ptr + row[:, None] * rv_max
     tl.store(acc_rows + v_idx1[None, :], acc1, mask=row_mask[:, None] & (v_idx1 < rv_max)[None, :])
     if RV2 > 0:
-        v_idx2 = RV1 + tl.arange(0, RV2)
+        v_idx2 = col0 + RV1 + tl.arange(0, RV2)
         tl.store(acc_rows + v_idx2[None, :], acc2, mask=row_mask[:, None] & (v_idx2 < rv_max)[None, :])
 
 
@@ -176,15 +179,18 @@ def _softmax_v_split_kernel(
     v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
     v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
     v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
-    num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, tune_bucket,
+    num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, col_programs, tune_bucket,
     HG: tl.constexpr, HG_PAD: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr,
     HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
     HAS_ZERO: tl.constexpr, CHAN_ALIGN: tl.constexpr, VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    """Grid (num_splits, G, B): partial softmax state of one split for the HG query heads of a group."""
+    """Grid (num_splits, G * col_programs, B): partial softmax state of one split for the HG query heads
+    of a group, over one block of RV1 + RV2 of the group's value channels (col_programs blocks)."""
+    col = tl.program_id(1) % col_programs
     _softmax_v_item(
-        tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64), scores_ptr, scores_sb, scores_sh,
+        tl.program_id(0), tl.program_id(1) // col_programs, tl.program_id(2).to(tl.int64), col * (RV1 + RV2),
+        scores_ptr, scores_sb, scores_sh,
         v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
         v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
         v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
@@ -225,7 +231,7 @@ def _softmax_v_wait_kernel(
         while tl.atomic_add(flags_ptr + bg * num_splits + split, 0, sem="acquire", scope="gpu") < flag_target:
             pass
         _softmax_v_item(
-            split, g, b, scores_ptr, scores_sb, scores_sh,
+            split, g, b, 0, scores_ptr, scores_sb, scores_sh,
             v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
             v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
             v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
@@ -238,7 +244,7 @@ def _softmax_v_wait_kernel(
 
 _softmax_v_split_tuned = triton.autotune(
     configs=softmax_v_configs(),
-    key=["HG", "RV1", "RV2", "HAS_QUANT", "HAS_FP", "BITS", "tune_bucket"],
+    key=["HG", "RV1", "RV2", "HAS_QUANT", "HAS_FP", "BITS", "col_programs", "tune_bucket"],
     prune_configs_by={"early_config_prune": prune_softmax_v_configs},
     cache_results=True,  # best configs persist in Triton's cache dir: later processes skip tuning
 )(_softmax_v_split_kernel)
@@ -264,12 +270,33 @@ def _merge_splits_kernel(
     tl.store(out_ptr + row * rv_max + col, out, mask=col < rv_max)
 
 
-def choose_num_splits(num_slots: int, batch_groups: int, num_sms: int) -> int:
-    """Splits of the slot axis so that B*G*splits programs fill the GPU about twice over,
-    without splits shorter than MIN_SPLIT_LEN slots."""
-    max_useful = max(1, triton.cdiv(num_slots, MIN_SPLIT_LEN))
-    wanted = triton.cdiv(2 * num_sms, batch_groups)
-    return max(1, min(wanted, max_useful, MAX_SPLITS))
+WAVE_EFFICIENCY = 0.95  # the fewest splits whose last wave of value programs is at least this full
+
+
+def choose_num_splits(num_slots: int, units: int, num_sms: int, programs_per_sm: int = 2) -> int:
+    """Splits of the slot axis for ``units`` = B * G * column blocks value programs per split.
+
+    The fewest splits whose programs fill whole waves of ``num_sms * programs_per_sm`` resident
+    programs to WAVE_EFFICIENCY (else the best filling), without splits shorter than MIN_SPLIT_LEN
+    slots. Counting waves matters once each program is long: at B = 8 x 64K with 4-bit latents, 5
+    splits (320 programs, 1.2 waves of 264) took 3321 us in the value kernel and 960 programs in
+    128-channel blocks (1.8 waves of 528) 2588 us (H200, value_cols_sweep)."""
+    max_splits = max(1, min(triton.cdiv(num_slots, MIN_SPLIT_LEN), MAX_SPLITS))
+    cap = num_sms * programs_per_sm
+    fill = lambda n: units * n / (cap * triton.cdiv(units * n, cap))  # noqa: E731
+    for n in range(1, max_splits + 1):
+        if fill(n) >= WAVE_EFFICIENCY:
+            return n
+    return max(range(1, max_splits + 1), key=lambda n: (fill(n), -n))
+
+
+def _split_len(num_slots: int, num_splits: int, interpret: bool) -> tuple[int, int]:
+    """(split_len, num_splits): splits of a multiple of MIN_SPLIT_LEN slots (any length in the
+    interpreter, so that tests get several splits of small caches)."""
+    split_len = triton.cdiv(num_slots, num_splits)
+    if not interpret:
+        split_len = triton.cdiv(split_len, MIN_SPLIT_LEN) * MIN_SPLIT_LEN
+    return split_len, triton.cdiv(num_slots, split_len)
 
 
 RECON_UNIT = 128  # slots per reconstruction program are a multiple of every autotuned BLOCK_S
@@ -381,10 +408,34 @@ def _quant_consts(view: LatentView) -> dict:
                 QUANT_GROUP=view.quant_group_size)
 
 
+# value_cols="auto" keeps all of a group's value channels in one split-kernel program. Blocks of 128
+# channels (value_cols=128: 122 instead of ~210 registers, 4 instead of 2 programs per SM, scores and
+# softmax redone per block) measured slower once the splits fill whole waves (H200, 32x128 heads,
+# rank_v 384 per group, value_cols_sweep): 4-bit 630 vs 592 us at 64K, 4828 vs 4709 us at B=8 x 64K,
+# 54.6 vs 51.5 us at 4K; fp16 266.7 vs 264.5 us at 64K. They won only against a badly filled last wave
+# (B=8, 4-bit, 5 splits: 5056 vs 5844 us), which choose_num_splits now avoids. An option for other shapes.
+VALUE_COLS_BLOCK = 128
+
+
+def _value_col_programs(rv_max: int, value_cols: Optional[int]) -> int:
+    return 1 if value_cols is None else triton.cdiv(rv_max, value_cols)
+
+
+def _value_programs_per_sm(value_cols: Optional[int]) -> int:
+    """Split-kernel programs resident per SM, as sm_90 builds of the benchmark shape use registers
+    (4 warps): 384 channels in one program 209-247 registers (2 per SM), 128-channel blocks 122 (4)."""
+    return 2 if value_cols is None or value_cols > VALUE_COLS_BLOCK else 4
+
+
 def _value_consts(v_latent: LatentView, v_off_host: list[int], heads_per_group: int, rv_max: int,
-                  interpret: bool) -> dict:
-    """Constexprs of both value kernels (split and waiting)."""
-    rv1, rv2 = _split_value_columns(rv_max)
+                  interpret: bool, value_cols: Optional[int] = None) -> dict:
+    """Constexprs of both value kernels (split and waiting); ``value_cols`` (a power of two >= 16)
+    channels per program, else all of rv_max (the waiting kernel always takes all)."""
+    if value_cols is not None:
+        assert value_cols >= 16 and value_cols & (value_cols - 1) == 0, f"value_cols {value_cols}: a power of two >= 16"
+        rv1, rv2 = min(value_cols, _pad(rv_max)), 0
+    else:
+        rv1, rv2 = _split_value_columns(rv_max)
     return dict(HG=heads_per_group, HG_PAD=_pad(heads_per_group), RV1=rv1, RV2=rv2,
                 HAS_ZERO=v_latent.zero is not None, CHAN_ALIGN=_channel_alignment(v_off_host),
                 VEC_QUANT=_words_aligned(v_latent, v_off_host, [rv1, rv2] if rv2 else [rv1]),
@@ -403,11 +454,13 @@ def _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, co
     the ``fixed`` config (a dict with BLOCK_S, num_warps, num_stages) when given."""
     batch, num_heads, num_slots = scores.shape
     num_splits, rv_max = parts[2].shape[2], parts[2].shape[3]
+    col_programs = triton.cdiv(rv_max, consts["RV1"] + consts["RV2"])
     args = [
         scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
-        num_heads, v_latent.num_quantized, num_slots, split_len, num_splits, rv_max, int(split_len >= 1024),
+        num_heads, v_latent.num_quantized, num_slots, split_len, num_splits, rv_max, col_programs,
+        int(split_len >= 1024),
     ]
-    grid = (num_splits, v_offsets.shape[0] - 1, batch)
+    grid = (num_splits, (v_offsets.shape[0] - 1) * col_programs, batch)
     if fixed is not None:
         _softmax_v_split_kernel[grid](*args, **consts, **fixed)
     else:
@@ -446,6 +499,7 @@ def latent_decode_attention(
     method: str = "auto",
     overlap: Optional[bool] = None,
     fold_heads: Optional[int] = None,
+    value_cols: "int | str" = "auto",
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Decode attention of one new token over latent keys/values; returns z (B, H, rv_max) in out_dtype.
@@ -474,6 +528,8 @@ def latent_decode_attention(
                  run one after the other on the current stream, where no wait can block.
       fold_heads fold only: query heads per score program (a divisor of gs * n_rep); default from
                  :func:`choose_fold_heads` (the most heads whose program fits twice on an SM).
+      value_cols value channels per value-kernel program: a power of two >= 16, "all" (one program
+                 per group and split) or "auto" (all: measured fastest, see VALUE_COLS_BLOCK).
       out_dtype  dtype of z (the merge writes it directly; fp32 by default).
 
     Query head h reads KV head h // (H // H_kv) of group (h // (H // H_kv)) // gs. Output column
@@ -527,16 +583,17 @@ def latent_decode_attention(
         "CPU tensors need TRITON_INTERPRET=1 set before `kernels` is imported; CUDA tensors need it unset"
     )
     num_sms = 4 if interpret else torch.cuda.get_device_properties(device).multi_processor_count
-    requested_splits = num_splits
-    if num_splits is None:
-        num_splits = choose_num_splits(num_slots, batch * num_groups, num_sms)
-    split_len = triton.cdiv(triton.cdiv(num_slots, num_splits), MIN_SPLIT_LEN) * MIN_SPLIT_LEN
-    if interpret:
-        split_len = triton.cdiv(num_slots, num_splits)
-    num_splits = triton.cdiv(num_slots, split_len)
-
     if method not in ("auto", "fold", "rope_qk"):
         raise ValueError(f"method must be 'auto', 'fold' or 'rope_qk', got {method!r}")
+    if value_cols in ("auto", "all"):  # auto: all (VALUE_COLS_BLOCK's comment)
+        value_cols = None
+    elif not (isinstance(value_cols, int) and value_cols >= 16 and value_cols & (value_cols - 1) == 0):
+        raise ValueError(f"value_cols must be 'auto', 'all' or a power of two >= 16, got {value_cols!r}")
+    requested_splits = num_splits
+    if num_splits is None:
+        num_splits = choose_num_splits(num_slots, batch * num_groups * _value_col_programs(rv_max, value_cols),
+                                       num_sms, _value_programs_per_sm(value_cols))
+    split_len, num_splits = _split_len(num_slots, num_splits, interpret)
     elt = q.element_size()
     fold_fits = fold_shared_bytes(1, _pad(head_dim // 2), _pad(max(k_ranks)), elt) <= FOLD_SMEM_BUDGET
     # auto: fold where it measured faster (H200, 32x128 heads, gs 4, 2 heads per program: 31.9 vs 39.1 us
@@ -547,7 +604,7 @@ def latent_decode_attention(
         return _fold_decode(
             q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
             gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap, requested_splits,
-            fold_heads, out_dtype,
+            fold_heads, value_cols, out_dtype,
         )
 
     quant = _quant_consts(k_latent)
@@ -580,7 +637,7 @@ def latent_decode_attention(
 
     # 2. Online softmax and p @ latent_v per (split, group, batch); 3. merge the splits.
     parts = _partials(batch, num_heads, num_splits, rv_max, device)
-    consts = _value_consts(v_latent, v_off_host, gs * n_rep, rv_max, interpret)
+    consts = _value_consts(v_latent, v_off_host, gs * n_rep, rv_max, interpret, value_cols)
     _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, consts,
                   fixed if "BLOCK_S" in fixed else None)
     return _merge(*parts, out_dtype)
@@ -674,7 +731,7 @@ def _fits_together(device: torch.device, kernels: list, warps: list[int]) -> boo
 
 def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
                  sm_scale, gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap,
-                 num_splits, fold_heads, out_dtype):
+                 num_splits, fold_heads, value_cols, out_dtype):
     """latent_decode_attention through :mod:`kernels.fold_scores` (same arguments and result)."""
     from .fold_scores import _fold_scores_kernel
 
@@ -725,12 +782,13 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
         VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), INTERPRET=interpret, **_quant_consts(k_latent),
     )
-    parts = _partials(batch, num_heads, num_chunks, rv_max, device)
-    val_args = [
-        scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
-        flags, head_splits, num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, num_groups, bgs,
-    ]
-    val_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret)
+    if overlap:  # the waiting kernel's items are the score chunks
+        parts = _partials(batch, num_heads, num_chunks, rv_max, device)
+        val_args = [
+            scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
+            flags, head_splits, num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, num_groups, bgs,
+        ]
+    val_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret)  # the waiting kernel: all columns
     key_grid = (bgs * head_splits * ctas_per_bg,)
     val_grid = (min(bgs * num_chunks, num_sms),)
 
@@ -756,8 +814,15 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     else:
         # One after the other on this stream. Values through the autotuned split kernel: measured 2x
         # faster than the persistent one-program-per-SM wait kernel when it runs alone (H200, 64K:
-        # 97 vs 191 us), which cannot keep enough loads in flight.
+        # 97 vs 191 us), which cannot keep enough loads in flight. With all scores written first, its
+        # splits need not be the score chunks: chosen for the value kernel's own waves.
         _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
-        _split_values(q, scores, v_latent, v_offsets, kv_start, parts, chunk_len, val_consts,
+        if num_splits is None:
+            num_splits = choose_num_splits(num_slots, bgs * _value_col_programs(rv_max, value_cols), num_sms,
+                                           _value_programs_per_sm(value_cols))
+        split_len, num_splits = _split_len(num_slots, num_splits, interpret)
+        parts = _partials(batch, num_heads, num_splits, rv_max, device)
+        split_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret, value_cols)
+        _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
                       val_cfg if interpret or block_s is not None else None)
     return _merge(*parts, out_dtype)

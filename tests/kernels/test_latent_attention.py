@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import kernels
 from kernels import latent_decode_attention
 from kernels.reference import dequantize_latent_ref, latent_decode_attention_ref
+from kernels.rope_qk import load_latent_tile
 from .latent_cases import Case, make_inputs, rel_error, tolerance
 from palu.config import LatentQuantConfig
 from palu.quant import dequantize, quantize
@@ -175,12 +178,68 @@ def test_interpreter_seq_lens_and_splits(device, num_slots, num_splits):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("aligned", [False, True], ids=["gather", "words"])
-def test_interpreter_quantized(device, bits, sym, aligned):
+@pytest.mark.parametrize("dtype", INTERP_DTYPES, ids=["fp32", "fp16"])
+def test_interpreter_quantized(device, bits, sym, aligned, dtype):
     # 16-channel quant groups; ranks either off word/group boundaries (per-element gathers) or on them
-    # (whole-word unpacking, with a partly masked last tile). The last 5 slots stay fp.
+    # (whole-word unpacking, with a partly masked last tile). The last 5 slots stay fp. fp16 takes the
+    # codes-as-fp16 bit trick of aligned tiles, fp32 the integer conversion.
     ranks = dict(k_ranks=(32, 64), v_ranks=(64, 48)) if aligned else {}
-    case = Case(bits=bits, sym=sym, quant_group_size=16, num_slots=29, dtype=torch.float32, **ranks)
+    case = Case(bits=bits, sym=sym, quant_group_size=16, num_slots=29, dtype=dtype, **ranks)
     check(case, device, num_splits=2)
+
+
+@triton.jit
+def _latent_tile_kernel(codes, codes_ss, scale, scale_ss, zero, zero_ss, out, num_slots, rank,
+                        BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+                        BLOCK: tl.constexpr, C: tl.constexpr):
+    """One aligned quantized tile (BLOCK, C) through load_latent_tile, stored as is."""
+    slots = tl.arange(0, BLOCK)
+    x = load_latent_tile(out, 0, codes, codes_ss, scale, scale_ss, zero, zero_ss, slots, slots < num_slots,
+                         num_slots, 0, rank, True, False, BITS, QUANT_GROUP, HAS_ZERO, True, C,
+                         out.dtype.element_ty)
+    tl.store(out + slots[:, None] * C + tl.arange(0, C)[None, :], x)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("sym", [False, True], ids=["asym", "sym"])
+@pytest.mark.parametrize("dtype", INTERP_DTYPES, ids=["fp32", "fp16"])
+def test_interpreter_word_dequant_matches_palu_quant(device, bits, sym, dtype):
+    """The aligned tile loader alone against palu.quant.dequantize, channel by channel: a wrong code
+    order inside a word (two codes per 16-bit lane, then a permutation) fails here even where an
+    attention output might average it away. Rows past the slots and channels past the rank are 0."""
+    slots, block, rank, width, qg = 13, 16, 48, 64, 16
+    x = (torch.randn(1, slots, rank, generator=torch.Generator().manual_seed(bits)) * 2).to(dtype)
+    packed = quantize(x, LatentQuantConfig(bits=bits, group_size=qg, sym=sym))
+    ref = dequantize(packed, qg, torch.float32)[0]
+    out = torch.full((block, width), 7.0, dtype=dtype, device=device)
+    codes, scale = packed.codes[0].to(device), packed.scale[0].to(device)
+    zero = packed.zero[0].to(device) if packed.zero is not None else scale
+    _latent_tile_kernel[(1,)](codes, codes.stride(0), scale, scale.stride(0), zero, zero.stride(0), out, slots,
+                              rank, BITS=bits, QUANT_GROUP=qg, HAS_ZERO=not sym, BLOCK=block, C=width)
+    out = out.float().cpu()
+    assert (out[slots:] == 0).all() and (out[:, rank:] == 0).all()
+    # Two roundings: the offset (|offset| <= the row's largest magnitude) and the fma (|value|).
+    bound = torch.finfo(dtype).eps * (ref.abs() + ref.abs().amax(dim=1, keepdim=True))
+    assert ((out[:slots, :rank] - ref).abs() <= bound).all(), (out[:slots, :rank] - ref).abs().max()
+
+
+@pytest.mark.parametrize("method", ["fold", "rope_qk"])
+@pytest.mark.parametrize("bits,rank1", [(16, 17), (4, 17), (4, 16)], ids=["fp", "q-gather", "q-words"])
+def test_interpreter_value_column_blocks(device, method, bits, rank1):
+    """Value channels split over programs (value_cols): blocks of 16 over ranks 48 and rank1, so one
+    group's last blocks start past its rank (all masked: its columns must come out 0); rank 17 also
+    leaves a partial block (and quantized, per-element gathers; 16: whole words). The same result as
+    one program per group."""
+    case = Case(v_ranks=(48, rank1), bits=bits, quant_group_size=16, dtype=torch.float16)
+    inputs = make_inputs(case, device)
+    ref = latent_decode_attention_ref(**inputs)
+    blocks = latent_decode_attention(**inputs, method=method, value_cols=16, block_s=16, num_splits=2)
+    whole = latent_decode_attention(**inputs, method=method, value_cols="all", block_s=16, num_splits=2)
+    assert rel_error(blocks, ref) < tolerance(case.dtype, device)
+    torch.testing.assert_close(blocks, whole, rtol=1e-5, atol=1e-5)
+    assert (blocks[:, 2:, rank1:] == 0).all()  # heads of group 1 beyond their rank
+    with pytest.raises(ValueError, match="value_cols"):
+        latent_decode_attention(**inputs, value_cols=24)
 
 
 @pytest.mark.parametrize(

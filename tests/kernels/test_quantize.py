@@ -78,12 +78,13 @@ def test_gpu_quantize_matches_torch(dtype, bits, sym):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("residual", [0, 3])
-def test_gpu_cache_store_quantizes_like_the_cpu_store(residual):
+@pytest.mark.parametrize("bits", [3, 4])
+def test_gpu_cache_store_quantizes_like_the_cpu_store(residual, bits):
     """LatentStore on CUDA (one kernel launch per append, writing into the buffers) holds the same
     codes, scales and zero-points as on CPU (palu.quant.quantize), prompt and decode steps alike."""
     from palu.modules.cache import LatentStore
 
-    cfg = LatentQuantConfig(bits=4, group_size=32, residual_length=residual)
+    cfg = LatentQuantConfig(bits=bits, group_size=32, residual_length=residual)
     gen = torch.Generator().manual_seed(0)
     steps = [torch.randn(2, 300, 96, generator=gen).half()] + [torch.randn(2, 1, 96, generator=gen).half()
                                                                 for _ in range(5)]
