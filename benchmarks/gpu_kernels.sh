@@ -11,6 +11,7 @@
 #   smoke      the fold path with overlap on a small problem, under a time limit (a deadlock would hang)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
 #   tests2     the other GPU tests (quantization kernel, launch heuristics, backend agreement)
+#   tests3     generate() on the GPU: latent cache vs simulated (full-size) cache, same tokens
 # Results go to $RES (default $OUT/res) and, after each part, into $OUT/results.tgz (the device tool
 # returns at most 8 files); the log goes to $OUT/gpu.log as it is written.
 set -uo pipefail
@@ -73,9 +74,13 @@ smoke)
 tests)  # the latent-attention sweep alone took more than 330 s on an H200 (fourth session): two parts
   run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_latent_attention.py -rf --durations=10
   ;;
-tests2)
+tests2)  # 34 of these 35 ran in 420 s (fifth session): the generate test has a part of its own
   run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_quantize.py \
-      tests/kernels/test_launch_heuristics.py tests/test_backends_agree.py -rf --durations=10
+      tests/kernels/test_launch_heuristics.py tests/test_backends_agree.py -k "not generate" -rf --durations=10
+  ;;
+tests3)
+  run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_backends_agree.py -k generate -rf \
+      --durations=10
   ;;
 *) echo "unknown part $part" >&2; exit 2 ;;
 esac; tar czf "$OUT_SAVED/results.tgz" -C "$RES" .; done
