@@ -21,6 +21,7 @@ see kernels/NOTES.md. Quantized slots are unpacked from int32 words and dequanti
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import weakref
 from typing import Optional
@@ -280,14 +281,26 @@ def choose_num_splits(num_slots: int, units: int, num_sms: int, programs_per_sm:
     programs to WAVE_EFFICIENCY (else the best filling), without splits shorter than MIN_SPLIT_LEN
     slots. Counting waves matters once each program is long: at B = 8 x 64K with 4-bit latents, 5
     splits (320 programs, 1.2 waves of 264) took 3321 us in the value kernel and 960 programs in
-    128-channel blocks (1.8 waves of 528) 2588 us (H200, value_cols_sweep)."""
+    128-channel blocks (1.8 waves of 528) 2588 us (H200, value_cols_sweep).
+
+    Runs on every decode call: it walks the ranges of split counts that need the same number of
+    waves (the filling grows within a range), not every count up to MAX_SPLITS."""
     max_splits = max(1, min(triton.cdiv(num_slots, MIN_SPLIT_LEN), MAX_SPLITS))
     cap = num_sms * programs_per_sm
     fill = lambda n: units * n / (cap * triton.cdiv(units * n, cap))  # noqa: E731
-    for n in range(1, max_splits + 1):
-        if fill(n) >= WAVE_EFFICIENCY:
-            return n
-    return max(range(1, max_splits + 1), key=lambda n: (fill(n), -n))
+    best, best_fill, n = 1, -1.0, 1
+    while n <= max_splits:
+        waves = triton.cdiv(units * n, cap)
+        last = min(waves * cap // units, max_splits)  # the most splits that still need `waves` waves
+        m = max(n, math.ceil(WAVE_EFFICIENCY * waves * cap / units) - 1)  # within one of the first that fills
+        while m <= last and fill(m) < WAVE_EFFICIENCY:
+            m += 1
+        if m <= last:
+            return m
+        if fill(last) > best_fill:
+            best, best_fill = last, fill(last)
+        n = last + 1
+    return best
 
 
 def _split_len(num_slots: int, num_splits: int, interpret: bool) -> tuple[int, int]:
@@ -417,22 +430,22 @@ def _quant_consts(view: LatentView) -> dict:
 VALUE_COLS_BLOCK = 128
 
 
-def _value_col_programs(rv_max: int, value_cols: Optional[int]) -> int:
-    return 1 if value_cols is None else triton.cdiv(rv_max, value_cols)
-
-
-def _value_programs_per_sm(value_cols: Optional[int]) -> int:
-    """Split-kernel programs resident per SM, as sm_90 builds of the benchmark shape use registers
-    (4 warps): 384 channels in one program 209-247 registers (2 per SM), 128-channel blocks 122 (4)."""
-    return 2 if value_cols is None or value_cols > VALUE_COLS_BLOCK else 4
+def _choose_value_splits(num_slots: int, batch_groups: int, rv_max: int, value_cols: Optional[int],
+                         num_sms: int) -> int:
+    """choose_num_splits for the split value kernel: its programs per split (column blocks included)
+    and per SM, as sm_90 builds of the benchmark shape use registers (4 warps): 384 channels in one
+    program 209-247 registers (2 per SM), 128-channel blocks 122 (4)."""
+    col_programs = 1 if value_cols is None else triton.cdiv(rv_max, value_cols)
+    per_sm = 2 if value_cols is None or value_cols > VALUE_COLS_BLOCK else 4
+    return choose_num_splits(num_slots, batch_groups * col_programs, num_sms, per_sm)
 
 
 def _value_consts(v_latent: LatentView, v_off_host: list[int], heads_per_group: int, rv_max: int,
                   interpret: bool, value_cols: Optional[int] = None) -> dict:
     """Constexprs of both value kernels (split and waiting); ``value_cols`` (a power of two >= 16)
-    channels per program, else all of rv_max (the waiting kernel always takes all)."""
+    channels per program (checked by latent_decode_attention), else all of rv_max (the waiting kernel
+    always takes all)."""
     if value_cols is not None:
-        assert value_cols >= 16 and value_cols & (value_cols - 1) == 0, f"value_cols {value_cols}: a power of two >= 16"
         rv1, rv2 = min(value_cols, _pad(rv_max)), 0
     else:
         rv1, rv2 = _split_value_columns(rv_max)
@@ -589,11 +602,6 @@ def latent_decode_attention(
         value_cols = None
     elif not (isinstance(value_cols, int) and value_cols >= 16 and value_cols & (value_cols - 1) == 0):
         raise ValueError(f"value_cols must be 'auto', 'all' or a power of two >= 16, got {value_cols!r}")
-    requested_splits = num_splits
-    if num_splits is None:
-        num_splits = choose_num_splits(num_slots, batch * num_groups * _value_col_programs(rv_max, value_cols),
-                                       num_sms, _value_programs_per_sm(value_cols))
-    split_len, num_splits = _split_len(num_slots, num_splits, interpret)
     elt = q.element_size()
     fold_fits = fold_shared_bytes(1, _pad(head_dim // 2), _pad(max(k_ranks)), elt) <= FOLD_SMEM_BUDGET
     # auto: fold where it measured faster (H200, 32x128 heads, gs 4, 2 heads per program: 31.9 vs 39.1 us
@@ -603,9 +611,12 @@ def latent_decode_attention(
     if method == "fold" or (method == "auto" and fold_auto):
         return _fold_decode(
             q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
-            gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap, requested_splits,
+            gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap, num_splits,
             fold_heads, value_cols, out_dtype,
         )
+    if num_splits is None:
+        num_splits = _choose_value_splits(num_slots, batch * num_groups, rv_max, value_cols, num_sms)
+    split_len, num_splits = _split_len(num_slots, num_splits, interpret)
 
     quant = _quant_consts(k_latent)
     fixed = dict(num_warps=4, num_stages=1 if interpret else 2)
@@ -782,22 +793,36 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
         VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), INTERPRET=interpret, **_quant_consts(k_latent),
     )
-    if overlap:  # the waiting kernel's items are the score chunks
-        parts = _partials(batch, num_heads, num_chunks, rv_max, device)
-        val_args = [
-            scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
-            flags, head_splits, num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, num_groups, bgs,
-        ]
-    val_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret)  # the waiting kernel: all columns
     key_grid = (bgs * head_splits * ctas_per_bg,)
-    val_grid = (min(bgs * num_chunks, num_sms),)
+    if not overlap:
+        # One after the other on this stream. Values through the autotuned split kernel: measured 2x
+        # faster than the persistent one-program-per-SM wait kernel when it runs alone (H200, 64K:
+        # 97 vs 191 us), which cannot keep enough loads in flight. With all scores written first, its
+        # splits need not be the score chunks: chosen for the value kernel's own waves.
+        _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
+        if num_splits is None:
+            num_splits = _choose_value_splits(num_slots, bgs, rv_max, value_cols, num_sms)
+        split_len, num_splits = _split_len(num_slots, num_splits, interpret)
+        parts = _partials(batch, num_heads, num_splits, rv_max, device)
+        split_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret, value_cols)
+        _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
+                      val_cfg if interpret or block_s is not None else None)
+        return _merge(*parts, out_dtype)
 
+    # Overlap: the waiting kernel's items are the score chunks; it takes all value columns.
+    parts = _partials(batch, num_heads, num_chunks, rv_max, device)
+    val_args = [
+        scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
+        flags, head_splits, num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, num_groups, bgs,
+    ]
+    val_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret)
+    val_grid = (min(bgs * num_chunks, num_sms),)
     fit_key = None
     if not interpret:
         fit_key = (device.index, tuple(sorted(key_consts.items())), tuple(sorted(val_consts.items())),
                    tuple(sorted(key_cfg.items())), tuple(sorted(val_cfg.items())))
-    concurrent = bool(overlap) and fit_key is not None and _CO_RESIDENT.get(fit_key, False)
-    if overlap and not interpret and fit_key in _CO_RESIDENT and not concurrent:
+    concurrent = fit_key is not None and _CO_RESIDENT.get(fit_key, False)
+    if fit_key in _CO_RESIDENT and not concurrent:
         raise ValueError("overlap=True, but the score and value kernels do not fit on one SM together")
     if concurrent:
         side = _side_stream(device)
@@ -806,23 +831,9 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         with torch.cuda.stream(side):
             _softmax_v_wait_kernel[val_grid](*val_args, **val_consts, **val_cfg)
         torch.cuda.current_stream(device).wait_stream(side)
-    elif overlap:  # first overlap call (or the interpreter): in sequence, learning whether both fit on one SM
+    else:  # first overlap call (or the interpreter): in sequence, learning whether both fit on one SM
         kk = _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
         vk = _softmax_v_wait_kernel[val_grid](*val_args, **val_consts, **val_cfg)
         if fit_key is not None:
             _CO_RESIDENT[fit_key] = _fits_together(device, [kk, vk], [key_cfg["num_warps"], val_cfg["num_warps"]])
-    else:
-        # One after the other on this stream. Values through the autotuned split kernel: measured 2x
-        # faster than the persistent one-program-per-SM wait kernel when it runs alone (H200, 64K:
-        # 97 vs 191 us), which cannot keep enough loads in flight. With all scores written first, its
-        # splits need not be the score chunks: chosen for the value kernel's own waves.
-        _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
-        if num_splits is None:
-            num_splits = choose_num_splits(num_slots, bgs * _value_col_programs(rv_max, value_cols), num_sms,
-                                           _value_programs_per_sm(value_cols))
-        split_len, num_splits = _split_len(num_slots, num_splits, interpret)
-        parts = _partials(batch, num_heads, num_splits, rv_max, device)
-        split_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret, value_cols)
-        _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
-                      val_cfg if interpret or block_s is not None else None)
     return _merge(*parts, out_dtype)

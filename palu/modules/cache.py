@@ -21,7 +21,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..config import LatentQuantConfig
-from ..quant import QuantizedLatent, dequantize, quantize
+from ..quant import QuantizedLatent, codes_per_word, dequantize, quantize
 
 _MIN_GROW = 256  # slots added at least per reallocation; bounds the slack to a few hundred tokens
 
@@ -130,7 +130,7 @@ class LatentStore:
     def _append_quantized(self, x: torch.Tensor) -> None:
         """Quantize x (B, n, R) onto the end of the packed part."""
         cfg, (b, n, r) = self.quant, x.shape
-        words, groups = -(-r // (32 // cfg.bits)), -(-r // cfg.group_size)
+        words, groups = -(-r // codes_per_word(cfg.bits)), -(-r // cfg.group_size)
         codes = self.codes.extend(b, n, (words,), torch.int32, x.device)
         scale = self.scale.extend(b, n, (groups,), x.dtype, x.device)
         zero = None if cfg.sym else self.zero.extend(b, n, (groups,), x.dtype, x.device)

@@ -5,7 +5,10 @@ import pytest
 import triton
 
 from kernels._autotune import prune_reconstruction_configs, reconstruction_configs
-from kernels.latent_attention import MAX_RECON_SLOTS, RECON_UNIT, choose_slots_per_program
+from kernels.latent_attention import (
+    MAX_RECON_SLOTS, MAX_SPLITS, MIN_SPLIT_LEN, RECON_UNIT, WAVE_EFFICIENCY, choose_num_splits,
+    choose_slots_per_program,
+)
 
 
 @pytest.mark.parametrize("num_slots", [1, 100, 4096, 65536, 262144])
@@ -35,3 +38,25 @@ def test_reconstruction_pruning_respects_shared_memory_and_loop_length():
     assert {(c.kwargs["BLOCK_S"], c.num_stages) for c in wide} == {(64, 1), (64, 3), (128, 1)}  # 128 x 3 stages: 292 KB
     short = prune_reconstruction_configs(configs, dict(args, slots_per_program=128))
     assert all(c.num_stages == 1 for c in short)  # a one- or two-block loop has nothing to pipeline
+
+
+def _fewest_filling_splits(num_slots: int, units: int, num_sms: int, per_sm: int) -> int:
+    """choose_num_splits' definition, by trying every split count."""
+    most = max(1, min(-(-num_slots // MIN_SPLIT_LEN), MAX_SPLITS))
+    cap = num_sms * per_sm
+    fill = lambda n: units * n / (cap * -(-units * n // cap))  # noqa: E731
+    filling = [n for n in range(1, most + 1) if fill(n) >= WAVE_EFFICIENCY]
+    return filling[0] if filling else max(range(1, most + 1), key=lambda n: (fill(n), -n))
+
+
+@pytest.mark.parametrize("num_slots", [1, 129, 4096, 65536, 10**6])
+@pytest.mark.parametrize("num_sms,per_sm", [(4, 2), (132, 2), (132, 4), (108, 1)])
+def test_num_splits_is_the_fewest_that_fill_whole_waves(num_slots, num_sms, per_sm):
+    """The range walk gives what trying every split count gives, for batch-group counts below,
+    around and above one wave; and at the benchmark shape the counts the notes measured."""
+    for units in [*range(1, 70), 96, 192, 255, 300, 513, 1024, 4096]:
+        assert choose_num_splits(num_slots, units, num_sms, per_sm) == _fewest_filling_splits(
+            num_slots, units, num_sms, per_sm), units
+    if (num_slots, num_sms, per_sm) == (65536, 132, 2):
+        assert choose_num_splits(num_slots, 8, 132, 2) == 32  # B=1: 256 of 264 programs
+        assert choose_num_splits(num_slots, 64, 132, 2) == 4  # B=8: 256, where 5 splits made 1.2 waves
