@@ -5,7 +5,8 @@ For each (length, batch, bits): CUDA-graph time of the whole decode call with fo
 time (torch profiler); "tiles": stages and slots per tile of the default program; "value_cols": value
 channels per value-kernel program. The data behind choose_fold_heads, FOLD_STAGES, value_cols="auto"
 and the auto rule in kernels/latent_attention.py.
-Usage (CUDA machine, repo root): PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json [heads|tiles|value_cols]
+Usage (CUDA machine, repo root):
+  PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json [heads|tiles|value_cols|default|reconstruction]
 """
 import dataclasses
 import json
@@ -32,6 +33,8 @@ VARIANT_SETS = {
     "value_cols": {  # value channels per value-kernel program
         **{f"value_cols={c}": (dict(value_cols=c), {}) for c in ("all", 128)},
     },
+    "default": {"auto": ({}, {})},  # the shipped configuration alone (A/B runs of two source trees)
+    "reconstruction": {"rope_qk": (dict(method="rope_qk"), {})},  # the GQA path alone, likewise
     "tiles": {  # two heads per program (the default): latent tiles in flight and slots per tile
         "auto": ({}, {}),
         "stages=3": ({}, dict(FOLD_STAGES=3)),
@@ -47,6 +50,8 @@ def main() -> int:
     rows = []
     shapes = {
         "heads": SHAPES,
+        "default": [(4096, 1, 16), (65536, 1, 16), (65536, 8, 16), (4096, 8, 16), (65536, 1, 4)],
+        "reconstruction": [(4096, 1, 16), (65536, 1, 16), (65536, 1, 4)],
         "tiles": [(4096, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (65536, 1, 4)],
         "value_cols": [(4096, 1, 4), (65536, 1, 4), (65536, 8, 4), (4096, 1, 16), (65536, 1, 16), (65536, 8, 16)],
     }[variant_set]

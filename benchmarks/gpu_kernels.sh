@@ -8,6 +8,7 @@
 #   sweep_tiles  the same script: latent tiles in flight and slots per tile of the default fold program
 #   sweep_cols   the same script: value channels per value-kernel program (quantized and fp latents)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
+#   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
 #   smoke      the fold path with overlap on a small problem, under a time limit (a deadlock would hang)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
 #   tests2     the other GPU tests (quantization kernel, launch heuristics, backend agreement)
@@ -52,6 +53,15 @@ sweep_tiles)
   ;;
 profile)
   run timeout 240 python3 benchmarks/profile_step.py 4096 65536 --output_json "$OUT/profile_step_fp16.json"
+  ;;
+ncu)  # the counters need a Firecracker machine (gVisor refuses them); reports are large: text pages only
+  for bits in 16 4; do
+    run timeout 120 ncu --profile-from-start off --clock-control none --set full -k regex:"fold_scores|softmax_v_split" \
+        -o "$OUT/ncu_64k_$bits" python3 benchmarks/ncu_decode.py 65536 1 $bits
+    ncu -i "$OUT/ncu_64k_$bits.ncu-rep" --page details > "$OUT/ncu_64k_$bits.txt" 2>&1
+    ncu -i "$OUT/ncu_64k_$bits.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_64k_${bits}_source.csv" 2>&1
+    rm -f "$OUT/ncu_64k_$bits.ncu-rep"
+  done
   ;;
 kernel_quick)
   run $K --target_seq_lens 4096 65536 --batch_size 1 --output_json "$OUT/b1_fp16.json"

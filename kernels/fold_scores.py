@@ -7,10 +7,12 @@ a_si = pos_s * inv_freq_i of frequency pair i (channels i and i + D/2, transform
     Mc_h[i] = q_i U_j[i] + q_{i+D/2} U_j[i+D/2],   Ms_h[i] = q_{i+D/2} U_j[i] - q_i U_j[i+D/2]
 
 (U_j[i] is row i of the head's (D, r_g) up-projection). Mc_h and Ms_h, (D/2, r_g) each, are built
-once per program from q and k_up; per block of slots the kernel runs two dots per head against the
-group's latent tile, then a multiply by cos/sin and a row sum. Compared with reconstructing keys
-(kernels.rope_qk) it skips the rotation, the key cast and the q.k product, computes cos/sin once
-for all heads of the group, and keeps every head's folded matrix resident in shared memory.
+once per decode call from q and k_up (:func:`_fold_rows_kernel`) and loaded once per score program;
+per block of slots the program runs one dot of the group's latent tile against the stacked rows of
+its heads (up to FOLD_DOT_COLS = 256 rows per dot), then a multiply by cos/sin and a row sum per head.
+Compared with reconstructing keys (kernels.rope_qk) it skips the rotation, the key cast and the q.k
+product, computes cos/sin once for all heads of the program, and keeps the folded rows resident in
+shared memory.
 The dots cost the same as the reconstruction when each KV head serves one query head; with GQA
 they grow n_rep-fold, so the launcher uses this kernel for n_rep == 1 only.
 
@@ -25,18 +27,24 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .rope_qk import cos_sin, load_latent_tile
+from .rope_qk import cos_or_sin, load_latent_tile
 
 
 @triton.jit
 def _fold_block(
     start, hi, kv_start, k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
-    num_quantized, k_off, k_rank, mcs, mss, bcs, bss, inv_freq, pos_base, out_base, out_sh,
-    HP: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
+    num_quantized, k_off, k_rank, ws, bws, inv_freq, pos, out_base, out_sh,
+    HP: tl.constexpr, HD: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
     QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, VEC_QUANT: tl.constexpr,
-    RK_PAD: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr, DTYPE: tl.constexpr,
+    RK_PAD: tl.constexpr, HALF_PAD: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr,
+    DTYPE: tl.constexpr,
 ):
-    """Scores of slots [start, min(start + BLOCK_S, hi)) for the HP query heads of one program."""
+    """Scores of slots [start, min(start + BLOCK_S, hi)) for the HP query heads of one program.
+
+    Per HD heads, one dot of the latent tile (BLOCK_S, RK_PAD) with their folded rows ws[k]
+    (HD * 2 * HALF_PAD, RK_PAD): one wide MMA reads the tile from shared memory once and waits once
+    (Triton waits for each dot before the next starts, so per-head dots ran one at a time with nothing
+    to overlap), then y (BLOCK_S, HD, 2, HALF_PAD) times [cos, sin] of the slots' angles, summed per head."""
     slots = start + tl.arange(0, BLOCK_S)
     slot_mask = slots < hi
     valid = slots >= kv_start  # left padding: latents not read, score -inf
@@ -45,31 +53,75 @@ def _fold_block(
         slots, slot_mask & valid, num_quantized, k_off, k_rank,
         HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RK_PAD, DTYPE,
     )  # (BLOCK_S, RK_PAD)
-    pos = tl.load(pos_base + slots, mask=slot_mask, other=0).to(tl.float32)
-    cos, sin = cos_sin(pos[:, None] * inv_freq[None, :], INTERPRET)  # (BLOCK_S, HALF_PAD), once for all heads
-    for t in tl.static_range(HP):
-        yc = tl.dot(latent, tl.trans(mcs[t]))  # (BLOCK_S, HALF_PAD) fp32
-        ys = tl.dot(latent, tl.trans(mss[t]))
+    angle = pos.to(tl.float32)[:, None] * inv_freq[None, :]  # (BLOCK_S, HALF_PAD): transformers' fp32 product
+    # (BLOCK_S, 1, 2, HALF_PAD): [cos a_i, sin a_i], shared by all heads. The [cos, sin] axis is held in
+    # registers, so the select folds away and the broadcast copies of an angle are reduced once.
+    is_cos = (tl.arange(0, 2) == 0)[None, None, :, None]
+    t_idx = tl.arange(0, HD)
+    for k in tl.static_range(HP // HD):
+        y = tl.dot(latent, tl.trans(ws[k]))  # (BLOCK_S, HD * 2 * HALF_PAD) fp32
+        trig = cos_or_sin(angle[:, None, None, :], is_cos, INTERPRET)  # computed while the MMA runs
         if HAS_BIAS:
-            yc += bcs[t][None, :]
-            ys += bss[t][None, :]
-        s = tl.sum(yc * cos + ys * sin, axis=1)
-        s = tl.where(valid, s, float("-inf"))
-        tl.store(out_base + t * out_sh + slots, s, mask=slot_mask)
+            y += bws[k][None, :]
+        y = tl.reshape(y, (BLOCK_S, HD, 2, HALF_PAD))
+        s = tl.sum(tl.sum(y * trig, axis=3), axis=2)  # (BLOCK_S, HD)
+        s = tl.where(valid[:, None], s, float("-inf"))
+        tl.store(out_base + (k * HD + t_idx)[None, :] * out_sh + slots[:, None], s, mask=slot_mask[:, None])
+
+
+@triton.jit
+def _fold_rows_kernel(
+    q_ptr, q_sb, q_sh, up_ptr, up_sg, up_sr, k_offsets_ptr, bias_ptr, rows_ptr, rows_sb, rows_sg,
+    brows_ptr, brows_sb, brows_sg, score_scale, num_groups,
+    HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, HG: tl.constexpr, N_REP: tl.constexpr,
+    RK_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """Grid (B * G * HG,): the folded rows of one query head (b, g, local head t), written to
+    rows[b, g, t * 2 * HALF_PAD + c * HALF_PAD + i, :RK_PAD] = Mc[i] (c = 0) or Ms[i] (c = 1) in the
+    query's dtype (zero past the head's D/2 frequencies and the group's rank); with a key bias, its
+    fold to brows[b, g, same row] (fp32). Built once per decode call: each score program building its
+    own rows took 2-5x the old per-head prologue (fp32 temporaries of all its heads spilled, or a
+    join stored them to shared memory two bytes at a time); now it loads them with wide loads."""
+    pid = tl.program_id(0)
+    t = pid % HG
+    g = (pid // HG) % num_groups
+    b = (pid // (HG * num_groups)).to(tl.int64)
+    HALF: tl.constexpr = HEAD_DIM // 2
+    DTYPE = q_ptr.dtype.element_ty
+    jl = t // N_REP  # local KV head read by local query head t
+    k_off = tl.load(k_offsets_ptr + g)
+    k_rank = tl.load(k_offsets_ptr + g + 1) - k_off
+    r_idx = tl.arange(0, RK_PAD)
+    half_idx = tl.arange(0, HALF_PAD)
+    half_mask = half_idx < HALF
+    q_row = q_ptr + b * q_sb + (g * HG + t).to(tl.int64) * q_sh
+    q1 = tl.load(q_row + half_idx, mask=half_mask, other=0.0).to(tl.float32) * score_scale
+    q2 = tl.load(q_row + HALF + half_idx, mask=half_mask, other=0.0).to(tl.float32) * score_scale
+    up_mask = half_mask[:, None] & (r_idx < k_rank)[None, :]
+    u_rows = g.to(tl.int64) * up_sg + (jl * HEAD_DIM + half_idx).to(tl.int64)[:, None] * up_sr + r_idx[None, :]
+    u1 = tl.load(up_ptr + u_rows, mask=up_mask, other=0.0).to(tl.float32)  # rows i of U_j
+    u2 = tl.load(up_ptr + u_rows + HALF * up_sr, mask=up_mask, other=0.0).to(tl.float32)  # rows i + D/2
+    out = rows_ptr + b * rows_sb + g * rows_sg + (t * 2 * HALF_PAD + half_idx)[:, None] * RK_PAD + r_idx[None, :]
+    tl.store(out, (q1[:, None] * u1 + q2[:, None] * u2).to(DTYPE))  # Mc = q1 U[i] + q2 U[i + D/2]
+    tl.store(out + HALF_PAD * RK_PAD, (q2[:, None] * u1 - q1[:, None] * u2).to(DTYPE))  # Ms = q2 U[i] - q1 U[i + D/2]
+    if HAS_BIAS:  # the key bias rotates too: the same fold of q with the bias vector
+        bias = bias_ptr + (g * GS + jl) * HEAD_DIM + half_idx
+        b1 = tl.load(bias, mask=half_mask, other=0.0).to(tl.float32)
+        b2 = tl.load(bias + HALF, mask=half_mask, other=0.0).to(tl.float32)
+        bout = brows_ptr + b * brows_sb + g * brows_sg + t * 2 * HALF_PAD + half_idx
+        tl.store(bout, q1 * b1 + q2 * b2)
+        tl.store(bout + HALF_PAD, q2 * b1 - q1 * b2)
 
 
 @triton.jit
 def _fold_scores_kernel(
-    q_ptr, q_sb, q_sh,
+    rows_ptr, rows_sb, rows_sg, brows_ptr, brows_sb, brows_sg,
     k_fp_ptr, k_fp_sb, k_fp_ss, k_codes_ptr, k_codes_sb, k_codes_ss,
     k_scale_ptr, k_scale_sb, k_scale_ss, k_zero_ptr, k_zero_sb, k_zero_ss,
-    up_ptr, up_sg, up_sr, k_offsets_ptr, bias_ptr,
-    pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
+    k_offsets_ptr, pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
     scores_ptr, scores_sb, scores_sh, flags_ptr,
-    score_scale, num_quantized, num_slots, num_groups, batch_groups, chunk_len, num_chunks, ctas_per_bg,
-    head_splits,
-    HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, HG: tl.constexpr, HP: tl.constexpr,
-    N_REP: tl.constexpr,
+    num_quantized, num_slots, num_groups, batch_groups, chunk_len, num_chunks, ctas_per_bg, head_splits,
+    HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, HG: tl.constexpr, HP: tl.constexpr, HD: tl.constexpr,
     RK_PAD: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
     QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, CHAN_ALIGN: tl.constexpr,
     VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -77,11 +129,11 @@ def _fold_scores_kernel(
     """Grid (batch_groups * head_splits * ctas_per_bg,): program p scores HP = HG / head_splits of the
     group's query heads, (b, g) = divmod(p % batch_groups, G), heads from (p // batch_groups) % head_splits,
     for chunks p // (batch_groups * head_splits), + ctas_per_bg, ... of ``chunk_len`` slots, adding 1 to
-    flag (b*G + g, chunk) after each (the chunk is done when it reaches head_splits). M is built once per
-    program and stays in shared memory for all its chunks. HP < HG: smaller programs, more per SM, less
+    flag (b*G + g, chunk) after each (the chunk is done when it reaches head_splits). Its folded rows are
+    loaded once and stay in shared memory for all its chunks. HP < HG: smaller programs, more per SM, less
     fold work each (short caches); HP = HG: cos/sin and the latent tile once for the whole group.
-
-    score_scale = sm_scale * log2(e) * rope_scale (rope_scale multiplies cos and sin).
+    rows/brows: :func:`_fold_rows_kernel`'s output, (B, G, HG * 2 * HALF_PAD, RK_PAD) and (B, G, HG * 2 *
+    HALF_PAD); HD heads share a dot (:func:`kernels.latent_attention.fold_heads_per_dot`).
     """
     pid = tl.program_id(0)
     bg = pid % batch_groups
@@ -89,67 +141,59 @@ def _fold_scores_kernel(
     g = bg % num_groups
     b = (bg // num_groups).to(tl.int64)
     HALF: tl.constexpr = HEAD_DIM // 2
-    DTYPE = q_ptr.dtype.element_ty
+    DTYPE = rows_ptr.dtype.element_ty
 
     kv_start = tl.load(kv_start_ptr + b)
     k_off = tl.multiple_of(tl.load(k_offsets_ptr + g), CHAN_ALIGN)
     k_rank = tl.multiple_of(tl.load(k_offsets_ptr + g + 1) - k_off, CHAN_ALIGN)
+    # This program's folded rows (:func:`_fold_rows_kernel`) in chunks of HD heads, one dot each:
+    # ws[k] (HD * 2 * HALF_PAD, RK_PAD), then resident in shared memory for all its chunks of slots.
+    n_idx = tl.arange(0, HD * 2 * HALF_PAD)
     r_idx = tl.arange(0, RK_PAD)
-    half_idx = tl.arange(0, HALF_PAD)
-    half_mask = half_idx < HALF
-    up_mask = half_mask[:, None] & (r_idx < k_rank)[None, :]
-
-    # Folded matrices of this program's HP query heads, (HALF_PAD, RK_PAD) each, in the input dtype.
-    mcs = ()
-    mss = ()
-    bcs = ()
-    bss = ()
-    for t in tl.static_range(HP):
-        jl = (h0 + t) // N_REP  # local KV head read by local query head h0 + t
-        head = g * HG + h0 + t
-        q_row = q_ptr + b * q_sb + head.to(tl.int64) * q_sh
-        q1 = tl.load(q_row + half_idx, mask=half_mask, other=0.0).to(tl.float32) * score_scale
-        q2 = tl.load(q_row + HALF + half_idx, mask=half_mask, other=0.0).to(tl.float32) * score_scale
-        rows = g.to(tl.int64) * up_sg + (jl * HEAD_DIM + half_idx).to(tl.int64)[:, None] * up_sr + r_idx[None, :]
-        u1 = tl.load(up_ptr + rows, mask=up_mask, other=0.0).to(tl.float32)  # rows i of U_j
-        u2 = tl.load(up_ptr + rows + HALF * up_sr, mask=up_mask, other=0.0).to(tl.float32)  # rows i + D/2
-        mcs = mcs + ((q1[:, None] * u1 + q2[:, None] * u2).to(DTYPE),)
-        mss = mss + ((q2[:, None] * u1 - q1[:, None] * u2).to(DTYPE),)
-        if HAS_BIAS:  # the key bias rotates too: the same fold of q with the bias vector
-            bias = bias_ptr + (g * GS + jl) * HEAD_DIM + half_idx
-            b1 = tl.load(bias, mask=half_mask, other=0.0).to(tl.float32)
-            b2 = tl.load(bias + HALF, mask=half_mask, other=0.0).to(tl.float32)
-            bcs = bcs + (q1 * b1 + q2 * b2,)
-            bss = bss + (q2 * b1 - q1 * b2,)
+    ws = ()
+    bws = ()
+    for k in tl.static_range(HP // HD):
+        row0 = (h0 + k * HD) * 2 * HALF_PAD
+        ws = ws + (tl.load(rows_ptr + b * rows_sb + g * rows_sg + (row0 + n_idx)[:, None] * RK_PAD + r_idx[None, :]),)
+        if HAS_BIAS:
+            bws = bws + (tl.load(brows_ptr + b * brows_sb + g * brows_sg + row0 + n_idx),)
         else:
-            bcs = bcs + (0.0,)
-            bss = bss + (0.0,)
-    inv_freq = tl.load(inv_freq_ptr + half_idx, mask=half_mask, other=0.0)
+            bws = bws + (0.0,)
+    half_idx = tl.arange(0, HALF_PAD)
+    inv_freq = tl.load(inv_freq_ptr + half_idx, mask=half_idx < HALF, other=0.0)
 
     k_fp = k_fp_ptr + b * k_fp_sb
     k_codes = k_codes_ptr + b * k_codes_sb
     k_scale = k_scale_ptr + b * k_scale_sb
     k_zero = k_zero_ptr + b * k_zero_sb
     pos_base = pos_ptr + b * pos_sb
+    idx = tl.arange(0, BLOCK_S)
     out_base = scores_ptr + b * scores_sb + (g * HG + h0).to(tl.int64) * scores_sh
     chunk = pid // (batch_groups * head_splits)
     while chunk < num_chunks:
         lo = chunk * chunk_len
         hi = tl.minimum(lo + chunk_len, num_slots)
+        # Positions are a plain load, which the pipeliner does not move: each block's are loaded one
+        # block ahead (loaded in the block itself, their latency stalled every warp: ncu, 64K).
+        pos = tl.load(pos_base + lo + idx, mask=lo + idx < hi, other=0)
         if INTERPRET:  # the interpreter cannot range() over run-time bounds: same blocks, same order
             start = lo
             while start < hi:
+                pos_next = tl.load(pos_base + start + BLOCK_S + idx, mask=start + BLOCK_S + idx < hi, other=0)
                 _fold_block(start, hi, kv_start, k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero,
-                            k_zero_ss, num_quantized, k_off, k_rank, mcs, mss, bcs, bss, inv_freq, pos_base,
-                            out_base, scores_sh, HP, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS,
-                            VEC_QUANT, RK_PAD, INTERPRET, BLOCK_S, DTYPE)
+                            k_zero_ss, num_quantized, k_off, k_rank, ws, bws, inv_freq, pos,
+                            out_base, scores_sh, HP, HD, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS,
+                            VEC_QUANT, RK_PAD, HALF_PAD, INTERPRET, BLOCK_S, DTYPE)
+                pos = pos_next
                 start += BLOCK_S
         else:  # a `for` loop, which the compiler software-pipelines (num_stages)
             for start in range(lo, hi, BLOCK_S):
+                pos_next = tl.load(pos_base + start + BLOCK_S + idx, mask=start + BLOCK_S + idx < hi, other=0)
                 _fold_block(start, hi, kv_start, k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero,
-                            k_zero_ss, num_quantized, k_off, k_rank, mcs, mss, bcs, bss, inv_freq, pos_base,
-                            out_base, scores_sh, HP, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS,
-                            VEC_QUANT, RK_PAD, INTERPRET, BLOCK_S, DTYPE)
+                            k_zero_ss, num_quantized, k_off, k_rank, ws, bws, inv_freq, pos,
+                            out_base, scores_sh, HP, HD, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS,
+                            VEC_QUANT, RK_PAD, HALF_PAD, INTERPRET, BLOCK_S, DTYPE)
+                pos = pos_next
         # Every thread's score stores happen before the flag: a CTA barrier, then a gpu-scope release.
         tl.debug_barrier()
         tl.atomic_add(flags_ptr + bg * num_chunks + chunk, 1, sem="release", scope="gpu")

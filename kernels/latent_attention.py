@@ -673,6 +673,16 @@ FOLD_WARPS = 4  # score kernel warps (8 measured slower for 1 and 4 heads per pr
 FOLD_STAGES = 3  # latent tiles in flight per score program when they fit (3 vs 2 at 64K: 262 vs 277 us, fold_tiles_sweep)
 
 
+FOLD_DOT_COLS = 256  # score kernel: folded rows per dot, the widest wgmma (fp32 accumulator: 128 registers at 4 warps)
+
+
+def fold_heads_per_dot(fold_heads: int, half_pad: int) -> int:
+    """Heads whose folded rows (2 * half_pad each) share one dot of the score kernel: the most that
+    divide ``fold_heads`` within FOLD_DOT_COLS rows (at least one)."""
+    return max(d for d in range(1, fold_heads + 1)
+               if fold_heads % d == 0 and (d == 1 or 2 * d * half_pad <= FOLD_DOT_COLS))
+
+
 def _fold_programs_per_sm(heads: int, half_pad: int, rk_pad: int, elt: int, stages: int = 2) -> int:
     """Score programs of ``heads`` query heads resident on one SM: by shared memory (1 KB driver
     reserve each), and at most 2 by registers (sm_90 builds use 176-255 registers per thread)."""
@@ -744,7 +754,7 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
                  sm_scale, gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap,
                  num_splits, fold_heads, value_cols, out_dtype):
     """latent_decode_attention through :mod:`kernels.fold_scores` (same arguments and result)."""
-    from .fold_scores import _fold_scores_kernel
+    from .fold_scores import _fold_rows_kernel, _fold_scores_kernel
 
     batch, num_heads, head_dim = q.shape
     num_groups = k_up.shape[0]
@@ -779,17 +789,29 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     # Flags are read only by the waiting value kernel; without overlap they need no zeroing (no memset).
     flags = (torch.zeros if overlap else torch.empty)(bgs * num_chunks, dtype=torch.int32, device=device)
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
+    # Folded query rows of every head, once per call (read by all score programs of their (b, g)).
+    has_bias = k_bias is not None
+    rows = torch.empty(batch, num_groups, hg * 2 * half_pad, rk_pad, dtype=q.dtype, device=device)
+    # Folded bias rows (fp32); without a bias, a pointer that is never read.
+    brows = scores
+    if has_bias:
+        brows = torch.empty(batch, num_groups, hg * 2 * half_pad, dtype=torch.float32, device=device)
+    brows_strides = (brows.stride(0), brows.stride(1)) if has_bias else (0, 0)
+    _fold_rows_kernel[(batch * num_groups * hg,)](
+        q, q.stride(0), q.stride(1), k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if has_bias else q,
+        rows, rows.stride(0), rows.stride(1), brows, *brows_strides, float(sm_scale) * LOG2E * float(rope_scale),
+        num_groups, HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, HAS_BIAS=has_bias,
+        num_warps=4,
+    )
     key_args = [
-        q, q.stride(0), q.stride(1), *_view_args(k_latent, q),
-        k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if k_bias is not None else q,
+        rows, rows.stride(0), rows.stride(1), brows, *brows_strides, *_view_args(k_latent, q), k_offsets,
         positions, positions.stride(0), kv_start, inv_freq,
         scores, scores.stride(0), scores.stride(1), flags,
-        float(sm_scale) * LOG2E * float(rope_scale), num_quantized, num_slots, num_groups, bgs, chunk_len,
-        num_chunks, ctas_per_bg, head_splits,
+        num_quantized, num_slots, num_groups, bgs, chunk_len, num_chunks, ctas_per_bg, head_splits,
     ]
     key_consts = dict(
-        HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, HP=fold_heads, N_REP=n_rep, RK_PAD=rk_pad,
-        HAS_ZERO=k_latent.zero is not None, HAS_BIAS=k_bias is not None,
+        HEAD_DIM=head_dim, HALF_PAD=half_pad, HG=hg, HP=fold_heads, HD=fold_heads_per_dot(fold_heads, half_pad),
+        RK_PAD=rk_pad, HAS_ZERO=k_latent.zero is not None, HAS_BIAS=has_bias,
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
         VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), INTERPRET=interpret, **_quant_consts(k_latent),
     )

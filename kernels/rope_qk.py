@@ -36,6 +36,21 @@ def cos_sin(x, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def cos_or_sin(x, is_cos, INTERPRET: tl.constexpr):
+    """cos(x) where is_cos, else sin(x), for fp32 angles up to ~1e6 rad (reduction as in :func:`cos_sin`).
+    For a tensor whose is_cos is fixed per register (a dimension held in registers, as in the fold
+    kernel's [cos, sin] axis), the compiler folds the select: one hardware instruction per element."""
+    if INTERPRET:
+        return tl.where(is_cos, tl.cos(x), tl.sin(x))
+    k = tl.extra.cuda.libdevice.rint(x * 0.15915494309189535)
+    r = tl.fma(-k, TWO_PI_HI, x)
+    r = tl.fma(-k, TWO_PI_LO, r)
+    cos = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1)
+    sin = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1)
+    return tl.where(is_cos, cos, sin)
+
+
+@triton.jit
 def _dequant_gather(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s, rows, mask, chan,
                     BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr):
     """Any layout: one (word, scale, zero) gather per element."""
@@ -182,14 +197,15 @@ def load_latent_tile(
 @triton.jit
 def _rope_qk_block(
     start, num_slots, kv_start, k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
-    num_quantized, k_off, k_rank, up1, up2, bias1, bias2, q1, q2, inv_freq, pos_base, rope_scale, qk_scale,
+    num_quantized, k_off, k_rank, up1, up2, bias1, bias2, q1, q2, inv_freq, pos, rope_scale, qk_scale,
     out_base, rep_mask,
     N_REP: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
     HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, VEC_QUANT: tl.constexpr, RK_PAD: tl.constexpr,
     INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Scores (N_REP, BLOCK_S) of slots [start, start + BLOCK_S) for one KV head, with its
-    up-projection halves up1/up2 (RK_PAD, HALF_PAD) and queries q1/q2 (REP_PAD, HALF_PAD) resident."""
+    up-projection halves up1/up2 (RK_PAD, HALF_PAD) and queries q1/q2 (REP_PAD, HALF_PAD) resident;
+    pos (BLOCK_S,) int32: the slots' positions, loaded by the caller a block ahead."""
     DTYPE = q1.dtype
     slots = start + tl.arange(0, BLOCK_S)
     slot_mask = slots < num_slots
@@ -203,8 +219,7 @@ def _rope_qk_block(
     if HAS_BIAS:
         k1 += bias1
         k2 += bias2
-    pos = tl.load(pos_base + slots, mask=slot_mask, other=0).to(tl.float32)
-    cos, sin = cos_sin(pos[:, None] * inv_freq[None, :], INTERPRET)  # same fp32 product as transformers
+    cos, sin = cos_sin(pos.to(tl.float32)[:, None] * inv_freq[None, :], INTERPRET)  # same fp32 product as transformers
     cos = cos * rope_scale
     sin = sin * rope_scale
     # rotate_half(k) = cat(-k2, k1): both halves rotate elementwise.
@@ -275,24 +290,33 @@ def _rope_qk_kernel(
     out_base = scores_ptr + b * scores_sb + head.to(tl.int64)[:, None] * scores_sh
 
     last = tl.minimum(first + slots_per_program, num_slots)
+    pos_base = pos_ptr + b * pos_sb
+    idx = tl.arange(0, BLOCK_S)
+    # Positions are a plain load, which the pipeliner leaves in place: loaded one block ahead, so that
+    # their latency is not waited for in every block (as measured in the fold kernel, ncu at 64K).
+    pos = tl.load(pos_base + first + idx, mask=first + idx < num_slots, other=0)
     if INTERPRET:  # the interpreter cannot range() over run-time bounds: same blocks, same order
         start = first
         while start < last:
+            pos_next = tl.load(pos_base + start + BLOCK_S + idx, mask=start + BLOCK_S + idx < num_slots, other=0)
             _rope_qk_block(start, num_slots, kv_start, k_fp_ptr + b * k_fp_sb, k_fp_ss, k_codes_ptr + b * k_codes_sb,
                            k_codes_ss, k_scale_ptr + b * k_scale_sb, k_scale_ss, k_zero_ptr + b * k_zero_sb, k_zero_ss,
                            num_quantized, k_off, k_rank, up1, up2, bias1, bias2, q1, q2, inv_freq,
-                           pos_ptr + b * pos_sb, rope_scale, qk_scale, out_base, t_idx < N_REP,
+                           pos, rope_scale, qk_scale, out_base, t_idx < N_REP,
                            N_REP, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS, VEC_QUANT, RK_PAD,
                            INTERPRET, BLOCK_S)
+            pos = pos_next
             start += BLOCK_S
     else:  # a `for` loop, which the compiler software-pipelines (num_stages)
         for start in range(first, last, BLOCK_S):
+            pos_next = tl.load(pos_base + start + BLOCK_S + idx, mask=start + BLOCK_S + idx < num_slots, other=0)
             _rope_qk_block(start, num_slots, kv_start, k_fp_ptr + b * k_fp_sb, k_fp_ss, k_codes_ptr + b * k_codes_sb,
                            k_codes_ss, k_scale_ptr + b * k_scale_sb, k_scale_ss, k_zero_ptr + b * k_zero_sb, k_zero_ss,
                            num_quantized, k_off, k_rank, up1, up2, bias1, bias2, q1, q2, inv_freq,
-                           pos_ptr + b * pos_sb, rope_scale, qk_scale, out_base, t_idx < N_REP,
+                           pos, rope_scale, qk_scale, out_base, t_idx < N_REP,
                            N_REP, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS, VEC_QUANT, RK_PAD,
                            INTERPRET, BLOCK_S)
+            pos = pos_next
 
 
 rope_qk_tuned = triton.autotune(

@@ -92,14 +92,34 @@ def test_interpreter_overlap_kernels(device, bits, fold_heads):
 
 @pytest.mark.parametrize("fold_heads", [1, 2, 4])
 @pytest.mark.parametrize("n_rep,bias", [(1, True), (2, False)])
-def test_interpreter_fold_heads_per_program(device, fold_heads, n_rep, bias):
+@pytest.mark.parametrize("one_head_per_dot", [False, True])
+def test_interpreter_fold_heads_per_program(device, fold_heads, n_rep, bias, one_head_per_dot, monkeypatch):
     """Score programs covering 1, 2 or all 4 query heads of a group give the same attention
-    (heads offset inside the group, GQA head mapping, bias fold), in fp16."""
+    (heads offset inside the group, GQA head mapping, bias fold), in fp16; with all of a program's
+    heads in one dot, and with one dot per head (the chunking wide heads get)."""
+    import kernels.latent_attention as la
+
     group_size = 4 // n_rep  # 4 query heads per group either way
     groups = 4 // group_size
     case = Case(num_heads=4 * n_rep, num_kv_heads=4, group_size=group_size, k_ranks=(40, 24)[:groups],
                 v_ranks=(24, 33)[:groups], num_slots=37, bias=bias, dtype=torch.float16)
+    if one_head_per_dot:
+        monkeypatch.setattr(la, "FOLD_DOT_COLS", 1)
     check(case, device, num_splits=2, method="fold", fold_heads=fold_heads)
+
+
+def test_fold_heads_per_dot():
+    """The most heads (dividing the program's) whose folded rows fit one FOLD_DOT_COLS-wide dot."""
+    from kernels.latent_attention import FOLD_DOT_COLS, fold_heads_per_dot
+
+    assert FOLD_DOT_COLS == 256
+    assert fold_heads_per_dot(2, 64) == 2  # Llama-2-7B, two heads per program: one 256-row dot
+    assert fold_heads_per_dot(4, 64) == 2  # four heads: two dots of two
+    assert fold_heads_per_dot(4, 32) == 4  # head_dim 64: all four in one dot
+    assert fold_heads_per_dot(3, 32) == 3
+    assert fold_heads_per_dot(6, 32) == 3  # 4 would fit the width but does not divide 6
+    assert fold_heads_per_dot(2, 128) == 1  # head_dim 256: one head is already 256 rows
+    assert fold_heads_per_dot(1, 256) == 1  # wider than a dot: still one head per dot
 
 
 def test_fold_heads_must_divide_the_group(device):
