@@ -39,14 +39,9 @@ def cos_sin(x, INTERPRET: tl.constexpr):
 def cos_or_sin(x, is_cos, INTERPRET: tl.constexpr):
     """cos(x) where is_cos, else sin(x), for fp32 angles up to ~1e6 rad (reduction as in :func:`cos_sin`).
     For a tensor whose is_cos is fixed per register (a dimension held in registers, as in the fold
-    kernel's [cos, sin] axis), the compiler folds the select: one hardware instruction per element."""
-    if INTERPRET:
-        return tl.where(is_cos, tl.cos(x), tl.sin(x))
-    k = tl.extra.cuda.libdevice.rint(x * 0.15915494309189535)
-    r = tl.fma(-k, TWO_PI_HI, x)
-    r = tl.fma(-k, TWO_PI_LO, r)
-    cos = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1)
-    sin = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1)
+    kernel's [cos, sin] axis), the compiler folds the select and drops the unused approximation: one
+    hardware instruction per element."""
+    cos, sin = cos_sin(x, INTERPRET)
     return tl.where(is_cos, cos, sin)
 
 
