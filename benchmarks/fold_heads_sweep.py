@@ -4,9 +4,9 @@ For each (length, batch, bits): CUDA-graph time of the whole decode call with fo
 (and 8 warps for 1 and 4), with method="rope_qk" and the default, plus each variant's score-kernel
 time (torch profiler); "tiles": stages and slots per tile of the default program; "value_cols": value
 channels per value-kernel program. The data behind choose_fold_heads, FOLD_STAGES, value_cols="auto"
-and the auto rule in kernels/latent_attention.py.
+and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass kernel's variants.
 Usage (CUDA machine, repo root):
-  PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json [heads|tiles|value_cols|default|reconstruction]
+  PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json [heads|tiles|value_cols|default|reconstruction|single_pass] [seq,batch,bits;...]
 """
 import dataclasses
 import json
@@ -33,6 +33,15 @@ VARIANT_SETS = {
     "value_cols": {  # value channels per value-kernel program
         **{f"value_cols={c}": (dict(value_cols=c), {}) for c in ("all", 128)},
     },
+    "single_pass": {  # the single-pass kernel (kernels.single_pass): heads per program, slots per block, warps, stages
+        "auto": ({}, {}),
+        "single_pass,hp=4": (dict(method="single_pass", fold_heads=4), {}),
+        "single_pass,hp=2": (dict(method="single_pass", fold_heads=2), {}),
+        "single_pass,hp=1": (dict(method="single_pass", fold_heads=1), {}),
+        "single_pass,hp=2,stages=3": (dict(method="single_pass", fold_heads=2), dict(SINGLE_PASS_STAGES=3)),
+        "single_pass,hp=2,block=64": (dict(method="single_pass", fold_heads=2), dict(SINGLE_PASS_BLOCK_S=64)),
+        "single_pass,hp=1,warps=4": (dict(method="single_pass", fold_heads=1), dict(SINGLE_PASS_WARPS=4)),
+    },
     "default": {"auto": ({}, {})},  # the shipped configuration alone (A/B runs of two source trees)
     "reconstruction": {"rope_qk": (dict(method="rope_qk"), {})},  # the GQA path alone, likewise
     "tiles": {  # two heads per program (the default): latent tiles in flight and slots per tile
@@ -50,11 +59,15 @@ def main() -> int:
     rows = []
     shapes = {
         "heads": SHAPES,
+        "single_pass": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (4096, 8, 16),
+                  (65536, 1, 4), (4096, 1, 4)],
         "default": [(4096, 1, 16), (65536, 1, 16), (65536, 8, 16), (4096, 8, 16), (65536, 1, 4)],
         "reconstruction": [(4096, 1, 16), (65536, 1, 16), (65536, 1, 4)],
         "tiles": [(4096, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (65536, 1, 4)],
         "value_cols": [(4096, 1, 4), (65536, 1, 4), (65536, 8, 4), (4096, 1, 16), (65536, 1, 16), (65536, 8, 16)],
     }[variant_set]
+    if len(sys.argv) > 3:  # shapes given as seq_len,batch,bits;...
+        shapes = [tuple(int(v) for v in item.split(",")) for item in sys.argv[3].split(";")]
     for seq_len, batch, bits in shapes:
         cfg = KernelBenchConfig(total_rank=1024, total_rank_v=3072, batch_size=batch, bits=bits,
                                 target_seq_lens=(seq_len,))
@@ -66,15 +79,20 @@ def main() -> int:
             saved = {k: getattr(la, k) for k in consts}
             for k, v in consts.items():
                 setattr(la, k, v)
-            us = _bench([lambda p=p: latent_decode_attention(**p, **kw) for p in problems]) * 1e3
-            parts = kernel_breakdown(lambda: latent_decode_attention(**problems[0], **kw))
-            score = sum(v for k, v in parts.items() if "fold_scores" in k or "rope_qk" in k)
-            out = latent_decode_attention(**problems[0], **kw)
-            err = ((out - check).norm() / check.norm()).item()
-            row["variants"][name] = {"time_us": us, "score_kernel_us": score, "rel_err_vs_rope_qk": err,
-                                     "kernels_us": parts}
-            print(f"S={seq_len} B={batch} bits={bits} {name}: {us:.1f} us (score kernel {score:.1f}, "
-                  f"rel err vs rope_qk {err:.1e})", flush=True)
+            try:
+                us = _bench([lambda p=p: latent_decode_attention(**p, **kw) for p in problems]) * 1e3
+                parts = kernel_breakdown(lambda: latent_decode_attention(**problems[0], **kw))
+            except Exception as exc:  # e.g. a variant that needs more shared memory than an SM has
+                row["variants"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                print(f"S={seq_len} B={batch} bits={bits} {name}: FAILED {type(exc).__name__}: {exc}"[:300], flush=True)
+            else:
+                score = sum(v for k, v in parts.items() if "fold_scores" in k or "rope_qk" in k or "single_pass" in k)
+                out = latent_decode_attention(**problems[0], **kw)
+                err = ((out - check).norm() / check.norm()).item()
+                row["variants"][name] = {"time_us": us, "score_kernel_us": score, "rel_err_vs_rope_qk": err,
+                                         "kernels_us": parts}
+                print(f"S={seq_len} B={batch} bits={bits} {name}: {us:.1f} us (score kernel {score:.1f}, "
+                      f"rel err vs rope_qk {err:.1e})", flush=True)
             for k, v in saved.items():
                 setattr(la, k, v)
         rows.append(row)

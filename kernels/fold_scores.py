@@ -27,13 +27,28 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .rope_qk import cos_or_sin, load_latent_tile
+from .rope_qk import cos_or_sin, load_latent_tile, quant_params
+
+
+@triton.jit
+def _key_qparams(k_scale, k_scale_ss, k_zero, k_zero_ss, start, hi, kv_start, num_quantized, k_off, k_rank,
+                 HAS_QUANT: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+                 VEC_QUANT: tl.constexpr, RK_PAD: tl.constexpr, BLOCK_S: tl.constexpr, DTYPE: tl.constexpr):
+    """quant_params of the key tile of slots [start, min(start + BLOCK_S, hi)) (the mask of
+    :func:`_fold_block`), loaded one block ahead; placeholders 0.0 without quantized word tiles."""
+    if HAS_QUANT and VEC_QUANT:
+        slots = start + tl.arange(0, BLOCK_S)
+        qs, qo = quant_params(k_scale, k_scale_ss, k_zero, k_zero_ss, slots, (slots < hi) & (slots >= kv_start),
+                              num_quantized, k_off, k_rank, RK_PAD, BITS, QUANT_GROUP, HAS_ZERO, DTYPE)
+    else:
+        qs, qo = 0.0, 0.0
+    return qs, qo
 
 
 @triton.jit
 def _fold_block(
     start, hi, kv_start, k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
-    num_quantized, k_off, k_rank, ws, bws, inv_freq, pos, out_base, out_sh,
+    num_quantized, k_off, k_rank, qs, qo, ws, bws, inv_freq, pos, out_base, out_sh,
     HP: tl.constexpr, HD: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
     QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, VEC_QUANT: tl.constexpr,
     RK_PAD: tl.constexpr, HALF_PAD: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -51,8 +66,8 @@ def _fold_block(
     latent = load_latent_tile(
         k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero, k_zero_ss,
         slots, slot_mask & valid, num_quantized, k_off, k_rank,
-        HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RK_PAD, DTYPE,
-    )  # (BLOCK_S, RK_PAD)
+        HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RK_PAD, DTYPE, qs, qo, HAS_QUANT and VEC_QUANT,
+    )  # (BLOCK_S, RK_PAD); qs, qo: this block's quant_params, loaded a block ahead
     angle = pos.to(tl.float32)[:, None] * inv_freq[None, :]  # (BLOCK_S, HALF_PAD): transformers' fp32 product
     # (BLOCK_S, 1, 2, HALF_PAD): [cos a_i, sin a_i], shared by all heads. The [cos, sin] axis is held in
     # registers, so the select folds away and the broadcast copies of an angle are reduced once.
@@ -115,6 +130,27 @@ def _fold_rows_kernel(
 
 
 @triton.jit
+def load_folded_rows(rows_ptr, rows_sb, rows_sg, brows_ptr, brows_sb, brows_sg, b, g, h0,
+                     HP: tl.constexpr, HD: tl.constexpr, HALF_PAD: tl.constexpr, RK_PAD: tl.constexpr,
+                     HAS_BIAS: tl.constexpr):
+    """Folded rows (:func:`_fold_rows_kernel`) of local query heads h0 + [0, HP) of (b, g) in chunks of HD
+    heads, one dot each: ws[k] (HD * 2 * HALF_PAD, RK_PAD) in the rows' dtype, and bws[k] (HD * 2 * HALF_PAD,)
+    fp32 with a key bias (else 0.0)."""
+    n_idx = tl.arange(0, HD * 2 * HALF_PAD)
+    r_idx = tl.arange(0, RK_PAD)
+    ws = ()
+    bws = ()
+    for k in tl.static_range(HP // HD):
+        row0 = (h0 + k * HD) * 2 * HALF_PAD
+        ws = ws + (tl.load(rows_ptr + b * rows_sb + g * rows_sg + (row0 + n_idx)[:, None] * RK_PAD + r_idx[None, :]),)
+        if HAS_BIAS:
+            bws = bws + (tl.load(brows_ptr + b * brows_sb + g * brows_sg + row0 + n_idx),)
+        else:
+            bws = bws + (0.0,)
+    return ws, bws
+
+
+@triton.jit
 def _fold_scores_kernel(
     rows_ptr, rows_sb, rows_sg, brows_ptr, brows_sb, brows_sg,
     k_fp_ptr, k_fp_sb, k_fp_ss, k_codes_ptr, k_codes_sb, k_codes_ss,
@@ -147,19 +183,9 @@ def _fold_scores_kernel(
     kv_start = tl.load(kv_start_ptr + b)
     k_off = tl.multiple_of(tl.load(k_offsets_ptr + g), CHAN_ALIGN)
     k_rank = tl.multiple_of(tl.load(k_offsets_ptr + g + 1) - k_off, CHAN_ALIGN)
-    # This program's folded rows (:func:`_fold_rows_kernel`) in chunks of HD heads, one dot each:
-    # ws[k] (HD * 2 * HALF_PAD, RK_PAD), then resident in shared memory for all its chunks of slots.
-    n_idx = tl.arange(0, HD * 2 * HALF_PAD)
-    r_idx = tl.arange(0, RK_PAD)
-    ws = ()
-    bws = ()
-    for k in tl.static_range(HP // HD):
-        row0 = (h0 + k * HD) * 2 * HALF_PAD
-        ws = ws + (tl.load(rows_ptr + b * rows_sb + g * rows_sg + (row0 + n_idx)[:, None] * RK_PAD + r_idx[None, :]),)
-        if HAS_BIAS:
-            bws = bws + (tl.load(brows_ptr + b * brows_sb + g * brows_sg + row0 + n_idx),)
-        else:
-            bws = bws + (0.0,)
+    # This program's folded rows, then resident in shared memory for all its chunks of slots.
+    ws, bws = load_folded_rows(rows_ptr, rows_sb, rows_sg, brows_ptr, brows_sb, brows_sg, b, g, h0,
+                               HP, HD, HALF_PAD, RK_PAD, HAS_BIAS)
     half_idx = tl.arange(0, HALF_PAD)
     inv_freq = tl.load(inv_freq_ptr + half_idx, mask=half_idx < HALF, other=0.0)
 
@@ -177,24 +203,35 @@ def _fold_scores_kernel(
         # Positions are a plain load, which the pipeliner does not move: each block's are loaded one
         # block ahead (loaded in the block itself, their latency stalled every warp: ncu, 64K).
         pos = tl.load(pos_base + lo + idx, mask=lo + idx < hi, other=0)
+        # Quantization scales and offsets too (plain loads: their latency stalled the 4-bit kernel, ncu).
+        qs, qo = _key_qparams(k_scale, k_scale_ss, k_zero, k_zero_ss, lo, hi, kv_start, num_quantized, k_off, k_rank,
+                              HAS_QUANT, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RK_PAD, BLOCK_S, DTYPE)
         if INTERPRET:  # the interpreter cannot range() over run-time bounds: same blocks, same order
             start = lo
             while start < hi:
                 pos_next = tl.load(pos_base + start + BLOCK_S + idx, mask=start + BLOCK_S + idx < hi, other=0)
+                nq = _key_qparams(k_scale, k_scale_ss, k_zero, k_zero_ss, start + BLOCK_S, hi, kv_start, num_quantized,
+                                  k_off, k_rank, HAS_QUANT, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RK_PAD, BLOCK_S,
+                                  DTYPE)
                 _fold_block(start, hi, kv_start, k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero,
-                            k_zero_ss, num_quantized, k_off, k_rank, ws, bws, inv_freq, pos,
+                            k_zero_ss, num_quantized, k_off, k_rank, qs, qo, ws, bws, inv_freq, pos,
                             out_base, scores_sh, HP, HD, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS,
                             VEC_QUANT, RK_PAD, HALF_PAD, INTERPRET, BLOCK_S, DTYPE)
                 pos = pos_next
+                qs, qo = nq
                 start += BLOCK_S
         else:  # a `for` loop, which the compiler software-pipelines (num_stages)
             for start in range(lo, hi, BLOCK_S):
                 pos_next = tl.load(pos_base + start + BLOCK_S + idx, mask=start + BLOCK_S + idx < hi, other=0)
+                nq = _key_qparams(k_scale, k_scale_ss, k_zero, k_zero_ss, start + BLOCK_S, hi, kv_start, num_quantized,
+                                  k_off, k_rank, HAS_QUANT, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RK_PAD, BLOCK_S,
+                                  DTYPE)
                 _fold_block(start, hi, kv_start, k_fp, k_fp_ss, k_codes, k_codes_ss, k_scale, k_scale_ss, k_zero,
-                            k_zero_ss, num_quantized, k_off, k_rank, ws, bws, inv_freq, pos,
+                            k_zero_ss, num_quantized, k_off, k_rank, qs, qo, ws, bws, inv_freq, pos,
                             out_base, scores_sh, HP, HD, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, HAS_BIAS,
                             VEC_QUANT, RK_PAD, HALF_PAD, INTERPRET, BLOCK_S, DTYPE)
                 pos = pos_next
+                qs, qo = nq
         # Every thread's score stores happen before the flag: a CTA barrier, then a gpu-scope release.
         tl.debug_barrier()
         tl.atomic_add(flags_ptr + bg * num_chunks + chunk, 1, sem="release", scope="gpu")

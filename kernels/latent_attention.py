@@ -15,8 +15,10 @@ Three launches, none of which materializes a key or value:
    weighted sum (or folds it into o_proj).
 3. :func:`_merge_splits_kernel` combines the splits' partial (max, sum, accumulator).
 
-A single-pass version (reconstruction inside the flash-decoding loop) was 5-9x slower in Triton:
-see kernels/NOTES.md. Quantized slots are unpacked from int32 words and dequantized in registers.
+Single-pass versions were slower in Triton (kernels/NOTES.md): reconstruction inside the flash-decoding
+loop 5-9x (v1), and :mod:`kernels.single_pass` (the fold, softmax and value stream in one loop;
+method="single_pass", tested, never chosen by "auto") 2.5-2.8x the default's time on an H200. Quantized
+slots are unpacked from int32 words and dequantized in registers.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ._autotune import prune_softmax_v_configs, softmax_v_configs
-from .rope_qk import load_latent_tile, rope_qk_tuned, _rope_qk_kernel
+from .rope_qk import load_latent_tile, quant_params, rope_qk_tuned, _rope_qk_kernel
 
 LOG2E = 1.4426950408889634
 SUPPORTED_BITS = (2, 3, 4, 8)
@@ -68,15 +70,37 @@ def _interpreting() -> bool:
 
 
 @triton.jit
+def _value_qparams(v_scale, v_scale_ss, v_zero, v_zero_ss, start, hi, num_quantized, v_off, v_rank,
+                   HAS_QUANT: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+                   VEC_QUANT: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr, BLOCK_S: tl.constexpr,
+                   DTYPE: tl.constexpr):
+    """quant_params of both value column blocks of slots [start, min(start + BLOCK_S, hi)): loaded by
+    the value kernels one block ahead (placeholders 0.0 without quantized word tiles)."""
+    if HAS_QUANT and VEC_QUANT:
+        slots = start + tl.arange(0, BLOCK_S)
+        qs1, qo1 = quant_params(v_scale, v_scale_ss, v_zero, v_zero_ss, slots, slots < hi, num_quantized, v_off,
+                                v_rank, RV1, BITS, QUANT_GROUP, HAS_ZERO, DTYPE)
+        if RV2 > 0:
+            qs2, qo2 = quant_params(v_scale, v_scale_ss, v_zero, v_zero_ss, slots, slots < hi, num_quantized,
+                                    v_off + RV1, v_rank - RV1, RV2, BITS, QUANT_GROUP, HAS_ZERO, DTYPE)
+        else:
+            qs2, qo2 = 0.0, 0.0
+    else:
+        qs1, qo1, qs2, qo2 = 0.0, 0.0, 0.0, 0.0
+    return qs1, qo1, qs2, qo2
+
+
+@triton.jit
 def _softmax_v_block(
     m_i, l_i, acc1, acc2, scores_rows, row_mask,
     v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-    start, hi, num_quantized, v_off, v_rank,
+    start, hi, num_quantized, v_off, v_rank, qs1, qo1, qs2, qo2,
     HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
     HAS_ZERO: tl.constexpr, VEC_QUANT: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr, BLOCK_S: tl.constexpr,
     DTYPE: tl.constexpr,
 ):
-    """Slots [start, min(start + BLOCK_S, hi)): update the online softmax and p @ latent_v."""
+    """Slots [start, min(start + BLOCK_S, hi)): update the online softmax and p @ latent_v. qs*/qo*:
+    :func:`_value_qparams` of this block, loaded a block ahead."""
     slots = start + tl.arange(0, BLOCK_S)
     slot_mask = slots < hi
     # Scores are already scaled by sm_scale * log2(e), left padding already -inf.
@@ -87,7 +111,7 @@ def _softmax_v_block(
     v1 = load_latent_tile(
         v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
         slots, slot_mask, num_quantized, v_off, v_rank,
-        HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, DTYPE,
+        HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, DTYPE, qs1, qo1, HAS_QUANT and VEC_QUANT,
     )  # (BLOCK_S, RV1)
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid slot yet
@@ -100,7 +124,7 @@ def _softmax_v_block(
         v2 = load_latent_tile(
             v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
             slots, slot_mask, num_quantized, v_off + RV1, v_rank - RV1,
-            HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV2, DTYPE,
+            HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV2, DTYPE, qs2, qo2, HAS_QUANT and VEC_QUANT,
         )  # (BLOCK_S, RV2)
         acc2 = acc2 * alpha[:, None] + tl.dot(p, v2)
     return m_new, l_i, acc1, acc2
@@ -143,24 +167,34 @@ def _softmax_v_item(
     lo = split * split_len
     hi = tl.minimum(lo + split_len, num_slots)
     lo = tl.maximum(lo, tl.load(kv_start_ptr + b))  # left padding: skip masked slots entirely
+    # Quantization scales and offsets are plain loads (the pipeliner moves only the dots' operands): each
+    # block's are loaded one block ahead.
+    qs1, qo1, qs2, qo2 = _value_qparams(v_scale, v_scale_ss, v_zero, v_zero_ss, lo, hi, num_quantized, v_off, v_rank,
+                                        HAS_QUANT, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE)
     if INTERPRET:  # numpy >= 2.3 rejects the interpreter's run-time range bounds: walk a while loop
         start = lo
         while start < hi:
+            nq = _value_qparams(v_scale, v_scale_ss, v_zero, v_zero_ss, start + BLOCK_S, hi, num_quantized, v_off,
+                                v_rank, HAS_QUANT, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE)
             m_i, l_i, acc1, acc2 = _softmax_v_block(
                 m_i, l_i, acc1, acc2, scores_rows, row_mask,
                 v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-                start, hi, num_quantized, v_off, v_rank,
+                start, hi, num_quantized, v_off, v_rank, qs1, qo1, qs2, qo2,
                 HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE,
             )
+            qs1, qo1, qs2, qo2 = nq
             start += BLOCK_S
     else:  # a `for` loop, which the compiler software-pipelines (num_stages)
         for start in range(lo, hi, BLOCK_S):
+            nq = _value_qparams(v_scale, v_scale_ss, v_zero, v_zero_ss, start + BLOCK_S, hi, num_quantized, v_off,
+                                v_rank, HAS_QUANT, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE)
             m_i, l_i, acc1, acc2 = _softmax_v_block(
                 m_i, l_i, acc1, acc2, scores_rows, row_mask,
                 v_fp, v_fp_ss, v_codes, v_codes_ss, v_scale, v_scale_ss, v_zero, v_zero_ss,
-                start, hi, num_quantized, v_off, v_rank,
+                start, hi, num_quantized, v_off, v_rank, qs1, qo1, qs2, qo2,
                 HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, RV2, BLOCK_S, DTYPE,
             )
+            qs1, qo1, qs2, qo2 = nq
 
     # Partial state of (b, head, split); m is in log2 units (scores were scaled by log2(e)).
     row = (b * num_heads + head.to(tl.int64)) * num_splits + split  # (HG_PAD,)
@@ -531,7 +565,9 @@ def latent_decode_attention(
       k_bias     optional (H_kv*D,) key bias added before RoPE.
       num_splits optional override of the number of splits of the slot axis (tests, benchmarks).
       block_s    optional fixed slots per block (skips autotuning; tests compile fewer variants).
-      method     "fold" (queries folded into k_up, :mod:`kernels.fold_scores`; n_rep == 1), "rope_qk"
+      method     "fold" (queries folded into k_up, :mod:`kernels.fold_scores`; n_rep == 1), "single_pass"
+                 (the fold, softmax and value stream in one loop, :mod:`kernels.single_pass`; n_rep == 1;
+                 measured 2.5-2.8x slower than "fold", never chosen by "auto"), "rope_qk"
                  (keys reconstructed, :mod:`kernels.rope_qk`; any n_rep) or "auto" (fold where it
                  applies: n_rep == 1 and one head's folded matrices fit in shared memory).
       overlap    fold only, EXPERIMENTAL (default False): score and value kernels run concurrently on
@@ -596,8 +632,8 @@ def latent_decode_attention(
         "CPU tensors need TRITON_INTERPRET=1 set before `kernels` is imported; CUDA tensors need it unset"
     )
     num_sms = 4 if interpret else torch.cuda.get_device_properties(device).multi_processor_count
-    if method not in ("auto", "fold", "rope_qk"):
-        raise ValueError(f"method must be 'auto', 'fold' or 'rope_qk', got {method!r}")
+    if method not in ("auto", "fold", "single_pass", "rope_qk"):
+        raise ValueError(f"method must be 'auto', 'fold', 'single_pass' or 'rope_qk', got {method!r}")
     if value_cols in ("auto", "all"):  # auto: all (VALUE_COLS_BLOCK's comment)
         value_cols = None
     elif not (isinstance(value_cols, int) and value_cols >= 16 and value_cols & (value_cols - 1) == 0):
@@ -608,6 +644,14 @@ def latent_decode_attention(
     # at 4K, 277 vs 363 us at 64K, 1158 vs 1403 us at 256K, 2305 vs 2824 us at B=8 x 64K, 4-bit 652 vs 814 us).
     # With GQA its dots grow n_rep-fold (each query head folds its own matrix): reconstruction there.
     fold_auto = n_rep == 1 and fold_fits
+    if method == "single_pass":
+        if n_rep != 1:
+            raise ValueError(f"method='single_pass' folds one query head per KV head (n_rep == 1), got n_rep={n_rep}; "
+                             "use method='rope_qk'")
+        return _single_pass_decode(
+            q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
+            gs, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits, fold_heads, out_dtype,
+        )
     if method == "fold" or (method == "auto" and fold_auto):
         return _fold_decode(
             q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
@@ -750,11 +794,35 @@ def _fits_together(device: torch.device, kernels: list, warps: list[int]) -> boo
     return used_smem <= smem and used_regs <= regs
 
 
+def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad, rk_pad) -> tuple:
+    """(rows, brows, brows strides (b, g)): the folded query rows of every head, once per call
+    (:func:`kernels.fold_scores._fold_rows_kernel`; read by all score programs of their (b, g)),
+    (B, G, HG * 2 * half_pad, rk_pad) in q's dtype, and the folded key bias (B, G, HG * 2 * half_pad)
+    fp32, or without a bias a pointer that is never read (the rows) and zero strides."""
+    from .fold_scores import _fold_rows_kernel
+
+    batch, _, head_dim = q.shape
+    num_groups, hg = k_up.shape[0], gs * n_rep
+    rows = torch.empty(batch, num_groups, hg * 2 * half_pad, rk_pad, dtype=q.dtype, device=q.device)
+    has_bias = k_bias is not None
+    brows = rows
+    if has_bias:
+        brows = torch.empty(batch, num_groups, hg * 2 * half_pad, dtype=torch.float32, device=q.device)
+    brows_strides = (brows.stride(0), brows.stride(1)) if has_bias else (0, 0)
+    _fold_rows_kernel[(batch * num_groups * hg,)](
+        q, q.stride(0), q.stride(1), k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if has_bias else q,
+        rows, rows.stride(0), rows.stride(1), brows, *brows_strides, float(sm_scale) * LOG2E * float(rope_scale),
+        num_groups, HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, HAS_BIAS=has_bias,
+        num_warps=4,
+    )
+    return rows, brows, brows_strides
+
+
 def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
                  sm_scale, gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap,
                  num_splits, fold_heads, value_cols, out_dtype):
     """latent_decode_attention through :mod:`kernels.fold_scores` (same arguments and result)."""
-    from .fold_scores import _fold_rows_kernel, _fold_scores_kernel
+    from .fold_scores import _fold_scores_kernel
 
     batch, num_heads, head_dim = q.shape
     num_groups = k_up.shape[0]
@@ -789,20 +857,9 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     # Flags are read only by the waiting value kernel; without overlap they need no zeroing (no memset).
     flags = (torch.zeros if overlap else torch.empty)(bgs * num_chunks, dtype=torch.int32, device=device)
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
-    # Folded query rows of every head, once per call (read by all score programs of their (b, g)).
     has_bias = k_bias is not None
-    rows = torch.empty(batch, num_groups, hg * 2 * half_pad, rk_pad, dtype=q.dtype, device=device)
-    # Folded bias rows (fp32); without a bias, a pointer that is never read.
-    brows = scores
-    if has_bias:
-        brows = torch.empty(batch, num_groups, hg * 2 * half_pad, dtype=torch.float32, device=device)
-    brows_strides = (brows.stride(0), brows.stride(1)) if has_bias else (0, 0)
-    _fold_rows_kernel[(batch * num_groups * hg,)](
-        q, q.stride(0), q.stride(1), k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if has_bias else q,
-        rows, rows.stride(0), rows.stride(1), brows, *brows_strides, float(sm_scale) * LOG2E * float(rope_scale),
-        num_groups, HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, HAS_BIAS=has_bias,
-        num_warps=4,
-    )
+    rows, brows, brows_strides = _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad,
+                                              rk_pad)
     key_args = [
         rows, rows.stride(0), rows.stride(1), brows, *brows_strides, *_view_args(k_latent, q), k_offsets,
         positions, positions.stride(0), kv_start, inv_freq,
@@ -858,4 +915,85 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         vk = _softmax_v_wait_kernel[val_grid](*val_args, **val_consts, **val_cfg)
         if fit_key is not None:
             _CO_RESIDENT[fit_key] = _fits_together(device, [kk, vk], [key_cfg["num_warps"], val_cfg["num_warps"]])
+    return _merge(*parts, out_dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Single-pass path: folded scores, online softmax and p @ latent_v in one loop (kernels.single_pass).
+# ------------------------------------------------------------------------------------------------
+
+SINGLE_PASS_BLOCK_S = 32  # slots per block: the dots' N (64 spilled registers at 8 warps in the sm_90 build)
+SINGLE_PASS_WARPS = 8  # two warpgroups share the folded rows' 256-row M side; 4 warps spilled
+SINGLE_PASS_STAGES = 2
+SINGLE_PASS_SMEM_BUDGET = 200 * 1024
+
+
+def single_pass_shared_bytes(heads: int, half_pad: int, rk_pad: int, rv_cols: int, elt: int, block_s: int = SINGLE_PASS_BLOCK_S,
+                       stages: int = SINGLE_PASS_STAGES) -> int:
+    """Shared memory of one single-pass program: its heads' folded rows + ``stages`` key and value tiles."""
+    return 2 * heads * half_pad * rk_pad * elt + stages * block_s * (rk_pad + rv_cols) * elt
+
+
+def choose_single_pass_heads(heads_per_group: int, half_pad: int, rk_pad: int, rv_cols: int, elt: int,
+                       block_s: int = SINGLE_PASS_BLOCK_S) -> int:
+    """Query heads per single-pass program: the most (a divisor of the group's) that fit the budget. All of a
+    group's heads in one program read its value tiles once; fewer read them once per program (L2)."""
+    fitting = [d for d in range(1, heads_per_group + 1) if heads_per_group % d == 0
+               and single_pass_shared_bytes(d, half_pad, rk_pad, rv_cols, elt, block_s) <= SINGLE_PASS_SMEM_BUDGET]
+    if not fitting:
+        raise ValueError("no single-pass program fits in shared memory; use method='fold' or 'rope_qk'")
+    return max(fitting)
+
+
+def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
+                  sm_scale, gs, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits,
+                  fold_heads, out_dtype):
+    """latent_decode_attention through :mod:`kernels.single_pass` (n_rep == 1; same arguments and result)."""
+    from .single_pass import _single_pass_kernel
+
+    batch, num_heads, head_dim = q.shape
+    num_groups = k_up.shape[0]
+    device = q.device
+    num_quantized, num_fp = k_latent.num_quantized, k_latent.num_fp
+    num_slots = num_quantized + num_fp
+    k_ranks = [b - a for a, b in zip(k_off_host, k_off_host[1:])]
+    rv_max = max(b - a for a, b in zip(v_off_host, v_off_host[1:]))
+    hg, bgs = gs, batch * num_groups
+    half_pad, rk_pad = _pad(head_dim // 2), _pad(max(k_ranks))
+    rv1, rv2 = _split_value_columns(rv_max)
+    elt = q.element_size()
+    bs = block_s or (16 if interpret else SINGLE_PASS_BLOCK_S)
+    if fold_heads is None:
+        fold_heads = choose_single_pass_heads(hg, half_pad, rk_pad, rv1 + rv2, elt, bs)
+    if fold_heads < 1 or hg % fold_heads:
+        raise ValueError(f"fold_heads={fold_heads} must divide the {hg} query heads per group")
+    head_splits = hg // fold_heads
+    smem = single_pass_shared_bytes(fold_heads, half_pad, rk_pad, rv1 + rv2, elt, bs)
+    per_sm = max(1, min(2, SMEM_PER_SM // (smem + 1024)))
+    if num_splits is None:
+        num_splits = choose_num_splits(num_slots, bgs * head_splits, num_sms, per_sm)
+    split_len, num_splits = _split_len(num_slots, num_splits, interpret)
+    if not interpret:  # whole blocks per split
+        split_len = triton.cdiv(split_len, bs) * bs
+        num_splits = triton.cdiv(num_slots, split_len)
+
+    has_bias = k_bias is not None
+    rows, brows, brows_strides = _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, 1, half_pad, rk_pad)
+    parts = _partials(batch, num_heads, num_splits, rv_max, device)
+    consts = dict(
+        HEAD_DIM=head_dim, HALF_PAD=half_pad, HG=hg, HP=fold_heads, HD=fold_heads_per_dot(fold_heads, half_pad),
+        HP_PAD=_pad(fold_heads), RK_PAD=rk_pad, RV1=rv1, RV2=rv2, HAS_ZERO=k_latent.zero is not None,
+        HAS_BIAS=has_bias, K_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
+        V_ALIGN=_channel_alignment(v_off_host),
+        K_VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]),
+        V_VEC_QUANT=_words_aligned(v_latent, v_off_host, [rv1, rv2] if rv2 else [rv1]),
+        INTERPRET=interpret, **_quant_consts(k_latent),
+    )
+    _single_pass_kernel[(num_splits * bgs * head_splits,)](
+        rows, rows.stride(0), rows.stride(1), brows, *brows_strides,
+        *_view_args(k_latent, q), *_view_args(v_latent, q), k_offsets, v_offsets,
+        positions, positions.stride(0), kv_start, inv_freq, *parts,
+        num_heads, num_quantized, num_slots, num_groups, bgs, split_len, num_splits, head_splits, rv_max,
+        **consts, BLOCK_S=bs, num_warps=4 if interpret else SINGLE_PASS_WARPS, num_stages=1 if interpret else SINGLE_PASS_STAGES,
+    )
     return _merge(*parts, out_dtype)

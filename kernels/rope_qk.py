@@ -83,26 +83,19 @@ def _codes_as(t, DTYPE: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _dequant_words(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s, rows,
-                   row_mask, chan0, rank, BLOCK: tl.constexpr, C: tl.constexpr,
-                   BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, DTYPE: tl.constexpr):
-    """Aligned layout (chan0 a multiple of the quant group, codes per word a power of two): (BLOCK, C)
-    tile in DTYPE from whole words and per-group scales loaded as rows of contiguous vectors.
+def quant_params(scale_base, scale_stride_s, zero_base, zero_stride_s, slots, slot_mask, num_quantized, chan0, rank,
+                 C: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+                 DTYPE: tl.constexpr):
+    """(scale, offset), each (BLOCK, C // QUANT_GROUP) in DTYPE, of the quant groups of channels chan0 + [0, C)
+    at the quantized ones of ``slots`` (0 elsewhere and past the rank): what :func:`_dequant_words` needs
+    besides the words. offset = -zero * scale (-2^(BITS-1) * scale when symmetric), rounded to DTYPE once.
 
-    Codes of a word are taken two at a time (k and k + VPW/2, one per 16-bit half of a shifted copy of
-    the word, see :func:`_codes_as`), then put back in channel order by a register permutation. The
-    value is code * scale + offset with offset = -zero * scale (-2^(BITS-1) * scale when symmetric)
-    rounded to DTYPE once per (slot, group): one DTYPE fma per channel instead of an fp32 subtract,
-    multiply and conversion (this tile feeds a DTYPE dot either way); it differs from palu.quant's
-    fp32 dequantization by at most ~1 unit in the last place of DTYPE. Masked rows and
-    channels past the rank load scale 0 and offset 0, so they come out 0 without a select."""
-    VPW: tl.constexpr = 32 // BITS
-    HALF_VPW: tl.constexpr = VPW // 2
-    W: tl.constexpr = C // VPW
+    Kernels load these one block ahead: they are plain loads, which Triton's pipeliner leaves in the block
+    that uses them (the words, which feed a dot, are copied asynchronously), so their latency stalled
+    every block of the 4-bit kernels (ncu, H200, 64K)."""
     NG: tl.constexpr = C // QUANT_GROUP
-    w_idx = tl.arange(0, W)
-    w_mask = row_mask[:, None] & (w_idx * VPW < rank)[None, :]  # never past the row's last word
-    words = tl.load(codes_base + rows * codes_stride_s + (chan0 // VPW + w_idx)[None, :], mask=w_mask, other=0)
+    row_mask = slot_mask & (slots < num_quantized)
+    rows = slots.to(tl.int64)[:, None]
     g_idx = tl.arange(0, NG)
     g_mask = row_mask[:, None] & (g_idx * QUANT_GROUP < rank)[None, :]
     g_idx = chan0 // QUANT_GROUP + g_idx
@@ -114,10 +107,32 @@ def _dequant_words(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_
         offset = -(zero * scale)
     else:
         offset = scale * -float(1 << (BITS - 1))
+    return scale.to(DTYPE), offset.to(DTYPE)
+
+
+@triton.jit
+def _dequant_words(codes_base, codes_stride_s, rows, row_mask, chan0, rank, scale, offset, BLOCK: tl.constexpr,
+                   C: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, DTYPE: tl.constexpr):
+    """Aligned layout (chan0 a multiple of the quant group, codes per word a power of two): (BLOCK, C)
+    tile in DTYPE from whole words and per-group (scale, offset) from :func:`quant_params`.
+
+    Codes of a word are taken two at a time (k and k + VPW/2, one per 16-bit half of a shifted copy of
+    the word, see :func:`_codes_as`), then put back in channel order by a register permutation. The
+    value is code * scale + offset: one DTYPE fma per channel instead of an fp32 subtract, multiply and
+    conversion (this tile feeds a DTYPE dot either way); it differs from palu.quant's fp32
+    dequantization by at most ~1 unit in the last place of DTYPE. Masked rows and channels past the
+    rank have scale 0 and offset 0, so they come out 0 without a select."""
+    VPW: tl.constexpr = 32 // BITS
+    HALF_VPW: tl.constexpr = VPW // 2
+    W: tl.constexpr = C // VPW
+    NG: tl.constexpr = C // QUANT_GROUP
+    w_idx = tl.arange(0, W)
+    w_mask = row_mask[:, None] & (w_idx * VPW < rank)[None, :]  # never past the row's last word
+    words = tl.load(codes_base + rows * codes_stride_s + (chan0 // VPW + w_idx)[None, :], mask=w_mask, other=0)
     # Per word (BLOCK, W): the scale and offset of its group, so the fma runs in the words' layout.
     WPG: tl.constexpr = QUANT_GROUP // VPW
     scale_w = tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK, NG, WPG)), (BLOCK, W))
-    offset_w = tl.reshape(tl.broadcast_to(offset.to(DTYPE)[:, :, None], (BLOCK, NG, WPG)), (BLOCK, W))
+    offset_w = tl.reshape(tl.broadcast_to(offset[:, :, None], (BLOCK, NG, WPG)), (BLOCK, W))
     shifts = tl.arange(0, HALF_VPW) * BITS
     pairs = (words[:, :, None] >> shifts[None, None, :]) & (((1 << BITS) - 1) * 0x10001)  # (BLOCK, W, HALF_VPW)
     lo, hi = _codes_as(pairs, DTYPE, BITS)  # codes k and k + HALF_VPW of each word
@@ -130,19 +145,22 @@ def _dequant_words(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_
 @triton.jit
 def _load_part(
     fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
-    slots, row_mask, chan_mask, num_quantized, chan0, rank,
+    slots, row_mask, chan_mask, num_quantized, chan0, rank, qscale, qoffset,
     IS_QUANT: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
-    VEC_QUANT: tl.constexpr, BLOCK: tl.constexpr, C: tl.constexpr, DTYPE: tl.constexpr,
+    VEC_QUANT: tl.constexpr, PRE_Q: tl.constexpr, BLOCK: tl.constexpr, C: tl.constexpr, DTYPE: tl.constexpr,
 ):
     """(BLOCK, C) tile of one storage part, channels chan0 + [0, C); masked entries are 0. In DTYPE,
-    except gathered codes (fp32)."""
+    except gathered codes (fp32). PRE_Q: the word path's (qscale, qoffset) were loaded by the caller."""
     chan = chan0 + tl.arange(0, C)
     mask = row_mask[:, None] & chan_mask[None, :]
     if IS_QUANT:
         rows = slots.to(tl.int64)[:, None]
         if VEC_QUANT:
-            x = _dequant_words(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
-                               rows, row_mask, chan0, rank, BLOCK, C, BITS, QUANT_GROUP, HAS_ZERO, DTYPE)
+            if not PRE_Q:
+                qscale, qoffset = quant_params(scale_base, scale_stride_s, zero_base, zero_stride_s, slots, row_mask,
+                                               num_quantized, chan0, rank, C, BITS, QUANT_GROUP, HAS_ZERO, DTYPE)
+            x = _dequant_words(codes_base, codes_stride_s, rows, row_mask, chan0, rank, qscale, qoffset,
+                               BLOCK, C, BITS, QUANT_GROUP, DTYPE)
         else:
             x = _dequant_gather(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
                                 rows, mask, chan, BITS, QUANT_GROUP, HAS_ZERO)
@@ -158,12 +176,15 @@ def load_latent_tile(
     slots, slot_mask, num_quantized, chan0, rank,
     HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
     HAS_ZERO: tl.constexpr, VEC_QUANT: tl.constexpr, C: tl.constexpr, DTYPE: tl.constexpr,
+    qscale=0.0, qoffset=0.0, PRE_Q: tl.constexpr = False,
 ):
     """(BLOCK, C) tile of latent channels chan0 + [0, C) (those < chan0 + rank valid) at cache
     ``slots`` in DTYPE; masked entries are 0.
 
     Slots < num_quantized come from the packed codes (dequantized here), the rest from the fp part;
     a block that straddles the boundary loads both parts under disjoint masks and adds them.
+    PRE_Q: (qscale, qoffset) of the word path are :func:`quant_params` of the same slots, slot_mask,
+    chan0 and rank, loaded by the caller ahead of time.
     """
     BLOCK: tl.constexpr = slots.shape[0]
     chan_mask = tl.arange(0, C) < rank
@@ -171,20 +192,20 @@ def load_latent_tile(
     if HAS_QUANT:
         x = _load_part(
             fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
-            slots, slot_mask & is_q, chan_mask, num_quantized, chan0, rank,
-            True, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C, DTYPE,
+            slots, slot_mask & is_q, chan_mask, num_quantized, chan0, rank, qscale, qoffset,
+            True, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, PRE_Q, BLOCK, C, DTYPE,
         )
         if HAS_FP:
             x += _load_part(
                 fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base,
-                zero_stride_s, slots, slot_mask & ~is_q, chan_mask, num_quantized, chan0, rank,
-                False, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C, DTYPE,
+                zero_stride_s, slots, slot_mask & ~is_q, chan_mask, num_quantized, chan0, rank, qscale, qoffset,
+                False, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, PRE_Q, BLOCK, C, DTYPE,
             ).to(x.dtype)  # disjoint masks: one of the two terms is 0, the sum is exact
     else:
         x = _load_part(
             fp_base, fp_stride_s, codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s,
-            slots, slot_mask, chan_mask, num_quantized, chan0, rank,
-            False, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, BLOCK, C, DTYPE,
+            slots, slot_mask, chan_mask, num_quantized, chan0, rank, qscale, qoffset,
+            False, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, PRE_Q, BLOCK, C, DTYPE,
         )
     return x.to(DTYPE)
 

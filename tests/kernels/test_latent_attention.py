@@ -68,6 +68,33 @@ def test_interpreter_methods(device, method, n_rep, group_size, bias):
     check(case, device, num_splits=3, method=method)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("group_size,fold_heads,bias", [(1, None, True), (2, None, False), (4, 2, True), (4, 1, False)])
+def test_interpreter_single_pass(device, head_dim, group_size, fold_heads, bias):
+    """The single-pass kernel: unequal ranks (a value rank past the first column block), bias, several
+    splits, one head per program or several, heads split over programs."""
+    groups = 4 // group_size
+    case = Case(num_heads=4, num_kv_heads=4, head_dim=head_dim, group_size=group_size,
+                k_ranks=(24, 40, 17, 33)[:groups], v_ranks=(17, 24, 40, 9)[:groups], num_slots=61, bias=bias,
+                theta=5e5, rope_scale=1.1, dtype=torch.float16)
+    check(case, device, num_splits=2, method="single_pass", fold_heads=fold_heads)  # two blocks per split
+
+
+@pytest.mark.parametrize("bits,aligned", [(4, True), (3, False), (2, True)], ids=["4-words", "3-gather", "2-words"])
+def test_interpreter_single_pass_quantized(device, bits, aligned):
+    """Quantized and full-precision slots in one block (the fp tail), left padding of one sequence."""
+    ranks = dict(k_ranks=(64, 32), v_ranks=(32, 96)) if aligned else dict(k_ranks=(24, 40), v_ranks=(17, 30))
+    case = Case(num_heads=4, num_kv_heads=4, head_dim=64, group_size=2, num_slots=53, num_quantized=40, bits=bits,
+                batch=2, dtype=torch.float16, **ranks)
+    check(case, device, num_splits=2, method="single_pass")
+
+
+def test_single_pass_needs_one_query_head_per_kv_head(device):
+    inputs = make_inputs(Case(num_heads=8, num_kv_heads=4, group_size=2, num_slots=20, dtype=torch.float32), device)
+    with pytest.raises(ValueError, match="n_rep"):
+        latent_decode_attention(**inputs, method="single_pass", block_s=16)
+
+
 def test_fold_and_reconstruction_agree_on_far_positions(device):
     """The fold identity holds for every slot, not only on average: per-head scores of the two paths
     agree through the full pipeline on adversarial positions (large, non-contiguous)."""
@@ -344,6 +371,27 @@ def test_gpu_shapes(dtype, head_dim, n_rep, group_size):
         check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"))
         if n_rep == 1:  # the auto path above was "fold": the reconstruction kernel too
             check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"), method="rope_qk")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "dtype,head_dim,group_size,fold_heads,bits",
+    [(dt, hd, gs, hp, 16) for dt in (torch.float16, torch.bfloat16) for hd in (64, 128)
+     for gs, hp in ((1, None), (4, None), (4, 2))]
+    + [(torch.float16, 128, gs, hp, bits) for bits in (4, 3) for gs, hp in ((2, None), (4, 1))],
+    ids=lambda v: str(v).replace("torch.", ""),
+)
+def test_gpu_single_pass(dtype, head_dim, group_size, fold_heads, bits):
+    """The single-pass kernel (method="single_pass") at its default block and at 64 slots per block."""
+    groups = 4 // group_size
+    base = Case(num_heads=4, num_kv_heads=4, head_dim=head_dim, group_size=group_size,
+                k_ranks=(24, 40, 17, 64)[:groups] if bits != 4 else (64, 32, 96, 32)[:groups],
+                v_ranks=(40, 17, 24, 128)[:groups] if bits != 4 else (128, 32, 64, 96)[:groups],
+                batch=3, bits=bits, dtype=dtype)
+    for num_slots in (1, 37, 300, 2049):
+        case = dataclasses.replace(base, num_slots=num_slots, num_quantized=num_slots * 3 // 4 if bits < 16 else None)
+        for block_s in (None, 64):
+            check(case, torch.device("cuda"), method="single_pass", fold_heads=fold_heads, block_s=block_s)
 
 
 @pytest.mark.gpu

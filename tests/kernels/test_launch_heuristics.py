@@ -60,3 +60,17 @@ def test_num_splits_is_the_fewest_that_fill_whole_waves(num_slots, num_sms, per_
     if (num_slots, num_sms, per_sm) == (65536, 132, 2):
         assert choose_num_splits(num_slots, 8, 132, 2) == 32  # B=1: 256 of 264 programs
         assert choose_num_splits(num_slots, 64, 132, 2) == 4  # B=8: 256, where 5 splits made 1.2 waves
+
+
+def test_single_pass_heads_take_the_whole_group_when_it_fits():
+    from kernels.latent_attention import SINGLE_PASS_SMEM_BUDGET, choose_single_pass_heads, single_pass_shared_bytes
+
+    # Llama-2-7B benchmark shape: 4 heads per group, D/2 = 64, rank 128 keys, 384 value columns (256 + 128), fp16.
+    # All four heads: 128 KB of folded rows + 2 stages x 32 slots x (128 + 384) x 2 B = 192 KB.
+    assert single_pass_shared_bytes(4, 64, 128, 384, 2) == 192 * 1024
+    assert choose_single_pass_heads(4, 64, 128, 384, 2) == 4
+    # fp32 doubles every byte: only a divisor of the group whose program still fits.
+    heads = choose_single_pass_heads(4, 64, 128, 384, 4)
+    assert heads in (1, 2) and single_pass_shared_bytes(heads, 64, 128, 384, 4) <= SINGLE_PASS_SMEM_BUDGET
+    with pytest.raises(ValueError, match="single-pass"):
+        choose_single_pass_heads(1, 128, 1024, 4096, 4)
