@@ -6,7 +6,8 @@ time (torch profiler); "tiles": stages and slots per tile of the default program
 channels per value-kernel program. The data behind choose_fold_heads, FOLD_STAGES, value_cols="auto"
 and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass kernel's variants.
 Usage (CUDA machine, repo root):
-  PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json [heads|tiles|value_cols|default|reconstruction|single_pass] [seq,batch,bits;...]
+  PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json \
+      [heads|tiles|value_cols|default|reconstruction|single_pass] [seq,batch,bits;...]
 """
 import dataclasses
 import json

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ._autotune import prune_softmax_v_configs, softmax_v_configs
-from .rope_qk import load_latent_tile, quant_params, rope_qk_tuned, _rope_qk_kernel
+from .rope_qk import load_latent_tile, online_softmax_step, quant_params, rope_qk_tuned, _rope_qk_kernel
 
 LOG2E = 1.4426950408889634
 SUPPORTED_BITS = (2, 3, 4, 8)
@@ -113,11 +113,7 @@ def _softmax_v_block(
         slots, slot_mask, num_quantized, v_off, v_rank,
         HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, VEC_QUANT, RV1, DTYPE, qs1, qo1, HAS_QUANT and VEC_QUANT,
     )  # (BLOCK_S, RV1)
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid slot yet
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
+    m_new, alpha, p, l_i = online_softmax_step(m_i, l_i, s)
     p = p.to(DTYPE)
     acc1 = acc1 * alpha[:, None] + tl.dot(p, v1)
     if RV2 > 0:
@@ -383,6 +379,11 @@ def _host_offsets(offsets: torch.Tensor) -> list[int]:
     return values
 
 
+def _group_ranks(offsets: list[int]) -> list[int]:
+    """Latent channels of each group from the host copy of its (G+1,) cumulative offsets."""
+    return [b - a for a, b in zip(offsets, offsets[1:])]
+
+
 def _channel_alignment(offsets: list[int]) -> int:
     """8 when every group's latent channels start (and so end) on a multiple of 8, else 1."""
     return 8 if all(o % 8 == 0 for o in offsets) else 1
@@ -602,8 +603,7 @@ def latent_decode_attention(
     assert k_offsets.shape == (num_groups + 1,) and v_offsets.shape == (num_groups + 1,), "offsets must be (G+1,)"
     assert k_offsets.dtype == torch.int32 and v_offsets.dtype == torch.int32, "offsets must be int32"
     k_off_host, v_off_host = _host_offsets(k_offsets), _host_offsets(v_offsets)
-    k_ranks = [b - a for a, b in zip(k_off_host, k_off_host[1:])]
-    v_ranks = [b - a for a, b in zip(v_off_host, v_off_host[1:])]
+    k_ranks, v_ranks = _group_ranks(k_off_host), _group_ranks(v_off_host)
     assert min(k_ranks) >= 0 and min(v_ranks) >= 0, "offsets must be non-decreasing"
     assert max(k_ranks) <= k_up.shape[2], f"a key rank {max(k_ranks)} exceeds k_up's rk_max {k_up.shape[2]}"
     rv_max = max(v_ranks)
@@ -727,10 +727,15 @@ def fold_heads_per_dot(fold_heads: int, half_pad: int) -> int:
                if fold_heads % d == 0 and (d == 1 or 2 * d * half_pad <= FOLD_DOT_COLS))
 
 
-def _fold_programs_per_sm(heads: int, half_pad: int, rk_pad: int, elt: int, stages: int = 2) -> int:
-    """Score programs of ``heads`` query heads resident on one SM: by shared memory (1 KB driver
+def _resident_programs(shared_bytes: int) -> int:
+    """Programs of a fold or single-pass kernel resident on one SM: by shared memory (1 KB driver
     reserve each), and at most 2 by registers (sm_90 builds use 176-255 registers per thread)."""
-    return max(1, min(2, SMEM_PER_SM // (fold_shared_bytes(heads, half_pad, rk_pad, elt, stages) + 1024)))
+    return max(1, min(2, SMEM_PER_SM // (shared_bytes + 1024)))
+
+
+def _fold_programs_per_sm(heads: int, half_pad: int, rk_pad: int, elt: int, stages: int = 2) -> int:
+    """Score programs of ``heads`` query heads resident on one SM (:func:`_resident_programs`)."""
+    return _resident_programs(fold_shared_bytes(heads, half_pad, rk_pad, elt, stages))
 
 
 def _fold_stages(heads: int, half_pad: int, rk_pad: int, elt: int) -> int:
@@ -829,8 +834,7 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     device = q.device
     num_quantized, num_fp = k_latent.num_quantized, k_latent.num_fp
     num_slots = num_quantized + num_fp
-    k_ranks = [b - a for a, b in zip(k_off_host, k_off_host[1:])]
-    rv_max = max(b - a for a, b in zip(v_off_host, v_off_host[1:]))
+    k_ranks, rv_max = _group_ranks(k_off_host), max(_group_ranks(v_off_host))
     hg, bgs = gs * n_rep, batch * num_groups
     if num_splits is not None:  # tests: a given number of chunks
         chunk_len = triton.cdiv(num_slots, num_splits)
@@ -928,16 +932,16 @@ SINGLE_PASS_STAGES = 2
 SINGLE_PASS_SMEM_BUDGET = 200 * 1024
 
 
-def single_pass_shared_bytes(heads: int, half_pad: int, rk_pad: int, rv_cols: int, elt: int, block_s: int = SINGLE_PASS_BLOCK_S,
-                       stages: int = SINGLE_PASS_STAGES) -> int:
+def single_pass_shared_bytes(heads: int, half_pad: int, rk_pad: int, rv_cols: int, elt: int,
+                             block_s: int = SINGLE_PASS_BLOCK_S, stages: int = SINGLE_PASS_STAGES) -> int:
     """Shared memory of one single-pass program: its heads' folded rows + ``stages`` key and value tiles."""
     return 2 * heads * half_pad * rk_pad * elt + stages * block_s * (rk_pad + rv_cols) * elt
 
 
 def choose_single_pass_heads(heads_per_group: int, half_pad: int, rk_pad: int, rv_cols: int, elt: int,
-                       block_s: int = SINGLE_PASS_BLOCK_S) -> int:
-    """Query heads per single-pass program: the most (a divisor of the group's) that fit the budget. All of a
-    group's heads in one program read its value tiles once; fewer read them once per program (L2)."""
+                             block_s: int = SINGLE_PASS_BLOCK_S) -> int:
+    """Query heads per single-pass program: the most (a divisor of the group's) that fit the budget. All
+    of a group's heads in one program read its value tiles once; fewer read them once per program (L2)."""
     fitting = [d for d in range(1, heads_per_group + 1) if heads_per_group % d == 0
                and single_pass_shared_bytes(d, half_pad, rk_pad, rv_cols, elt, block_s) <= SINGLE_PASS_SMEM_BUDGET]
     if not fitting:
@@ -945,9 +949,9 @@ def choose_single_pass_heads(heads_per_group: int, half_pad: int, rk_pad: int, r
     return max(fitting)
 
 
-def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
-                  sm_scale, gs, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits,
-                  fold_heads, out_dtype):
+def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq,
+                        rope_scale, sm_scale, gs, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s,
+                        num_splits, fold_heads, out_dtype):
     """latent_decode_attention through :mod:`kernels.single_pass` (n_rep == 1; same arguments and result)."""
     from .single_pass import _single_pass_kernel
 
@@ -956,8 +960,7 @@ def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, posit
     device = q.device
     num_quantized, num_fp = k_latent.num_quantized, k_latent.num_fp
     num_slots = num_quantized + num_fp
-    k_ranks = [b - a for a, b in zip(k_off_host, k_off_host[1:])]
-    rv_max = max(b - a for a, b in zip(v_off_host, v_off_host[1:]))
+    k_ranks, rv_max = _group_ranks(k_off_host), max(_group_ranks(v_off_host))
     hg, bgs = gs, batch * num_groups
     half_pad, rk_pad = _pad(head_dim // 2), _pad(max(k_ranks))
     rv1, rv2 = _split_value_columns(rv_max)
@@ -968,8 +971,7 @@ def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, posit
     if fold_heads < 1 or hg % fold_heads:
         raise ValueError(f"fold_heads={fold_heads} must divide the {hg} query heads per group")
     head_splits = hg // fold_heads
-    smem = single_pass_shared_bytes(fold_heads, half_pad, rk_pad, rv1 + rv2, elt, bs)
-    per_sm = max(1, min(2, SMEM_PER_SM // (smem + 1024)))
+    per_sm = _resident_programs(single_pass_shared_bytes(fold_heads, half_pad, rk_pad, rv1 + rv2, elt, bs))
     if num_splits is None:
         num_splits = choose_num_splits(num_slots, bgs * head_splits, num_sms, per_sm)
     split_len, num_splits = _split_len(num_slots, num_splits, interpret)
@@ -994,6 +996,7 @@ def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, posit
         *_view_args(k_latent, q), *_view_args(v_latent, q), k_offsets, v_offsets,
         positions, positions.stride(0), kv_start, inv_freq, *parts,
         num_heads, num_quantized, num_slots, num_groups, bgs, split_len, num_splits, head_splits, rv_max,
-        **consts, BLOCK_S=bs, num_warps=4 if interpret else SINGLE_PASS_WARPS, num_stages=1 if interpret else SINGLE_PASS_STAGES,
+        **consts, BLOCK_S=bs, num_warps=4 if interpret else SINGLE_PASS_WARPS,
+        num_stages=1 if interpret else SINGLE_PASS_STAGES,
     )
     return _merge(*parts, out_dtype)

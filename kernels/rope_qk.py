@@ -46,6 +46,19 @@ def cos_or_sin(x, is_cos, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def online_softmax_step(m_i, l_i, s):
+    """One block of flash-decoding's online softmax in log2 units: s (R, BLOCK) scores of R rows (-inf
+    where masked), m_i / l_i (R,) the running max and sum. Returns (m_new, alpha, p, l_new): p (R, BLOCK)
+    = 2^(s - m_new) and alpha = 2^(m_i - m_new), the factor the running accumulators are rescaled by.
+    A row with no valid slot yet keeps m = -inf and gets p = 0 (its max is taken as 0 in the exponents)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    return m_new, alpha, p, l_i * alpha + tl.sum(p, axis=1)
+
+
+@triton.jit
 def _dequant_gather(codes_base, codes_stride_s, scale_base, scale_stride_s, zero_base, zero_stride_s, rows, mask, chan,
                     BITS: tl.constexpr, QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr):
     """Any layout: one (word, scale, zero) gather per element."""

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .fold_scores import load_folded_rows
-from .rope_qk import cos_or_sin, load_latent_tile
+from .rope_qk import cos_or_sin, load_latent_tile, online_softmax_step
 
 
 @triton.jit
@@ -80,11 +80,7 @@ def _single_pass_block(
         slots, valid, num_quantized, v_off, v_rank,
         HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, V_VEC_QUANT, RV1, DTYPE,
     )  # (BLOCK_S, RV1)
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # heads with no valid slot yet
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
+    m_new, alpha, p, l_i = online_softmax_step(m_i, l_i, s)
     p = tl.trans(p.to(DTYPE))  # (BLOCK_S, HP_PAD)
     acc1 = acc1 * alpha[None, :] + tl.dot(tl.trans(v1), p)
     if RV2 > 0:
