@@ -932,18 +932,19 @@ SINGLE_PASS_STAGES = 2
 SINGLE_PASS_SMEM_BUDGET = 200 * 1024
 
 
-def single_pass_shared_bytes(heads: int, half_pad: int, rk_pad: int, rv_cols: int, elt: int,
-                             block_s: int = SINGLE_PASS_BLOCK_S, stages: int = SINGLE_PASS_STAGES) -> int:
+def single_pass_shared_bytes(heads: int, half_pad: int, rk_pad: int, rv_cols: int, elt: int, block_s: int,
+                             stages: int) -> int:
     """Shared memory of one single-pass program: its heads' folded rows + ``stages`` key and value tiles."""
     return 2 * heads * half_pad * rk_pad * elt + stages * block_s * (rk_pad + rv_cols) * elt
 
 
 def choose_single_pass_heads(heads_per_group: int, half_pad: int, rk_pad: int, rv_cols: int, elt: int,
-                             block_s: int = SINGLE_PASS_BLOCK_S) -> int:
+                             block_s: int, stages: int) -> int:
     """Query heads per single-pass program: the most (a divisor of the group's) that fit the budget. All
     of a group's heads in one program read its value tiles once; fewer read them once per program (L2)."""
     fitting = [d for d in range(1, heads_per_group + 1) if heads_per_group % d == 0
-               and single_pass_shared_bytes(d, half_pad, rk_pad, rv_cols, elt, block_s) <= SINGLE_PASS_SMEM_BUDGET]
+               and single_pass_shared_bytes(d, half_pad, rk_pad, rv_cols, elt, block_s, stages)
+               <= SINGLE_PASS_SMEM_BUDGET]
     if not fitting:
         raise ValueError("no single-pass program fits in shared memory; use method='fold' or 'rope_qk'")
     return max(fitting)
@@ -966,12 +967,17 @@ def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, posit
     rv1, rv2 = _split_value_columns(rv_max)
     elt = q.element_size()
     bs = block_s or (16 if interpret else SINGLE_PASS_BLOCK_S)
+    stages = 1 if interpret else SINGLE_PASS_STAGES
     if fold_heads is None:
-        fold_heads = choose_single_pass_heads(hg, half_pad, rk_pad, rv1 + rv2, elt, bs)
+        fold_heads = choose_single_pass_heads(hg, half_pad, rk_pad, rv1 + rv2, elt, bs, stages)
     if fold_heads < 1 or hg % fold_heads:
         raise ValueError(f"fold_heads={fold_heads} must divide the {hg} query heads per group")
+    smem = single_pass_shared_bytes(fold_heads, half_pad, rk_pad, rv1 + rv2, elt, bs, stages)
+    if smem > SINGLE_PASS_SMEM_BUDGET:
+        raise ValueError(f"fold_heads={fold_heads}: a single-pass program would need {smem // 1024} KB of shared "
+                         f"memory (budget {SINGLE_PASS_SMEM_BUDGET // 1024} KB); use fewer heads or method='fold'")
     head_splits = hg // fold_heads
-    per_sm = _resident_programs(single_pass_shared_bytes(fold_heads, half_pad, rk_pad, rv1 + rv2, elt, bs))
+    per_sm = _resident_programs(smem)
     if num_splits is None:
         num_splits = choose_num_splits(num_slots, bgs * head_splits, num_sms, per_sm)
     split_len, num_splits = _split_len(num_slots, num_splits, interpret)
@@ -996,7 +1002,6 @@ def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, posit
         *_view_args(k_latent, q), *_view_args(v_latent, q), k_offsets, v_offsets,
         positions, positions.stride(0), kv_start, inv_freq, *parts,
         num_heads, num_quantized, num_slots, num_groups, bgs, split_len, num_splits, head_splits, rv_max,
-        **consts, BLOCK_S=bs, num_warps=4 if interpret else SINGLE_PASS_WARPS,
-        num_stages=1 if interpret else SINGLE_PASS_STAGES,
+        **consts, BLOCK_S=bs, num_warps=4 if interpret else SINGLE_PASS_WARPS, num_stages=stages,
     )
     return _merge(*parts, out_dtype)

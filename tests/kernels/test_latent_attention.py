@@ -89,10 +89,17 @@ def test_interpreter_single_pass_quantized(device, bits, aligned):
     check(case, device, num_splits=2, method="single_pass")
 
 
-def test_single_pass_needs_one_query_head_per_kv_head(device):
+def test_single_pass_rejects_bad_launches(device):
     inputs = make_inputs(Case(num_heads=8, num_kv_heads=4, group_size=2, num_slots=20, dtype=torch.float32), device)
     with pytest.raises(ValueError, match="n_rep"):
         latent_decode_attention(**inputs, method="single_pass", block_s=16)
+    inputs = make_inputs(Case(num_heads=4, num_kv_heads=4, group_size=4, k_ranks=(24,), v_ranks=(17,), num_slots=20,
+                              dtype=torch.float32), device)
+    with pytest.raises(ValueError, match="must divide"):
+        latent_decode_attention(**inputs, method="single_pass", fold_heads=3, block_s=16)
+    # Blocks of 1024 slots x (32 key + 32 value) fp32 channels alone are 256 KB: more than an SM has.
+    with pytest.raises(ValueError, match="shared memory"):
+        latent_decode_attention(**inputs, method="single_pass", block_s=1024)
 
 
 def test_fold_and_reconstruction_agree_on_far_positions(device):

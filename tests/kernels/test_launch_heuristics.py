@@ -67,10 +67,12 @@ def test_single_pass_heads_take_the_whole_group_when_it_fits():
 
     # Llama-2-7B benchmark shape: 4 heads per group, D/2 = 64, rank 128 keys, 384 value columns (256 + 128), fp16.
     # All four heads: 128 KB of folded rows + 2 stages x 32 slots x (128 + 384) x 2 B = 192 KB.
-    assert single_pass_shared_bytes(4, 64, 128, 384, 2) == 192 * 1024
-    assert choose_single_pass_heads(4, 64, 128, 384, 2) == 4
+    assert single_pass_shared_bytes(4, 64, 128, 384, 2, 32, 2) == 192 * 1024
+    assert choose_single_pass_heads(4, 64, 128, 384, 2, 32, 2) == 4
     # fp32 doubles every byte: only a divisor of the group whose program still fits.
-    heads = choose_single_pass_heads(4, 64, 128, 384, 4)
-    assert heads in (1, 2) and single_pass_shared_bytes(heads, 64, 128, 384, 4) <= SINGLE_PASS_SMEM_BUDGET
+    heads = choose_single_pass_heads(4, 64, 128, 384, 4, 32, 2)
+    assert heads in (1, 2) and single_pass_shared_bytes(heads, 64, 128, 384, 4, 32, 2) <= SINGLE_PASS_SMEM_BUDGET
+    # A third stage no longer fits all four heads (224 KB).
+    assert choose_single_pass_heads(4, 64, 128, 384, 2, 32, 3) == 2
     with pytest.raises(ValueError, match="single-pass"):
-        choose_single_pass_heads(1, 128, 1024, 4096, 4)
+        choose_single_pass_heads(1, 128, 1024, 4096, 4, 32, 2)
