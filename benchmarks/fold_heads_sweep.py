@@ -4,11 +4,10 @@ For each (length, batch, bits): CUDA-graph time of the whole decode call with fo
 (and 8 warps for 1 and 4), with method="rope_qk" and the default, plus each variant's score-kernel
 time (torch profiler); "tiles": stages and slots per tile of the default program; "value_cols": value
 channels per value-kernel program. The data behind choose_fold_heads, FOLD_STAGES, value_cols="auto"
-and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass kernel's variants;
-"pipeline": the pipelined fold (stages, score programs per SM).
+and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass kernel's variants.
 Usage (CUDA machine, repo root):
   PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json \
-      [heads|tiles|value_cols|default|reconstruction|single_pass|pipeline] [seq,batch,bits;...]
+      [heads|tiles|value_cols|default|reconstruction|single_pass] [seq,batch,bits;...]
 """
 import dataclasses
 import json
@@ -44,14 +43,6 @@ VARIANT_SETS = {
         "single_pass,hp=2,block=64": (dict(method="single_pass", fold_heads=2), dict(SINGLE_PASS_BLOCK_S=64)),
         "single_pass,hp=1,warps=4": (dict(method="single_pass", fold_heads=1), dict(SINGLE_PASS_WARPS=4)),
     },
-    "pipeline": {  # stages of the slot axis, score programs per SM beside the value programs, heads per program
-        "auto": ({}, {}),
-        **{f"pipeline={n}": (dict(method="fold", pipeline=n), {}) for n in (2, 4, 8)},
-        "pipeline=4,score_per_sm=2": (dict(method="fold", pipeline=4), dict(PIPELINE_SCORE_PROGRAMS_PER_SM=2)),
-        "pipeline=4,fold_heads=4": (dict(method="fold", pipeline=4, fold_heads=4), {}),
-        "pipeline=8,value_block=64": (dict(method="fold", pipeline=8),
-                                      dict(PIPELINE_VALUE_CFG=dict(BLOCK_S=64, num_warps=4, num_stages=2))),
-    },
     "default": {"auto": ({}, {})},  # the shipped configuration alone (A/B runs of two source trees)
     "reconstruction": {"rope_qk": (dict(method="rope_qk"), {})},  # the GQA path alone, likewise
     "tiles": {  # two heads per program (the default): latent tiles in flight and slots per tile
@@ -71,7 +62,6 @@ def main() -> int:
         "heads": SHAPES,
         "single_pass": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (4096, 8, 16),
                   (65536, 1, 4), (4096, 1, 4)],
-        "pipeline": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (65536, 1, 4)],
         "default": [(4096, 1, 16), (65536, 1, 16), (65536, 8, 16), (4096, 8, 16), (65536, 1, 4)],
         "reconstruction": [(4096, 1, 16), (65536, 1, 16), (65536, 1, 4)],
         "tiles": [(4096, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (65536, 1, 4)],

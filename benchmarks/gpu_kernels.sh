@@ -8,7 +8,6 @@
 #   sweep_tiles  the same script: latent tiles in flight and slots per tile of the default fold program
 #   sweep_cols   the same script: value channels per value-kernel program (quantized and fp latents)
 #   sweep_single_pass  the same script: the single-pass kernel's variants (heads, block, stages, warps) vs the default
-#   sweep_pipeline  the same script: the pipelined fold (stages, score programs per SM) vs the default
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
 #   smoke      the fold path with overlap on a small problem, under a time limit (a deadlock would hang)
@@ -52,9 +51,6 @@ sweep_cols)
   ;;
 sweep_single_pass)
   run timeout 400 python3 benchmarks/fold_heads_sweep.py "$OUT/single_pass_sweep.json" single_pass
-  ;;
-sweep_pipeline)
-  run timeout 400 python3 benchmarks/fold_heads_sweep.py "$OUT/pipeline_sweep.json" pipeline
   ;;
 sweep_tiles)
   run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/fold_tiles_sweep.json" tiles

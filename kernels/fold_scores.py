@@ -157,16 +157,15 @@ def _fold_scores_kernel(
     k_scale_ptr, k_scale_sb, k_scale_ss, k_zero_ptr, k_zero_sb, k_zero_ss,
     k_offsets_ptr, pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
     scores_ptr, scores_sb, scores_sh, flags_ptr,
-    num_quantized, num_slots, num_groups, batch_groups, chunk_len, num_chunks, chunk0, chunk_end, ctas_per_bg,
-    head_splits, HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, HG: tl.constexpr, HP: tl.constexpr, HD: tl.constexpr,
+    num_quantized, num_slots, num_groups, batch_groups, chunk_len, num_chunks, ctas_per_bg, head_splits,
+    HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, HG: tl.constexpr, HP: tl.constexpr, HD: tl.constexpr,
     RK_PAD: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
     QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, CHAN_ALIGN: tl.constexpr,
     VEC_QUANT: tl.constexpr, RAISE_FLAGS: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Grid (batch_groups * head_splits * ctas_per_bg,): program p scores HP = HG / head_splits of the
     group's query heads, (b, g) = divmod(p % batch_groups, G), heads from (p // batch_groups) % head_splits,
-    for chunks chunk0 + p // (batch_groups * head_splits), + ctas_per_bg, ... below chunk_end (of the
-    num_chunks of ``chunk_len`` slots: a pipelined call scores a range of chunks per launch); with
+    for chunks p // (batch_groups * head_splits), + ctas_per_bg, ... of ``chunk_len`` slots; with
     RAISE_FLAGS (overlap mode) adding 1 to flag (b*G + g, chunk) after each (the chunk is done when it
     reaches head_splits). Its folded rows are
     loaded once and stay in shared memory for all its chunks. HP < HG: smaller programs, more per SM, less
@@ -198,8 +197,8 @@ def _fold_scores_kernel(
     pos_base = pos_ptr + b * pos_sb
     idx = tl.arange(0, BLOCK_S)
     out_base = scores_ptr + b * scores_sb + (g * HG + h0).to(tl.int64) * scores_sh
-    chunk = chunk0 + pid // (batch_groups * head_splits)
-    while chunk < chunk_end:
+    chunk = pid // (batch_groups * head_splits)
+    while chunk < num_chunks:
         lo = chunk * chunk_len
         hi = tl.minimum(lo + chunk_len, num_slots)
         # Positions are a plain load, which the pipeliner does not move: each block's are loaded one

@@ -210,18 +210,17 @@ def _softmax_v_split_kernel(
     v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
     v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
     v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
-    num_heads, num_quantized, num_slots, split_len, num_splits, split0, rv_max, col_programs, tune_bucket,
+    num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, col_programs, tune_bucket,
     HG: tl.constexpr, HG_PAD: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr,
     HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
     HAS_ZERO: tl.constexpr, CHAN_ALIGN: tl.constexpr, VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    """Grid (splits, G * col_programs, B): partial softmax state of split split0 + program_id(0) (of
-    num_splits) for the HG query heads of a group, over one block of RV1 + RV2 of the group's value
-    channels (col_programs blocks). split0 > 0: a pipelined call's later range of splits."""
+    """Grid (num_splits, G * col_programs, B): partial softmax state of one split for the HG query heads
+    of a group, over one block of RV1 + RV2 of the group's value channels (col_programs blocks)."""
     col = tl.program_id(1) % col_programs
     _softmax_v_item(
-        split0 + tl.program_id(0), tl.program_id(1) // col_programs, tl.program_id(2).to(tl.int64), col * (RV1 + RV2),
+        tl.program_id(0), tl.program_id(1) // col_programs, tl.program_id(2).to(tl.int64), col * (RV1 + RV2),
         scores_ptr, scores_sb, scores_sh,
         v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
         v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
@@ -498,20 +497,18 @@ def _partials(batch: int, num_heads: int, num_splits: int, rv_max: int, device: 
     return part_m, torch.empty_like(part_m), part_acc
 
 
-def _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, consts, fixed,
-                  split0: int = 0, splits: Optional[int] = None) -> None:
+def _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, consts, fixed) -> None:
     """Online softmax and p @ latent_v per (split, group, batch): the autotuned split kernel, or
-    the ``fixed`` config (a dict with BLOCK_S, num_warps, num_stages) when given. Splits
-    [split0, split0 + splits) of the partial states' num_splits (all by default)."""
+    the ``fixed`` config (a dict with BLOCK_S, num_warps, num_stages) when given."""
     batch, num_heads, num_slots = scores.shape
     num_splits, rv_max = parts[2].shape[2], parts[2].shape[3]
     col_programs = triton.cdiv(rv_max, consts["RV1"] + consts["RV2"])
     args = [
         scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
-        num_heads, v_latent.num_quantized, num_slots, split_len, num_splits, split0, rv_max, col_programs,
+        num_heads, v_latent.num_quantized, num_slots, split_len, num_splits, rv_max, col_programs,
         int(split_len >= 1024),
     ]
-    grid = (num_splits - split0 if splits is None else splits, (v_offsets.shape[0] - 1) * col_programs, batch)
+    grid = (num_splits, (v_offsets.shape[0] - 1) * col_programs, batch)
     if fixed is not None:
         _softmax_v_split_kernel[grid](*args, **consts, **fixed)
     else:
@@ -549,7 +546,6 @@ def latent_decode_attention(
     block_s: Optional[int] = None,
     method: str = "auto",
     overlap: Optional[bool] = None,
-    pipeline: Optional[int] = None,
     fold_heads: Optional[int] = None,
     value_cols: "int | str" = "auto",
     out_dtype: torch.dtype = torch.float32,
@@ -580,11 +576,6 @@ def latent_decode_attention(
                  fit on one SM together. Passed its GPU tests, but one benchmark run hung with it (H200,
                  64K slots, CUDA-graph timing; cause not found, kernels/NOTES.md). Off: the two kernels
                  run one after the other on the current stream, where no wait can block.
-      pipeline   fold only, off by default (None): the slot axis in ``pipeline`` >= 2 stages, the score
-                 kernel of stage i + 1 launched on the current stream while the value kernel of stage i runs
-                 on a second one (ordered by events, no flags: nothing can wait forever), with one score
-                 program per SM so that a value program fits beside it. Results equal the sequential
-                 call's bitwise (same splits, same merge); see PIPELINE_* for what was measured.
       fold_heads fold only: query heads per score program (a divisor of gs * n_rep); default from
                  :func:`choose_fold_heads` (the most heads whose program fits twice on an SM).
       value_cols value channels per value-kernel program: a power of two >= 16, "all" (one program
@@ -653,15 +644,13 @@ def latent_decode_attention(
     # at 4K, 277 vs 363 us at 64K, 1158 vs 1403 us at 256K, 2305 vs 2824 us at B=8 x 64K, 4-bit 652 vs 814 us).
     # With GQA its dots grow n_rep-fold (each query head folds its own matrix): reconstruction there.
     fold_auto = n_rep == 1 and fold_fits
-    if pipeline is not None:
-        if not (isinstance(pipeline, int) and pipeline >= 2):
-            raise ValueError(f"pipeline must be None or an int >= 2 (stages of the slot axis), got {pipeline!r}")
-        if overlap:
-            raise ValueError("pipeline and overlap are two ways to run the fold kernels concurrently: pick one")
     uses_fold = method == "fold" or (method == "auto" and fold_auto)
-    if (overlap or pipeline is not None) and not uses_fold:
-        raise ValueError(f"overlap and pipeline apply to the fold path only (method={method!r}, n_rep={n_rep}); "
-                         "use method='fold' with n_rep == 1, or leave them unset")
+    if overlap and not uses_fold:
+        raise ValueError(f"overlap applies to the fold path only (method={method!r}, n_rep={n_rep}); "
+                         "use method='fold' with n_rep == 1, or leave it unset")
+    if fold_heads is not None and not (uses_fold or method == "single_pass"):
+        raise ValueError(f"fold_heads applies to the fold and single-pass paths only (method={method!r}, "
+                         f"n_rep={n_rep}); leave it unset for the reconstruction kernel")
     if method == "single_pass":
         if n_rep != 1:
             raise ValueError(f"method='single_pass' folds one query head per KV head (n_rep == 1), got n_rep={n_rep}; "
@@ -673,7 +662,7 @@ def latent_decode_attention(
     if uses_fold:
         return _fold_decode(
             q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
-            gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap, pipeline, num_splits,
+            gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap, num_splits,
             fold_heads, value_cols, out_dtype,
         )
     if num_splits is None:
@@ -843,7 +832,7 @@ def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, ha
 
 def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
                  sm_scale, gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap,
-                 pipeline, num_splits, fold_heads, value_cols, out_dtype):
+                 num_splits, fold_heads, value_cols, out_dtype):
     """latent_decode_attention through :mod:`kernels.fold_scores` (same arguments and result)."""
     from .fold_scores import _fold_scores_kernel
 
@@ -887,7 +876,7 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         rows, rows.stride(0), rows.stride(1), brows, *brows_strides, *_view_args(k_latent, q), k_offsets,
         positions, positions.stride(0), kv_start, inv_freq,
         scores, scores.stride(0), scores.stride(1), flags,
-        num_quantized, num_slots, num_groups, bgs, chunk_len, num_chunks, 0, num_chunks, ctas_per_bg, head_splits,
+        num_quantized, num_slots, num_groups, bgs, chunk_len, num_chunks, ctas_per_bg, head_splits,
     ]
     key_consts = dict(
         HEAD_DIM=head_dim, HALF_PAD=half_pad, HG=hg, HP=fold_heads, HD=fold_heads_per_dot(fold_heads, half_pad),
@@ -897,11 +886,6 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         **_quant_consts(k_latent),
     )
     key_grid = (bgs * head_splits * ctas_per_bg,)
-    if pipeline is not None:
-        parts = _pipelined_fold(q, scores, v_latent, v_offsets, kv_start, key_args, key_consts, key_cfg, val_cfg,
-                                hg, head_splits, rv_max, v_off_host, pipeline, num_splits, value_cols, num_sms,
-                                interpret)
-        return _merge(*parts, out_dtype)
     if not overlap:
         # One after the other on this stream. Values through the autotuned split kernel: measured 2x
         # faster than the persistent one-program-per-SM wait kernel when it runs alone (H200, 64K:
@@ -945,63 +929,6 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         if fit_key is not None:
             _CO_RESIDENT[fit_key] = _fits_together(device, [kk, vk], [key_cfg["num_warps"], val_cfg["num_warps"]])
     return _merge(*parts, out_dtype)
-
-
-# Pipelined fold: stages of the slot axis, scores of stage i + 1 beside the values of stage i.
-PIPELINE_SCORE_PROGRAMS_PER_SM = 1  # score programs per SM: one leaves registers and shared memory for a value program
-PIPELINE_VALUE_CFG = dict(BLOCK_S=VALUE_BLOCK_S, num_warps=4, num_stages=2)  # fixed: known to fit beside a score program
-
-
-def choose_pipeline_splits(num_slots: int, batch_groups: int, stages: int, num_sms: int) -> int:
-    """Value splits of a pipelined call: per stage about one value program per SM (B * G per split)."""
-    return stages * max(1, triton.cdiv(num_sms, batch_groups))
-
-
-def pipeline_bounds(num_splits: int, stages: int) -> list[int]:
-    """Split indices where the stages start, and num_splits at the end: stages of nearly equal
-    numbers of splits, empty ones dropped (fewer splits than stages)."""
-    bounds = [(c * num_splits) // stages for c in range(stages + 1)]
-    return [b for i, b in enumerate(bounds) if i == 0 or b > bounds[i - 1]]
-
-
-def _pipelined_fold(q, scores, v_latent, v_offsets, kv_start, key_args, key_consts, key_cfg, val_cfg, hg, head_splits,
-                    rv_max, v_off_host, stages, num_splits, value_cols, num_sms, interpret) -> tuple:
-    """The fold path's two kernels in ``stages`` stages of whole value splits: per stage, the score
-    kernel over the stage's chunks (chunk = split) on the current stream, then an event, and the value
-    kernel over the stage's splits on the side stream after that event, so that the scores of stage
-    i + 1 and the values of stage i run at the same time. The current stream waits for the side stream
-    at the end. Under the interpreter, the same launches in order. Returns the partial states."""
-    from .fold_scores import _fold_scores_kernel
-
-    batch, num_heads, num_slots = scores.shape
-    bgs = batch * (v_offsets.shape[0] - 1)
-    if num_splits is None:
-        num_splits = choose_pipeline_splits(num_slots, bgs, stages, num_sms)
-    split_len, num_splits = _split_len(num_slots, num_splits, interpret)
-    parts = _partials(batch, num_heads, num_splits, rv_max, q.device)
-    split_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret, value_cols)
-    bounds = pipeline_bounds(num_splits, stages)
-    score_cap = max(1, (num_sms * PIPELINE_SCORE_PROGRAMS_PER_SM) // (bgs * head_splits))
-    v_cfg = val_cfg if interpret else PIPELINE_VALUE_CFG
-    main = side = None
-    if not interpret:
-        main, side = torch.cuda.current_stream(q.device), _side_stream(q.device)
-        side.wait_stream(main)  # inputs written, folded rows built
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        ctas = min(hi - lo, score_cap)
-        args = key_args[:-6] + [split_len, num_splits, lo, hi, ctas, head_splits]
-        _fold_scores_kernel[(bgs * head_splits * ctas,)](*args, **key_consts, **key_cfg)
-        if side is None:
-            _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts, v_cfg, lo, hi - lo)
-            continue
-        done = torch.cuda.Event()
-        done.record(main)
-        side.wait_event(done)
-        with torch.cuda.stream(side):
-            _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts, v_cfg, lo, hi - lo)
-    if side is not None:
-        main.wait_stream(side)  # tensors made on the current stream outlive the side stream's use of them
-    return parts
 
 
 # ------------------------------------------------------------------------------------------------

@@ -124,33 +124,14 @@ def test_interpreter_overlap_kernels(device, bits, fold_heads):
     check(case, device, num_splits=3, method="fold", overlap=True, fold_heads=fold_heads)
 
 
-@pytest.mark.parametrize("bits", [16, 4])
-@pytest.mark.parametrize("stages,num_splits", [(2, 5), (3, 3), (4, 2)])
-def test_interpreter_pipeline(device, bits, stages, num_splits):
-    """Pipelined fold (score chunks chunk0..chunk_end, value splits split0..) gives the same attention:
-    stages of unequal split counts, and more stages than splits (empty stages dropped)."""
-    case = Case(num_heads=4, num_kv_heads=4, group_size=2, num_slots=45, bits=bits, quant_group_size=16,
-                k_ranks=(32, 64), v_ranks=(64, 48), dtype=torch.float32)
-    inputs = make_inputs(case, device)
-    seq = latent_decode_attention(**inputs, method="fold", block_s=16, num_splits=num_splits)
-    out = latent_decode_attention(**inputs, method="fold", block_s=16, num_splits=num_splits, pipeline=stages)
-    torch.testing.assert_close(out, seq, rtol=0, atol=0)  # same splits, same merge: bitwise
-    assert rel_error(out, latent_decode_attention_ref(**inputs)) < tolerance(case.dtype, device)
-
-
-def test_pipeline_bounds_and_bad_values(device):
-    assert kernels.latent_attention.pipeline_bounds(5, 2) == [0, 2, 5]
-    assert kernels.latent_attention.pipeline_bounds(2, 4) == [0, 1, 2]
-    assert kernels.latent_attention.choose_pipeline_splits(65536, 8, 4, 132) == 4 * 17
+def test_fold_options_outside_the_fold_path_are_refused(device):
     inputs = make_inputs(Case(num_heads=4, num_kv_heads=4, group_size=2, dtype=torch.float32), device)
-    with pytest.raises(ValueError, match="int >= 2"):
-        latent_decode_attention(**inputs, method="fold", pipeline=1)
-    with pytest.raises(ValueError, match="pick one"):
-        latent_decode_attention(**inputs, method="fold", pipeline=2, overlap=True)
-    with pytest.raises(ValueError, match="fold path only"):
-        latent_decode_attention(**inputs, method="rope_qk", pipeline=2)
     with pytest.raises(ValueError, match="fold path only"):
         latent_decode_attention(**inputs, method="rope_qk", overlap=True)
+    with pytest.raises(ValueError, match="fold path only"):
+        latent_decode_attention(**inputs, method="single_pass", overlap=True)
+    with pytest.raises(ValueError, match="fold_heads applies"):
+        latent_decode_attention(**inputs, method="rope_qk", fold_heads=2)
 
 
 @pytest.mark.parametrize("fold_heads", [1, 2, 4])
@@ -450,39 +431,6 @@ def test_gpu_fold_overlap_matches_sequential(bits, num_slots):
     ref = latent_decode_attention_ref(**inputs)
     tol = tolerance(torch.float16, torch.device("cuda"))
     assert rel_error(seq, ref) < tol and rel_error(default, ref) < tol
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("bits", [16, 4])
-@pytest.mark.parametrize("num_slots,batch", [(777, 2), (20000, 1), (65536, 1)])
-@pytest.mark.parametrize("stages", [2, 4])
-def test_gpu_pipeline_matches_sequential(bits, num_slots, batch, stages, monkeypatch):
-    """The pipelined fold (values of stage i on a second stream beside the scores of stage i + 1)
-    gives, call after call, eager and replayed from a CUDA graph, exactly what the same launches give
-    on one stream (the side stream patched to be the current one). A missing event would show as a
-    moving error."""
-    case = Case(num_heads=32, num_kv_heads=32, head_dim=128, group_size=4, k_ranks=(128,) * 8, v_ranks=(384,) * 8,
-                num_slots=num_slots, batch=batch, bits=bits, num_quantized=num_slots - 64 if bits < 16 else None,
-                dtype=torch.float16)
-    inputs = make_inputs(case, torch.device("cuda"))
-    la = kernels.latent_attention
-    with monkeypatch.context() as m:
-        m.setattr(la, "_side_stream", lambda device: torch.cuda.current_stream(device))
-        seq = latent_decode_attention(**inputs, method="fold", pipeline=stages)
-    for _ in range(10):
-        out = latent_decode_attention(**inputs, method="fold", pipeline=stages)
-        torch.testing.assert_close(out, seq, rtol=0, atol=0)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        captured = latent_decode_attention(**inputs, method="fold", pipeline=stages)
-    for _ in range(10):
-        graph.replay()
-        torch.cuda.synchronize()
-        torch.testing.assert_close(captured, seq, rtol=0, atol=0)
-    ref = latent_decode_attention_ref(**inputs)
-    assert rel_error(seq, ref) < tolerance(torch.float16, torch.device("cuda"))
 
 
 @pytest.mark.gpu
