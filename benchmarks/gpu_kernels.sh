@@ -10,7 +10,8 @@
 #   sweep_single_pass  the same script: the single-pass kernel's variants (heads, block, stages, warps) vs the default
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
-#   smoke      the fold path with overlap on a small problem, under a time limit (a deadlock would hang)
+#   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
+#   tests_all  every GPU test, six pytest processes in parallel (logs tests_*.log)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
 #   tests2     the other GPU tests (quantization kernel, launch heuristics, backend agreement)
 #   tests3     generate() on the GPU: latent cache vs simulated (full-size) cache, same tokens
@@ -39,9 +40,6 @@ maxbatch)
 attention_quick)
   run python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 --palu --cuda_graph --reps 50 \
       --output_json "$OUT/attention_fp16_cudagraph.json"
-  ;;
-probe)
-  for n in 16384 65536; do run timeout 60 python3 benchmarks/overlap_probe.py $n; done
   ;;
 sweep)
   run timeout 300 python3 benchmarks/fold_heads_sweep.py "$OUT/fold_heads_sweep.json" heads
@@ -83,7 +81,20 @@ model)
       --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
   ;;
 smoke)
-  run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "fold_overlap or autotuned" || exit 1
+  run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "gpu_shapes and 128-fp16 or autotuned" || exit 1
+  ;;
+tests_all)  # all GPU tests as six pytest processes at once (compilation is CPU-bound): 138 in ~310 s (H200, 16 cores)
+  T="timeout 540 python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
+  L=tests/kernels/test_latent_attention.py
+  $T $L -k "gpu_shapes and fp16" > "$OUT/tests_shapes_fp16.log" 2>&1 &
+  $T $L -k "gpu_shapes and bf16" > "$OUT/tests_shapes_bf16.log" 2>&1 &
+  $T $L -k "gpu_quantized or autotuned" > "$OUT/tests_quantized.log" 2>&1 &
+  $T $L tests/kernels/test_quantize.py -k "gpu_options or gpu_single_pass or test_quantize" \
+      > "$OUT/tests_options_quantize.log" 2>&1 &
+  $T tests/test_backends_agree.py -k "64-1" > "$OUT/tests_backends_a.log" 2>&1 &
+  $T tests/test_backends_agree.py -k "128-2 or generate" > "$OUT/tests_backends_b.log" 2>&1 &
+  wait
+  for f in "$OUT"/tests_*.log; do echo "== $f"; tail -n 2 "$f"; done | tee -a "$LOG"
   ;;
 tests)  # the latent-attention sweep alone took more than 330 s on an H200 (fourth session): two parts
   run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_latent_attention.py -rf --durations=10

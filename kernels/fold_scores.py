@@ -17,10 +17,8 @@ The dots cost the same as the reconstruction when each KV head serves one query 
 they grow n_rep-fold, so the launcher uses this kernel for n_rep == 1 only.
 
 Scores go to a (B, H, S) fp32 buffer in log2 units (sm_scale * log2(e) folded into M). A program
-covers HP of the group's HG heads (two per program by default: two programs fit on an SM). After each
-chunk of slots it adds 1 to that chunk's flag (release); once all HG / HP programs have, the value kernel
-(:func:`kernels.latent_attention._softmax_v_wait_kernel`), running concurrently on another stream,
-can stream the chunk's value latents while later chunks are still being scored.
+covers HP of the group's HG heads (two per program by default: two programs fit on an SM). The value
+kernel runs after it (running the two concurrently measured slower: kernels/NOTES.md).
 """
 from __future__ import annotations
 
@@ -156,19 +154,17 @@ def _fold_scores_kernel(
     k_fp_ptr, k_fp_sb, k_fp_ss, k_codes_ptr, k_codes_sb, k_codes_ss,
     k_scale_ptr, k_scale_sb, k_scale_ss, k_zero_ptr, k_zero_sb, k_zero_ss,
     k_offsets_ptr, pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
-    scores_ptr, scores_sb, scores_sh, flags_ptr,
+    scores_ptr, scores_sb, scores_sh,
     num_quantized, num_slots, num_groups, batch_groups, chunk_len, num_chunks, ctas_per_bg, head_splits,
     HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, HG: tl.constexpr, HP: tl.constexpr, HD: tl.constexpr,
     RK_PAD: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr,
     QUANT_GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, CHAN_ALIGN: tl.constexpr,
-    VEC_QUANT: tl.constexpr, RAISE_FLAGS: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr,
+    VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Grid (batch_groups * head_splits * ctas_per_bg,): program p scores HP = HG / head_splits of the
     group's query heads, (b, g) = divmod(p % batch_groups, G), heads from (p // batch_groups) % head_splits,
-    for chunks p // (batch_groups * head_splits), + ctas_per_bg, ... of ``chunk_len`` slots; with
-    RAISE_FLAGS (overlap mode) adding 1 to flag (b*G + g, chunk) after each (the chunk is done when it
-    reaches head_splits). Its folded rows are
-    loaded once and stay in shared memory for all its chunks. HP < HG: smaller programs, more per SM, less
+    for chunks p // (batch_groups * head_splits), + ctas_per_bg, ... of ``chunk_len`` slots. Its folded
+    rows are loaded once and stay in shared memory for all its chunks. HP < HG: smaller programs, more per SM, less
     fold work each (short caches); HP = HG: cos/sin and the latent tile once for the whole group.
     rows/brows: :func:`_fold_rows_kernel`'s output, (B, G, HG * 2 * HALF_PAD, RK_PAD) and (B, G, HG * 2 *
     HALF_PAD); HD heads share a dot (:func:`kernels.latent_attention.fold_heads_per_dot`).
@@ -233,8 +229,4 @@ def _fold_scores_kernel(
                             VEC_QUANT, RK_PAD, HALF_PAD, INTERPRET, BLOCK_S, DTYPE)
                 pos = pos_next
                 qs, qo = nq
-        if RAISE_FLAGS:
-            # Every thread's score stores happen before the flag: a CTA barrier, then a gpu-scope release.
-            tl.debug_barrier()
-            tl.atomic_add(flags_ptr + bg * num_chunks + chunk, 1, sem="release", scope="gpu")
         chunk += ctas_per_bg

@@ -104,7 +104,7 @@ def _softmax_v_block(
     slots = start + tl.arange(0, BLOCK_S)
     slot_mask = slots < hi
     # Scores are already scaled by sm_scale * log2(e), left padding already -inf.
-    # .cg: scores come from another kernel that may run concurrently (fold path); never from a stale L1 line.
+    # .cg: scores are read once, from L2 (they were just written by the score kernel).
     s = tl.load(scores_rows + slots[None, :], mask=row_mask[:, None] & slot_mask[None, :], other=float("-inf"),
                 cache_modifier=".cg")
     # Value channels as two power-of-two column blocks (384 = 256 + 128) instead of one padded to 512.
@@ -229,48 +229,6 @@ def _softmax_v_split_kernel(
         HG, HG_PAD, RV1, RV2, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, CHAN_ALIGN, VEC_QUANT, INTERPRET,
         BLOCK_S,
     )
-
-
-@triton.jit
-def _softmax_v_wait_kernel(
-    scores_ptr, scores_sb, scores_sh,
-    v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
-    v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
-    v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, flags_ptr, flag_target,
-    num_heads, num_quantized, num_slots, split_len, num_splits, rv_max, num_groups, batch_groups,
-    HG: tl.constexpr, HG_PAD: tl.constexpr, RV1: tl.constexpr, RV2: tl.constexpr,
-    HAS_QUANT: tl.constexpr, HAS_FP: tl.constexpr, BITS: tl.constexpr, QUANT_GROUP: tl.constexpr,
-    HAS_ZERO: tl.constexpr, CHAN_ALIGN: tl.constexpr, VEC_QUANT: tl.constexpr, INTERPRET: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-):
-    """Persistent version of :func:`_softmax_v_split_kernel` that waits for its scores.
-
-    Program p handles items p, p + P, ... (P programs) of ``num_splits * batch_groups`` items in
-    split-major order, item = split * batch_groups + b * G + g: the order in which the score kernel
-    (:mod:`kernels.fold_scores`) finishes chunks. Before an item it spins on the item's flag
-    (acquire) until all ``flag_target`` score programs of the chunk have added theirs, so it may run
-    concurrently with the score kernel on another stream. The grid is at most one program per SM and
-    the score kernel never waits, so every flag eventually reaches its target.
-    """
-    num_items = num_splits * batch_groups
-    item = tl.program_id(0)
-    while item < num_items:
-        split = item // batch_groups
-        bg = item % batch_groups
-        g = bg % num_groups
-        b = (bg // num_groups).to(tl.int64)
-        while tl.atomic_add(flags_ptr + bg * num_splits + split, 0, sem="acquire", scope="gpu") < flag_target:
-            pass
-        _softmax_v_item(
-            split, g, b, 0, scores_ptr, scores_sb, scores_sh,
-            v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
-            v_scale_ptr, v_scale_sb, v_scale_ss, v_zero_ptr, v_zero_sb, v_zero_ss,
-            v_offsets_ptr, kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
-            num_heads, num_quantized, num_slots, split_len, num_splits, rv_max,
-            HG, HG_PAD, RV1, RV2, HAS_QUANT, HAS_FP, BITS, QUANT_GROUP, HAS_ZERO, CHAN_ALIGN, VEC_QUANT, INTERPRET,
-            BLOCK_S,
-        )
-        item += tl.num_programs(0)
 
 
 _softmax_v_split_tuned = triton.autotune(
@@ -545,7 +503,6 @@ def latent_decode_attention(
     num_splits: Optional[int] = None,
     block_s: Optional[int] = None,
     method: str = "auto",
-    overlap: Optional[bool] = None,
     fold_heads: Optional[int] = None,
     value_cols: "int | str" = "auto",
     out_dtype: torch.dtype = torch.float32,
@@ -571,11 +528,6 @@ def latent_decode_attention(
                  measured 2.5-2.8x slower than "fold", never chosen by "auto"), "rope_qk"
                  (keys reconstructed, :mod:`kernels.rope_qk`; any n_rep) or "auto" (fold where it
                  applies: n_rep == 1 and one head's folded matrices fit in shared memory).
-      overlap    fold only, EXPERIMENTAL (default False): score and value kernels run concurrently on
-                 two streams, synchronized per chunk of slots by flags, once both kernels are known to
-                 fit on one SM together. Passed its GPU tests, but one benchmark run hung with it (H200,
-                 64K slots, CUDA-graph timing; cause not found, kernels/NOTES.md). Off: the two kernels
-                 run one after the other on the current stream, where no wait can block.
       fold_heads fold only: query heads per score program (a divisor of gs * n_rep); default from
                  :func:`choose_fold_heads` (the most heads whose program fits twice on an SM).
       value_cols value channels per value-kernel program: a power of two >= 16, "all" (one program
@@ -645,9 +597,6 @@ def latent_decode_attention(
     # With GQA its dots grow n_rep-fold (each query head folds its own matrix): reconstruction there.
     fold_auto = n_rep == 1 and fold_fits
     uses_fold = method == "fold" or (method == "auto" and fold_auto)
-    if overlap and not uses_fold:
-        raise ValueError(f"overlap applies to the fold path only (method={method!r}, n_rep={n_rep}); "
-                         "use method='fold' with n_rep == 1, or leave it unset")
     if fold_heads is not None and not (uses_fold or method == "single_pass"):
         raise ValueError(f"fold_heads applies to the fold and single-pass paths only (method={method!r}, "
                          f"n_rep={n_rep}); leave it unset for the reconstruction kernel")
@@ -662,7 +611,7 @@ def latent_decode_attention(
     if uses_fold:
         return _fold_decode(
             q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
-            gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap, num_splits,
+            gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits,
             fold_heads, value_cols, out_dtype,
         )
     if num_splits is None:
@@ -706,11 +655,11 @@ def latent_decode_attention(
 
 
 # ------------------------------------------------------------------------------------------------
-# Fold path: folded-query score kernel and value kernel, concurrently, synchronized by chunk flags.
+# Fold path: folded-query score kernel, then the value kernel.
 # ------------------------------------------------------------------------------------------------
 
 FOLD_BLOCK_S = 64  # score kernel: slots per dot (wgmma M)
-FOLD_SMEM_BUDGET = 160 * 1024  # score kernel: folded matrices + two latent stages; leaves ~66 KB for the value kernel
+FOLD_SMEM_BUDGET = 160 * 1024  # score kernel: folded matrices + latent stages (choose_fold_heads measured within it)
 VALUE_BLOCK_S = 32  # value kernel beside it: two stages of 32 slots
 
 
@@ -770,40 +719,13 @@ def choose_fold_heads(heads_per_group: int, half_pad: int, rk_pad: int, elt: int
 
 
 def choose_fold_chunks(num_slots: int, batch_groups: int, num_sms: int) -> tuple[int, int]:
-    """(chunk_len, num_chunks): chunks of a multiple of MIN_SPLIT_LEN slots, about two value items
-    per SM in all (so both kernels' programs fill the GPU), at most MAX_SPLITS per sequence."""
+    """(chunk_len, num_chunks): the score kernel's chunks of a multiple of MIN_SPLIT_LEN slots, about
+    two per SM in all (its programs, up to two per SM, take chunks in turn), at most MAX_SPLITS per
+    sequence."""
     wanted = max(1, triton.cdiv(2 * num_sms, batch_groups))
     chunk_len = triton.cdiv(triton.cdiv(num_slots, wanted), MIN_SPLIT_LEN) * MIN_SPLIT_LEN
     chunk_len = max(chunk_len, triton.cdiv(triton.cdiv(num_slots, MAX_SPLITS), MIN_SPLIT_LEN) * MIN_SPLIT_LEN)
     return chunk_len, triton.cdiv(num_slots, chunk_len)
-
-
-_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
-_CO_RESIDENT: dict[tuple, bool] = {}  # (device, launch constexprs) -> both kernels fit on one SM together
-
-
-def _side_stream(device: torch.device) -> "torch.cuda.Stream":
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SIDE_STREAMS:
-        _SIDE_STREAMS[idx] = torch.cuda.Stream(device=idx)
-    return _SIDE_STREAMS[idx]
-
-
-def _fits_together(device: torch.device, kernels: list, warps: list[int]) -> bool:
-    """Whether one program of each compiled kernel fits on one SM at the same time (shared memory,
-    registers). The value kernel spins on flags the score kernel raises: with one value program per SM
-    resident, a score program must still find room, or the two kernels would wait on each other."""
-    props = torch.cuda.get_device_properties(device)
-    smem = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
-    regs = getattr(props, "regs_per_multiprocessor", 65536)
-    used_smem = used_regs = 0
-    for k, w in zip(kernels, warps):
-        if k is None:
-            return False
-        k._init_handles()
-        used_smem += int(k.metadata.shared) + 1024  # the driver reserves 1 KB per block
-        used_regs += triton.cdiv(int(k.n_regs), 8) * 8 * 32 * w
-    return used_smem <= smem and used_regs <= regs
 
 
 def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad, rk_pad) -> tuple:
@@ -831,8 +753,8 @@ def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, ha
 
 
 def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
-                 sm_scale, gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, overlap,
-                 num_splits, fold_heads, value_cols, out_dtype):
+                 sm_scale, gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits,
+                 fold_heads, value_cols, out_dtype):
     """latent_decode_attention through :mod:`kernels.fold_scores` (same arguments and result)."""
     from .fold_scores import _fold_scores_kernel
 
@@ -865,9 +787,6 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         key_cfg = dict(BLOCK_S=block_s or FOLD_BLOCK_S, num_warps=FOLD_WARPS, num_stages=stages)
         val_cfg = dict(BLOCK_S=block_s or VALUE_BLOCK_S, num_warps=4, num_stages=2)
 
-    # Flags exist for the waiting value kernel only (overlap); otherwise the score kernel never touches them.
-    flags = torch.zeros(bgs * num_chunks, dtype=torch.int32, device=device) if overlap else torch.empty(
-        1, dtype=torch.int32, device=device)
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
     has_bias = k_bias is not None
     rows, brows, brows_strides = _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad,
@@ -875,59 +794,29 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     key_args = [
         rows, rows.stride(0), rows.stride(1), brows, *brows_strides, *_view_args(k_latent, q), k_offsets,
         positions, positions.stride(0), kv_start, inv_freq,
-        scores, scores.stride(0), scores.stride(1), flags,
+        scores, scores.stride(0), scores.stride(1),
         num_quantized, num_slots, num_groups, bgs, chunk_len, num_chunks, ctas_per_bg, head_splits,
     ]
     key_consts = dict(
         HEAD_DIM=head_dim, HALF_PAD=half_pad, HG=hg, HP=fold_heads, HD=fold_heads_per_dot(fold_heads, half_pad),
         RK_PAD=rk_pad, HAS_ZERO=k_latent.zero is not None, HAS_BIAS=has_bias,
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
-        VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), RAISE_FLAGS=bool(overlap), INTERPRET=interpret,
+        VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), INTERPRET=interpret,
         **_quant_consts(k_latent),
     )
     key_grid = (bgs * head_splits * ctas_per_bg,)
-    if not overlap:
-        # One after the other on this stream. Values through the autotuned split kernel: measured 2x
-        # faster than the persistent one-program-per-SM wait kernel when it runs alone (H200, 64K:
-        # 97 vs 191 us), which cannot keep enough loads in flight. With all scores written first, its
-        # splits need not be the score chunks: chosen for the value kernel's own waves.
-        _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
-        if num_splits is None:
-            num_splits = _choose_value_splits(num_slots, bgs, rv_max, value_cols, num_sms)
-        split_len, num_splits = _split_len(num_slots, num_splits, interpret)
-        parts = _partials(batch, num_heads, num_splits, rv_max, device)
-        split_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret, value_cols)
-        _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
-                      val_cfg if interpret or block_s is not None else None)
-        return _merge(*parts, out_dtype)
-
-    # Overlap: the waiting kernel's items are the score chunks; it takes all value columns.
-    parts = _partials(batch, num_heads, num_chunks, rv_max, device)
-    val_args = [
-        scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
-        flags, head_splits, num_heads, num_quantized, num_slots, chunk_len, num_chunks, rv_max, num_groups, bgs,
-    ]
-    val_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret)
-    val_grid = (min(bgs * num_chunks, num_sms),)
-    fit_key = None
-    if not interpret:
-        fit_key = (device.index, tuple(sorted(key_consts.items())), tuple(sorted(val_consts.items())),
-                   tuple(sorted(key_cfg.items())), tuple(sorted(val_cfg.items())))
-    concurrent = fit_key is not None and _CO_RESIDENT.get(fit_key, False)
-    if fit_key in _CO_RESIDENT and not concurrent:
-        raise ValueError("overlap=True, but the score and value kernels do not fit on one SM together")
-    if concurrent:
-        side = _side_stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))  # flags zeroed, inputs written
-        _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
-        with torch.cuda.stream(side):
-            _softmax_v_wait_kernel[val_grid](*val_args, **val_consts, **val_cfg)
-        torch.cuda.current_stream(device).wait_stream(side)
-    else:  # first overlap call (or the interpreter): in sequence, learning whether both fit on one SM
-        kk = _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
-        vk = _softmax_v_wait_kernel[val_grid](*val_args, **val_consts, **val_cfg)
-        if fit_key is not None:
-            _CO_RESIDENT[fit_key] = _fits_together(device, [kk, vk], [key_cfg["num_warps"], val_cfg["num_warps"]])
+    # The two kernels one after the other on this stream: running them concurrently (a flag-waiting
+    # value kernel, or stages on two streams) measured slower, and the flag version could hang
+    # (kernels/NOTES.md, eighth session). With all scores written first, the value kernel's splits
+    # need not be the score chunks: chosen for its own waves.
+    _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
+    if num_splits is None:
+        num_splits = _choose_value_splits(num_slots, bgs, rv_max, value_cols, num_sms)
+    split_len, num_splits = _split_len(num_slots, num_splits, interpret)
+    parts = _partials(batch, num_heads, num_splits, rv_max, device)
+    split_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret, value_cols)
+    _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
+                  val_cfg if interpret or block_s is not None else None)
     return _merge(*parts, out_dtype)
 
 

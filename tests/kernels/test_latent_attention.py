@@ -114,22 +114,8 @@ def test_fold_and_reconstruction_agree_on_far_positions(device):
     assert rel_error(a, ref) < 1e-4 and rel_error(b, ref) < 1e-4
 
 
-@pytest.mark.parametrize("bits", [16, 4])
-@pytest.mark.parametrize("fold_heads", [None, 1])
-def test_interpreter_overlap_kernels(device, bits, fold_heads):
-    """The flag-waiting value kernel (overlap mode) computes what the split kernel does, also when
-    several score programs (one per head here) must all flag a chunk before its values are read."""
-    case = Case(num_heads=4, num_kv_heads=4, group_size=2, num_slots=45, bits=bits, quant_group_size=16,
-                k_ranks=(32, 64), v_ranks=(64, 48), dtype=torch.float32)
-    check(case, device, num_splits=3, method="fold", overlap=True, fold_heads=fold_heads)
-
-
-def test_fold_options_outside_the_fold_path_are_refused(device):
+def test_fold_heads_outside_the_fold_paths_is_refused(device):
     inputs = make_inputs(Case(num_heads=4, num_kv_heads=4, group_size=2, dtype=torch.float32), device)
-    with pytest.raises(ValueError, match="fold path only"):
-        latent_decode_attention(**inputs, method="rope_qk", overlap=True)
-    with pytest.raises(ValueError, match="fold path only"):
-        latent_decode_attention(**inputs, method="single_pass", overlap=True)
     with pytest.raises(ValueError, match="fold_heads applies"):
         latent_decode_attention(**inputs, method="rope_qk", fold_heads=2)
 
@@ -409,28 +395,6 @@ def test_gpu_single_pass(dtype, head_dim, group_size, fold_heads, bits):
         case = dataclasses.replace(base, num_slots=num_slots, num_quantized=num_slots * 3 // 4 if bits < 16 else None)
         for block_s in (None, 64):
             check(case, torch.device("cuda"), method="single_pass", fold_heads=fold_heads, block_s=block_s)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("bits", [16, 4])
-@pytest.mark.parametrize("num_slots", [777, 20000])
-def test_gpu_fold_overlap_matches_sequential(bits, num_slots):
-    """Score and value kernels on two streams (flags per chunk) give, call after call, exactly what the
-    same two kernels give one after the other (the first overlap call runs them in sequence): a race
-    would show as a moving error. The default path's value kernel differs (blocks, splits): tolerance."""
-    case = Case(num_heads=32, num_kv_heads=32, head_dim=128, group_size=4, k_ranks=(128,) * 8, v_ranks=(384,) * 8,
-                num_slots=num_slots, batch=2, bits=bits, num_quantized=num_slots - 64 if bits < 16 else None,
-                dtype=torch.float16)
-    inputs = make_inputs(case, torch.device("cuda"))
-    kernels.latent_attention._CO_RESIDENT.clear()
-    seq = latent_decode_attention(**inputs, overlap=True)  # in sequence: learns whether both fit together
-    for _ in range(20):
-        out = latent_decode_attention(**inputs, overlap=True)
-        torch.testing.assert_close(out, seq, rtol=0, atol=0)
-    default = latent_decode_attention(**inputs)
-    ref = latent_decode_attention_ref(**inputs)
-    tol = tolerance(torch.float16, torch.device("cuda"))
-    assert rel_error(seq, ref) < tol and rel_error(default, ref) < tol
 
 
 @pytest.mark.gpu
