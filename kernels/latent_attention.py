@@ -528,8 +528,9 @@ def latent_decode_attention(
                  measured 2.5-2.8x slower than "fold", never chosen by "auto"), "rope_qk"
                  (keys reconstructed, :mod:`kernels.rope_qk`; any n_rep) or "auto" (fold where it
                  applies: n_rep == 1 and one head's folded matrices fit in shared memory).
-      fold_heads fold only: query heads per score program (a divisor of gs * n_rep); default from
-                 :func:`choose_fold_heads` (the most heads whose program fits twice on an SM).
+      fold_heads fold and single_pass only (a ValueError elsewhere): query heads per score program (a
+                 divisor of gs * n_rep); default from :func:`choose_fold_heads` (the most heads whose
+                 program fits twice on an SM).
       value_cols value channels per value-kernel program: a power of two >= 16, "all" (one program
                  per group and split) or "auto" (all: measured fastest, see VALUE_COLS_BLOCK).
       out_dtype  dtype of z (the merge writes it directly; fp32 by default).
