@@ -435,9 +435,8 @@ def _choose_value_splits(num_slots: int, batch_groups: int, rv_max: int, value_c
 
 def _value_consts(v_latent: LatentView, v_off_host: list[int], heads_per_group: int, rv_max: int,
                   interpret: bool, value_cols: Optional[int] = None) -> dict:
-    """Constexprs of both value kernels (split and waiting); ``value_cols`` (a power of two >= 16)
-    channels per program (checked by latent_decode_attention), else all of rv_max (the waiting kernel
-    always takes all)."""
+    """Constexprs of the split value kernel; ``value_cols`` (a power of two >= 16) channels per program
+    (checked by latent_decode_attention), else all of rv_max."""
     if value_cols is not None:
         rv1, rv2 = min(value_cols, _pad(rv_max)), 0
     else:
@@ -453,6 +452,14 @@ def _partials(batch: int, num_heads: int, num_splits: int, rv_max: int, device: 
     part_m = torch.empty(batch, num_heads, num_splits, dtype=torch.float32, device=device)
     part_acc = torch.empty(batch, num_heads, num_splits, rv_max, dtype=torch.float32, device=device)
     return part_m, torch.empty_like(part_m), part_acc
+
+
+def _fixed_config(interpret: bool, block_s: Optional[int]) -> Optional[dict]:
+    """The launch config that replaces autotuning (4 warps, ``block_s`` slots per block, 16 in the
+    interpreter), or None when the kernel is autotuned (on a GPU without a given block_s)."""
+    if not interpret and block_s is None:
+        return None
+    return dict(BLOCK_S=block_s or 16, num_warps=4, num_stages=1 if interpret else 2)
 
 
 def _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, consts, fixed) -> None:
@@ -620,11 +627,10 @@ def latent_decode_attention(
     split_len, num_splits = _split_len(num_slots, num_splits, interpret)
 
     quant = _quant_consts(k_latent)
-    fixed = dict(num_warps=4, num_stages=1 if interpret else 2)
-    if interpret or block_s is not None:
-        fixed["BLOCK_S"] = block_s or 16
+    fixed = _fixed_config(interpret, block_s)
 
-    slots_per_program = choose_slots_per_program(num_slots, gs * batch * num_groups, num_sms, fixed.get("BLOCK_S"))
+    slots_per_program = choose_slots_per_program(num_slots, gs * batch * num_groups, num_sms,
+                                                 None if fixed is None else fixed["BLOCK_S"])
     # 1. Scores (B, H, S) fp32 in log2 units: sm_scale * log2(e) * q . RoPE(k_up @ latent_k).
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
     rope_args = [
@@ -642,7 +648,7 @@ def latent_decode_attention(
         VEC_QUANT=_words_aligned(k_latent, k_off_host, [_pad(max(k_ranks))]), INTERPRET=interpret, **quant,
     )
     rope_grid = (gs, triton.cdiv(num_slots, slots_per_program), batch * num_groups)
-    if "BLOCK_S" in fixed:
+    if fixed is not None:
         _rope_qk_kernel[rope_grid](*rope_args, **rope_consts, **fixed)
     else:
         rope_qk_tuned[rope_grid](*rope_args, **rope_consts)
@@ -651,7 +657,7 @@ def latent_decode_attention(
     parts = _partials(batch, num_heads, num_splits, rv_max, device)
     consts = _value_consts(v_latent, v_off_host, gs * n_rep, rv_max, interpret, value_cols)
     _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, consts,
-                  fixed if "BLOCK_S" in fixed else None)
+                  fixed)
     return _merge(*parts, out_dtype)
 
 
@@ -661,7 +667,6 @@ def latent_decode_attention(
 
 FOLD_BLOCK_S = 64  # score kernel: slots per dot (wgmma M)
 FOLD_SMEM_BUDGET = 160 * 1024  # score kernel: folded matrices + latent stages (choose_fold_heads measured within it)
-VALUE_BLOCK_S = 32  # value kernel beside it: two stages of 32 slots
 
 
 def fold_shared_bytes(heads_per_group: int, half_pad: int, rk_pad: int, elt: int, stages: int = 2) -> int:
@@ -783,10 +788,8 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     ctas_per_bg = max(1, min(num_chunks, (num_sms * per_sm) // (bgs * head_splits)))
     if interpret:
         key_cfg = dict(BLOCK_S=block_s or 16, num_warps=4, num_stages=1)
-        val_cfg = dict(BLOCK_S=block_s or 16, num_warps=4, num_stages=1)
     else:
         key_cfg = dict(BLOCK_S=block_s or FOLD_BLOCK_S, num_warps=FOLD_WARPS, num_stages=stages)
-        val_cfg = dict(BLOCK_S=block_s or VALUE_BLOCK_S, num_warps=4, num_stages=2)
 
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
     has_bias = k_bias is not None
@@ -802,8 +805,7 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         HEAD_DIM=head_dim, HALF_PAD=half_pad, HG=hg, HP=fold_heads, HD=fold_heads_per_dot(fold_heads, half_pad),
         RK_PAD=rk_pad, HAS_ZERO=k_latent.zero is not None, HAS_BIAS=has_bias,
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
-        VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), INTERPRET=interpret,
-        **_quant_consts(k_latent),
+        VEC_QUANT=_words_aligned(k_latent, k_off_host, [rk_pad]), INTERPRET=interpret, **_quant_consts(k_latent),
     )
     key_grid = (bgs * head_splits * ctas_per_bg,)
     # The two kernels one after the other on this stream: running them concurrently (a flag-waiting
@@ -817,7 +819,7 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     parts = _partials(batch, num_heads, num_splits, rv_max, device)
     split_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret, value_cols)
     _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
-                  val_cfg if interpret or block_s is not None else None)
+                  _fixed_config(interpret, block_s))
     return _merge(*parts, out_dtype)
 
 
