@@ -4,10 +4,11 @@ For each (length, batch, bits): CUDA-graph time of the whole decode call with fo
 (and 8 warps for 1 and 4), with method="rope_qk" and the default, plus each variant's score-kernel
 time (torch profiler); "tiles": stages and slots per tile of the default program; "value_cols": value
 channels per value-kernel program. The data behind choose_fold_heads, FOLD_STAGES, value_cols="auto"
-and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass kernel's variants.
+and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass kernel's variants;
+"ws": the warp-specialized Gluon score kernel (kernels.fold_scores_ws) against the Triton one.
 Usage (CUDA machine, repo root):
   PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json \
-      [heads|tiles|value_cols|default|reconstruction|single_pass] [seq,batch,bits;...]
+      [heads|tiles|value_cols|default|reconstruction|single_pass|ws] [seq,batch,bits;...]
 """
 import dataclasses
 import json
@@ -25,9 +26,10 @@ SHAPES = [(4096, 1, 16), (8192, 1, 16), (16384, 1, 16), (32768, 1, 16), (65536, 
 # name -> (latent_decode_attention kwargs, kernels.latent_attention module constants for the run)
 VARIANT_SETS = {
     "heads": {
-        **{f"fold_heads={h}": (dict(method="fold", fold_heads=h), {}) for h in (1, 2, 4)},
-        "fold_heads=4,warps=8": (dict(method="fold", fold_heads=4), dict(FOLD_WARPS=8)),
-        "fold_heads=1,warps=8": (dict(method="fold", fold_heads=1), dict(FOLD_WARPS=8)),
+        # the Triton score kernel's variants (warp_specialized=False: on sm_90 the default is the Gluon one)
+        **{f"fold_heads={h}": (dict(method="fold", fold_heads=h, warp_specialized=False), {}) for h in (1, 2, 4)},
+        "fold_heads=4,warps=8": (dict(method="fold", fold_heads=4, warp_specialized=False), dict(FOLD_WARPS=8)),
+        "fold_heads=1,warps=8": (dict(method="fold", fold_heads=1, warp_specialized=False), dict(FOLD_WARPS=8)),
         "rope_qk": (dict(method="rope_qk"), {}),
         "auto": ({}, {}),
     },
@@ -43,15 +45,34 @@ VARIANT_SETS = {
         "single_pass,hp=2,block=64": (dict(method="single_pass", fold_heads=2), dict(SINGLE_PASS_BLOCK_S=64)),
         "single_pass,hp=1,warps=4": (dict(method="single_pass", fold_heads=1), dict(SINGLE_PASS_WARPS=4)),
     },
+    "ws": {  # the warp-specialized Gluon score kernel (kernels.fold_scores_ws) against the Triton one
+        "triton": (dict(method="fold", warp_specialized=False), {}),
+        "gluon": (dict(method="fold", warp_specialized=True), {}),
+        "gluon,stages=6": (dict(method="fold", warp_specialized=True), {"ws.WS_STAGES": 6}),
+        "gluon,hp=4,stages=4": (dict(method="fold", warp_specialized=True), {"ws.WS_FOLD_COLS": 512}),
+        "gluon,hp=4,stages=5": (dict(method="fold", warp_specialized=True),
+                                {"ws.WS_STAGES": 5, "ws.WS_FOLD_COLS": 512}),
+        "gluon,hp=4,stages=5,late_trig": (dict(method="fold", warp_specialized=True),
+                                          {"ws.WS_STAGES": 5, "ws.WS_FOLD_COLS": 512, "ws.WS_EARLY_TRIG": False}),
+    },
     "default": {"auto": ({}, {})},  # the shipped configuration alone (A/B runs of two source trees)
     "reconstruction": {"rope_qk": (dict(method="rope_qk"), {})},  # the GQA path alone, likewise
-    "tiles": {  # two heads per program (the default): latent tiles in flight and slots per tile
+    "tiles": {  # the Triton score kernel, two heads per program: latent tiles in flight and slots per tile
         "auto": ({}, {}),
-        "stages=3": ({}, dict(FOLD_STAGES=3)),
-        "block=128,stages=1": ({}, dict(FOLD_BLOCK_S=128, FOLD_STAGES=1)),
-        "block=32,stages=4": ({}, dict(FOLD_BLOCK_S=32, FOLD_STAGES=4)),
+        "triton": (dict(warp_specialized=False), {}),
+        "stages=3": (dict(warp_specialized=False), dict(FOLD_STAGES=3)),
+        "block=128,stages=1": (dict(warp_specialized=False), dict(FOLD_BLOCK_S=128, FOLD_STAGES=1)),
+        "block=32,stages=4": (dict(warp_specialized=False), dict(FOLD_BLOCK_S=32, FOLD_STAGES=4)),
     },
 }
+
+
+def _target(name: str) -> tuple:
+    """(module, attribute) of a variant constant: "ws.X" is kernels.fold_scores_ws.X, else kernels.latent_attention."""
+    if name.startswith("ws."):
+        import kernels.fold_scores_ws as ws
+        return ws, name[3:]
+    return la, name
 
 
 def main() -> int:
@@ -63,6 +84,7 @@ def main() -> int:
         "single_pass": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (4096, 8, 16),
                   (65536, 1, 4), (4096, 1, 4)],
         "default": [(4096, 1, 16), (65536, 1, 16), (65536, 8, 16), (4096, 8, 16), (65536, 1, 4)],
+        "ws": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (4096, 8, 16)],
         "reconstruction": [(4096, 1, 16), (65536, 1, 16), (65536, 1, 4)],
         "tiles": [(4096, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (65536, 1, 4)],
         "value_cols": [(4096, 1, 4), (65536, 1, 4), (65536, 8, 4), (4096, 1, 16), (65536, 1, 16), (65536, 8, 16)],
@@ -77,9 +99,9 @@ def main() -> int:
         row = {"seq_len": seq_len, "batch": batch, "bits": bits, "variants": {}}
         check = latent_decode_attention(**problems[0], method="rope_qk")  # each variant must agree with it
         for name, (kw, consts) in VARIANT_SETS[variant_set].items():
-            saved = {k: getattr(la, k) for k in consts}
+            saved = {k: getattr(*_target(k)) for k in consts}
             for k, v in consts.items():
-                setattr(la, k, v)
+                setattr(*_target(k), v)
             try:
                 us = _bench([lambda p=p: latent_decode_attention(**p, **kw) for p in problems]) * 1e3
                 parts = kernel_breakdown(lambda: latent_decode_attention(**problems[0], **kw))
@@ -95,7 +117,7 @@ def main() -> int:
                 print(f"S={seq_len} B={batch} bits={bits} {name}: {us:.1f} us (score kernel {score:.1f}, "
                       f"rel err vs rope_qk {err:.1e})", flush=True)
             for k, v in saved.items():
-                setattr(la, k, v)
+                setattr(*_target(k), v)
         rows.append(row)
         del problems
         torch.cuda.empty_cache()

@@ -18,7 +18,8 @@ they grow n_rep-fold, so the launcher uses this kernel for n_rep == 1 only.
 
 Scores go to a (B, H, S) fp32 buffer in log2 units (sm_scale * log2(e) folded into M). A program
 covers HP of the group's HG heads (two per program by default: two programs fit on an SM). The value
-kernel runs after it (running the two concurrently measured slower: kernels/NOTES.md).
+kernel runs after it (running the two concurrently measured slower: kernels/NOTES.md). On sm_90 with
+plain fp16/bf16 latents the warp-specialized Gluon version (:mod:`kernels.fold_scores_ws`) replaces it.
 """
 from __future__ import annotations
 
@@ -87,11 +88,12 @@ def _fold_rows_kernel(
     q_ptr, q_sb, q_sh, up_ptr, up_sg, up_sr, k_offsets_ptr, bias_ptr, rows_ptr, rows_sb, rows_sg,
     brows_ptr, brows_sb, brows_sg, score_scale, num_groups,
     HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, HG: tl.constexpr, N_REP: tl.constexpr,
-    RK_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+    RK_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVE: tl.constexpr = False,
 ):
     """Grid (B * G * HG,): the folded rows of one query head (b, g, local head t), written to
     rows[b, g, t * 2 * HALF_PAD + c * HALF_PAD + i, :RK_PAD] = Mc[i] (c = 0) or Ms[i] (c = 1) in the
-    query's dtype (zero past the head's D/2 frequencies and the group's rank); with a key bias, its
+    query's dtype (zero past the head's D/2 frequencies and the group's rank), or with INTERLEAVE to
+    row t * 2 * HALF_PAD + 2 * i + c (:mod:`kernels.fold_scores_ws`); with a key bias, its
     fold to brows[b, g, same row] (fp32). Built once per decode call and loaded by each score program
     with wide loads: built inside each program, its fp32 temporaries spilled (score kernel 20.0 vs
     15.7 us at 4K, H200), or, stacked by joins, were stored to shared memory two bytes at a time
@@ -115,9 +117,16 @@ def _fold_rows_kernel(
     u_rows = g.to(tl.int64) * up_sg + (jl * HEAD_DIM + half_idx).to(tl.int64)[:, None] * up_sr + r_idx[None, :]
     u1 = tl.load(up_ptr + u_rows, mask=up_mask, other=0.0).to(tl.float32)  # rows i of U_j
     u2 = tl.load(up_ptr + u_rows + HALF * up_sr, mask=up_mask, other=0.0).to(tl.float32)  # rows i + D/2
-    out = rows_ptr + b * rows_sb + g * rows_sg + (t * 2 * HALF_PAD + half_idx)[:, None] * RK_PAD + r_idx[None, :]
+    if INTERLEAVE:
+        mc_row = t * 2 * HALF_PAD + 2 * half_idx
+        ms_step = RK_PAD
+    else:
+        mc_row = t * 2 * HALF_PAD + half_idx
+        ms_step = HALF_PAD * RK_PAD
+    out = rows_ptr + b * rows_sb + g * rows_sg + mc_row[:, None] * RK_PAD + r_idx[None, :]
     tl.store(out, (q1[:, None] * u1 + q2[:, None] * u2).to(DTYPE))  # Mc = q1 U[i] + q2 U[i + D/2]
-    tl.store(out + HALF_PAD * RK_PAD, (q2[:, None] * u1 - q1[:, None] * u2).to(DTYPE))  # Ms = q2 U[i] - q1 U[i + D/2]
+    tl.store(out + ms_step, (q2[:, None] * u1 - q1[:, None] * u2).to(DTYPE))  # Ms = q2 U[i] - q1 U[i + D/2]
+    tl.static_assert(not (INTERLEAVE and HAS_BIAS), "interleaved rows are built for the bias-free Gluon kernel")
     if HAS_BIAS:  # the key bias rotates too: the same fold of q with the bias vector
         bias = bias_ptr + (g * GS + jl) * HEAD_DIM + half_idx
         b1 = tl.load(bias, mask=half_mask, other=0.0).to(tl.float32)

@@ -512,6 +512,7 @@ def latent_decode_attention(
     method: str = "auto",
     fold_heads: Optional[int] = None,
     value_cols: "int | str" = "auto",
+    warp_specialized: Optional[bool] = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Decode attention of one new token over latent keys/values; returns z (B, H, rv_max) in out_dtype.
@@ -530,16 +531,22 @@ def latent_decode_attention(
       k_bias     optional (H_kv*D,) key bias added before RoPE.
       num_splits optional override of the number of splits of the slot axis (tests, benchmarks).
       block_s    optional fixed slots per block (skips autotuning; tests compile fewer variants).
-      method     "fold" (queries folded into k_up, :mod:`kernels.fold_scores`; n_rep == 1), "single_pass"
+      method     "fold" (queries folded into k_up, :mod:`kernels.fold_scores`, or on sm_90 with plain
+                 latents :mod:`kernels.fold_scores_ws`: see warp_specialized; n_rep == 1), "single_pass"
                  (the fold, softmax and value stream in one loop, :mod:`kernels.single_pass`; n_rep == 1;
                  measured 2.5-2.8x slower than "fold", never chosen by "auto"), "rope_qk"
                  (keys reconstructed, :mod:`kernels.rope_qk`; any n_rep) or "auto" (fold where it
                  applies: n_rep == 1 and one head's folded matrices fit in shared memory).
       fold_heads fold and single_pass only (a ValueError elsewhere): query heads per score program (a
                  divisor of gs * n_rep); default from :func:`choose_fold_heads` (the most heads whose
-                 program fits twice on an SM).
+                 program fits twice on an SM), or for the Gluon score kernel from
+                 :func:`kernels.fold_scores_ws.ws_fold_heads`.
       value_cols value channels per value-kernel program: a power of two >= 16, "all" (one program
                  per group and split) or "auto" (all: measured fastest, see VALUE_COLS_BLOCK).
+      warp_specialized  fold only: scores from the warp-specialized Gluon kernel (:mod:`kernels.fold_scores_ws`;
+                 sm_90, fp16/bf16 plain latents, equal key ranks, no key bias); True forces it (a ValueError
+                 naming what does not fit), False keeps the Triton kernel, None (auto) uses it where it applies
+                 (measured faster at every shape: WS_AUTO there).
       out_dtype  dtype of z (the merge writes it directly; fp32 by default).
 
     Query head h reads KV head h // (H // H_kv) of group (h // (H // H_kv)) // gs. Output column
@@ -605,6 +612,8 @@ def latent_decode_attention(
     # With GQA its dots grow n_rep-fold (each query head folds its own matrix): reconstruction there.
     fold_auto = n_rep == 1 and fold_fits
     uses_fold = method == "fold" or (method == "auto" and fold_auto)
+    if warp_specialized and not uses_fold:
+        raise ValueError(f"warp_specialized applies to the fold path only (method={method!r}, n_rep={n_rep})")
     if fold_heads is not None and not (uses_fold or method == "single_pass"):
         raise ValueError(f"fold_heads applies to the fold and single-pass paths only (method={method!r}, "
                          f"n_rep={n_rep}); leave it unset for the reconstruction kernel")
@@ -620,7 +629,7 @@ def latent_decode_attention(
         return _fold_decode(
             q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
             gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits,
-            fold_heads, value_cols, out_dtype,
+            fold_heads, value_cols, warp_specialized, out_dtype,
         )
     if num_splits is None:
         num_splits = _choose_value_splits(num_slots, batch * num_groups, rv_max, value_cols, num_sms)
@@ -734,7 +743,8 @@ def choose_fold_chunks(num_slots: int, batch_groups: int, num_sms: int) -> tuple
     return chunk_len, triton.cdiv(num_slots, chunk_len)
 
 
-def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad, rk_pad) -> tuple:
+def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad, rk_pad,
+                 interleave=False) -> tuple:
     """(rows, brows, brows strides (b, g)): the folded query rows of every head, once per call
     (:func:`kernels.fold_scores._fold_rows_kernel`; read by all score programs of their (b, g)),
     (B, G, HG * 2 * half_pad, rk_pad) in q's dtype, and the folded key bias (B, G, HG * 2 * half_pad)
@@ -753,16 +763,30 @@ def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, ha
         q, q.stride(0), q.stride(1), k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if has_bias else q,
         rows, rows.stride(0), rows.stride(1), brows, *brows_strides, float(sm_scale) * LOG2E * float(rope_scale),
         num_groups, HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, HAS_BIAS=has_bias,
-        num_warps=4,
+        INTERLEAVE=interleave, num_warps=4,
     )
     return rows, brows, brows_strides
 
 
 def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
                  sm_scale, gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits,
-                 fold_heads, value_cols, out_dtype):
+                 fold_heads, value_cols, warp_specialized, out_dtype):
     """latent_decode_attention through :mod:`kernels.fold_scores` (same arguments and result)."""
     from .fold_scores import _fold_scores_kernel
+
+    if warp_specialized is not False and not interpret:
+        from . import fold_scores_ws as ws
+
+        why = ws.ws_unsupported(q, k_latent.fp, k_latent.num_quantized, _group_ranks(k_off_host), n_rep,
+                                k_bias is not None)
+        if warp_specialized and why:
+            raise ValueError(f"warp_specialized=True: the Gluon score kernel does not apply: {why}")
+        if not why and (warp_specialized or ws.WS_AUTO):
+            return _fold_decode_ws(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq,
+                                   rope_scale, sm_scale, gs, k_off_host, v_off_host, num_sms, block_s, num_splits,
+                                   fold_heads, value_cols, out_dtype)
+    elif warp_specialized:
+        raise ValueError("warp_specialized=True needs an sm_90 GPU; the interpreter does not run Gluon kernels")
 
     batch, num_heads, head_dim = q.shape
     num_groups = k_up.shape[0]
@@ -820,6 +844,32 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     split_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret, value_cols)
     _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
                   _fixed_config(interpret, block_s))
+    return _merge(*parts, out_dtype)
+
+
+def _fold_decode_ws(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
+                    sm_scale, gs, k_off_host, v_off_host, num_sms, block_s, num_splits, fold_heads, value_cols,
+                    out_dtype):
+    """The fold path with its scores from :mod:`kernels.fold_scores_ws` (n_rep == 1, checked by the caller);
+    the value kernel and the merge are the fold path's."""
+    from .fold_scores_ws import ws_fold_heads, ws_fold_scores
+
+    batch, num_heads, head_dim = q.shape
+    num_groups = k_up.shape[0]
+    num_slots = k_latent.num_fp
+    rank, rv_max = _group_ranks(k_off_host)[0], max(_group_ranks(v_off_host))
+    fold_heads = ws_fold_heads(gs, head_dim, rank, q.element_size(), fold_heads)
+    rows, _, _ = _folded_rows(q, k_up, k_offsets, None, sm_scale, rope_scale, gs, 1, head_dim // 2, rank,
+                              interleave=True)
+    scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=q.device)
+    ws_fold_scores(rows, k_latent.fp, positions, kv_start, inv_freq, scores, rank, gs, fold_heads, num_sms)
+    if num_splits is None:
+        num_splits = _choose_value_splits(num_slots, batch * num_groups, rv_max, value_cols, num_sms)
+    split_len, num_splits = _split_len(num_slots, num_splits, False)
+    parts = _partials(batch, num_heads, num_splits, rv_max, q.device)
+    split_consts = _value_consts(v_latent, v_off_host, gs, rv_max, False, value_cols)
+    _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
+                  _fixed_config(False, block_s))
     return _merge(*parts, out_dtype)
 
 
