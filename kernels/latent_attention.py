@@ -793,7 +793,7 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     device = q.device
     num_quantized, num_fp = k_latent.num_quantized, k_latent.num_fp
     num_slots = num_quantized + num_fp
-    k_ranks, rv_max = _group_ranks(k_off_host), max(_group_ranks(v_off_host))
+    k_ranks = _group_ranks(k_off_host)
     hg, bgs = gs * n_rep, batch * num_groups
     if num_splits is not None:  # tests: a given number of chunks
         chunk_len = triton.cdiv(num_slots, num_splits)
@@ -837,10 +837,20 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     # (kernels/NOTES.md, eighth session). With all scores written first, the value kernel's splits
     # need not be the score chunks: chosen for its own waves.
     _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
+    return _fold_values(q, scores, v_latent, v_offsets, v_off_host, kv_start, num_groups, hg, num_sms, interpret,
+                        block_s, num_splits, value_cols, out_dtype)
+
+
+def _fold_values(q, scores, v_latent, v_offsets, v_off_host, kv_start, num_groups, hg, num_sms, interpret, block_s,
+                 num_splits, value_cols, out_dtype):
+    """The fold paths' second half: online softmax and p @ latent_v over the written scores (B, H, S),
+    in splits chosen for the value kernel's own waves, then the merge; returns z (B, H, rv_max)."""
+    batch, num_heads, num_slots = scores.shape
+    rv_max = max(_group_ranks(v_off_host))
     if num_splits is None:
-        num_splits = _choose_value_splits(num_slots, bgs, rv_max, value_cols, num_sms)
+        num_splits = _choose_value_splits(num_slots, batch * num_groups, rv_max, value_cols, num_sms)
     split_len, num_splits = _split_len(num_slots, num_splits, interpret)
-    parts = _partials(batch, num_heads, num_splits, rv_max, device)
+    parts = _partials(batch, num_heads, num_splits, rv_max, q.device)
     split_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret, value_cols)
     _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
                   _fixed_config(interpret, block_s))
@@ -857,20 +867,15 @@ def _fold_decode_ws(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions
     batch, num_heads, head_dim = q.shape
     num_groups = k_up.shape[0]
     num_slots = k_latent.num_fp
-    rank, rv_max = _group_ranks(k_off_host)[0], max(_group_ranks(v_off_host))
+    rank = _group_ranks(k_off_host)[0]
     fold_heads = ws_fold_heads(gs, head_dim, rank, q.element_size(), fold_heads)
     rows, _, _ = _folded_rows(q, k_up, k_offsets, None, sm_scale, rope_scale, gs, 1, head_dim // 2, rank,
                               interleave=True)
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=q.device)
     ws_fold_scores(rows, k_latent.fp, positions, kv_start, inv_freq, scores, rank, gs, fold_heads, num_sms)
-    if num_splits is None:
-        num_splits = _choose_value_splits(num_slots, batch * num_groups, rv_max, value_cols, num_sms)
-    split_len, num_splits = _split_len(num_slots, num_splits, False)
-    parts = _partials(batch, num_heads, num_splits, rv_max, q.device)
-    split_consts = _value_consts(v_latent, v_off_host, gs, rv_max, False, value_cols)
-    _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
-                  _fixed_config(False, block_s))
-    return _merge(*parts, out_dtype)
+    # The interpreter flag reaches here only from tests that stand in a torch version for the Gluon kernel.
+    return _fold_values(q, scores, v_latent, v_offsets, v_off_host, kv_start, num_groups, gs, num_sms, _interpreting(),
+                        block_s, num_splits, value_cols, out_dtype)
 
 
 # ------------------------------------------------------------------------------------------------

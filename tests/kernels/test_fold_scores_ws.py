@@ -151,3 +151,38 @@ def test_gpu_warp_specialized_matches_triton_scores():
     a = latent_decode_attention(**inputs, warp_specialized=True)
     b = latent_decode_attention(**inputs, warp_specialized=False)
     assert ((a - b).norm() / b.norm()).item() < 1e-4
+
+
+def _scores_from_interleaved_rows(rows, k_fp, positions, kv_start, inv_freq, scores, rank, heads_per_group,
+                                  fold_heads, num_sms):
+    """What the Gluon kernel computes, in torch (it cannot run here): per head t of group g, score =
+    sum_i cos(a_i) (rows[2i] . x) + sin(a_i) (rows[2i + 1] . x), -inf before kv_start."""
+    b, s, _ = k_fp.shape
+    groups = rows.shape[1]
+    half = inv_freq.shape[0]
+    x = k_fp.float().view(b, s, groups, rank)
+    r = rows.float().view(b, groups, heads_per_group, half, 2, rank)
+    y = torch.einsum("bsgr,bgtihr->bgtsih", x, r)  # (B, G, HG, S, D/2, [cos, sin] term)
+    angle = positions.float()[:, None, None, :, None] * inv_freq
+    out = (y[..., 0] * torch.cos(angle) + y[..., 1] * torch.sin(angle)).sum(-1)  # (B, G, HG, S)
+    out = out.masked_fill(torch.arange(s)[None, None, None, :] < kv_start[:, None, None, None], float("-inf"))
+    scores.copy_(out.reshape(b, groups * heads_per_group, s))
+
+
+def test_gluon_path_wiring_with_a_torch_stand_in(device, monkeypatch):
+    """_fold_decode_ws (interleaved rows, fold_heads choice, the value kernel and the merge) against the
+    reference, with the GPU-only score kernel replaced by its torch equivalent."""
+    import kernels.latent_attention as la
+    from kernels.reference import latent_decode_attention_ref
+    from tests.kernels.latent_cases import rel_error, tolerance
+
+    monkeypatch.setattr(ws, "ws_fold_scores", _scores_from_interleaved_rows)
+    case = Case(num_heads=8, num_kv_heads=8, head_dim=64, group_size=4, k_ranks=(32, 32), v_ranks=(24, 40),
+                num_slots=45, batch=2, dtype=torch.float32)
+    p = make_inputs(case, device)
+    k_off, v_off = p["k_offsets"].tolist(), p["v_offsets"].tolist()
+    out = la._fold_decode_ws(p["q"], p["k_latent"], p["v_latent"], p["k_up"], p["k_offsets"], p["v_offsets"],
+                             p["positions"], p["kv_start"], p["inv_freq"], p["rope_scale"], p["sm_scale"], 4, k_off,
+                             v_off, 4, 16, 2, None, None, torch.float32)
+    ref = latent_decode_attention_ref(**p)
+    assert rel_error(out, ref) < tolerance(case.dtype, device)
