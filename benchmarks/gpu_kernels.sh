@@ -83,7 +83,7 @@ model)
 smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "gpu_shapes and 128-fp16 or autotuned" || exit 1
   ;;
-tests_all)  # all GPU tests as seven pytest processes at once (compilation is CPU-bound): 138 in ~310 s (H200, 16 cores)
+tests_all)  # all GPU tests as seven pytest processes at once (compilation is CPU-bound): 161 in ~250 s (H200, 16 cores)
   T="timeout 540 python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
   L=tests/kernels/test_latent_attention.py
   $T $L -k "gpu_shapes and fp16" > "$OUT/tests_shapes_fp16.log" 2>&1 &
