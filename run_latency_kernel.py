@@ -27,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, default=16, choices=[2, 3, 4, 8, 16], help="latent bits (16 = fp latents)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     p.add_argument("--rope_theta", type=float, default=5e5)
+    p.add_argument("--fused_kernel", default="auto", choices=["auto", "fold", "single_pass_ws"],
+                   help="the decode path timed as 'fused': the default dispatch, the fold path's two kernels, or "
+                        "the Gluon single-pass kernel (sm_90; method='single_pass', warp_specialized=True)")
     p.add_argument("--output_json", type=Path, default=None, help="also writes a .md table beside it")
     return p.parse_args(argv)
 
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
         total_rank=args.total_rank, total_rank_v=args.total_rank_v or args.total_rank, num_heads=args.num_heads,
         num_kv_heads=args.num_kv_heads or args.num_heads, head_dim=args.head_dim, group_size=args.group_size,
         target_seq_lens=tuple(args.target_seq_lens), batch_size=args.batch_size, bits=args.bits, dtype=args.dtype,
-        rope_theta=args.rope_theta,
+        rope_theta=args.rope_theta, fused_kernel=args.fused_kernel,
     )
     report = run_kernel_bench(cfg, torch.device("cuda"))
     report["command"] = shlex.join(["python", *sys.argv])

@@ -5,10 +5,11 @@ For each (length, batch, bits): CUDA-graph time of the whole decode call with fo
 time (torch profiler); "tiles": stages and slots per tile of the default program; "value_cols": value
 channels per value-kernel program. The data behind choose_fold_heads, FOLD_STAGES, value_cols="auto"
 and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass kernel's variants;
-"ws": the warp-specialized Gluon score kernel (kernels.fold_scores_ws) against the Triton one.
+"ws": the warp-specialized Gluon score kernel (kernels.fold_scores_ws) against the Triton one;
+"single_pass_ws": the Gluon single-pass kernel (kernels.single_pass_ws) and its variants against the fold path.
 Usage (CUDA machine, repo root):
   PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json \
-      [heads|tiles|value_cols|default|reconstruction|single_pass|ws] [seq,batch,bits;...]
+      [heads|tiles|value_cols|default|reconstruction|single_pass|ws|single_pass_ws] [seq,batch,bits;...]
 """
 import dataclasses
 import json
@@ -55,6 +56,13 @@ VARIANT_SETS = {
         "gluon,hp=4,stages=5,late_trig": (dict(method="fold", warp_specialized=True),
                                           {"ws.WS_STAGES": 5, "ws.WS_FOLD_COLS": 512, "ws.WS_EARLY_TRIG": False}),
     },
+    "single_pass_ws": {  # session 10 ran these as auto / fold / ... with SP_AUTO set (same kernels)
+        "single_pass_ws": (dict(method="single_pass", warp_specialized=True), {}),
+        "fold": (dict(method="fold"), {}),
+        "thread_l=0": (dict(method="single_pass", warp_specialized=True), {"sp.SP_THREAD_L": False}),
+        "dot_cols=256": (dict(method="single_pass", warp_specialized=True), {"sp.SP_DOT_COLS": 256}),
+        "fold_heads=2": (dict(method="single_pass", warp_specialized=True, fold_heads=2), {}),
+    },
     "default": {"auto": ({}, {})},  # the shipped configuration alone (A/B runs of two source trees)
     "reconstruction": {"rope_qk": (dict(method="rope_qk"), {})},  # the GQA path alone, likewise
     "tiles": {  # the Triton score kernel, two heads per program: latent tiles in flight and slots per tile
@@ -68,10 +76,14 @@ VARIANT_SETS = {
 
 
 def _target(name: str) -> tuple:
-    """(module, attribute) of a variant constant: "ws.X" is kernels.fold_scores_ws.X, else kernels.latent_attention."""
+    """(module, attribute) of a variant constant: "ws.X" is kernels.fold_scores_ws.X, "sp.X"
+    kernels.single_pass_ws.X, else kernels.latent_attention."""
     if name.startswith("ws."):
         import kernels.fold_scores_ws as ws
         return ws, name[3:]
+    if name.startswith("sp."):
+        import kernels.single_pass_ws as sp
+        return sp, name[3:]
     return la, name
 
 
@@ -85,6 +97,8 @@ def main() -> int:
                   (65536, 1, 4), (4096, 1, 4)],
         "default": [(4096, 1, 16), (65536, 1, 16), (65536, 8, 16), (4096, 8, 16), (65536, 1, 4)],
         "ws": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (4096, 8, 16)],
+        "single_pass_ws": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16),
+                           (4096, 8, 16)],
         "reconstruction": [(4096, 1, 16), (65536, 1, 16), (65536, 1, 4)],
         "tiles": [(4096, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (65536, 1, 4)],
         "value_cols": [(4096, 1, 4), (65536, 1, 4), (65536, 8, 4), (4096, 1, 16), (65536, 1, 16), (65536, 8, 16)],

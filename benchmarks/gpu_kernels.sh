@@ -11,7 +11,7 @@
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
-#   tests_all  every GPU test, seven pytest processes in parallel (logs tests_*.log)
+#   tests_all  every GPU test, eight pytest processes in parallel (logs tests_*.log)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
 #   tests2     the other GPU tests (quantization kernel, launch heuristics, backend agreement)
 #   tests3     generate() on the GPU: latent cache vs simulated (full-size) cache, same tokens
@@ -83,7 +83,8 @@ model)
 smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "gpu_shapes and 128-fp16 or autotuned" || exit 1
   ;;
-tests_all)  # all GPU tests as seven pytest processes at once (compilation is CPU-bound): 161 in ~250 s (H200, 16 cores)
+tests_all)  # all GPU tests as eight pytest processes at once (compilation is CPU-bound): 161 in ~250 s (H200, 16 cores,
+  # ninth session, seven processes; the eighth, the Gluon single-pass kernel's, is new in the tenth)
   T="timeout 540 python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
   L=tests/kernels/test_latent_attention.py
   $T $L -k "gpu_shapes and fp16" > "$OUT/tests_shapes_fp16.log" 2>&1 &
@@ -94,6 +95,7 @@ tests_all)  # all GPU tests as seven pytest processes at once (compilation is CP
   $T tests/test_backends_agree.py -k "64-1" > "$OUT/tests_backends_a.log" 2>&1 &
   $T tests/test_backends_agree.py -k "128-2 or generate" > "$OUT/tests_backends_b.log" 2>&1 &
   $T tests/kernels/test_fold_scores_ws.py > "$OUT/tests_gluon.log" 2>&1 &
+  $T tests/kernels/test_single_pass_ws.py > "$OUT/tests_gluon_single_pass.log" 2>&1 &
   wait
   for f in "$OUT"/tests_*.log; do echo "== $f"; tail -n 2 "$f"; done | tee -a "$LOG"
   ;;

@@ -23,6 +23,15 @@ logger = logging.getLogger(__name__)
 L2_ROTATE_BYTES = 256 * 2**20  # rotate input sets until one pass touches more than this (H100 L2 is 50 MB)
 
 
+# The decode paths run_latency_kernel.py can time as "fused": the dispatcher's choice, the fold path's two
+# kernels, or the Gluon single-pass kernel (sm_90; not yet the default: kernels/single_pass_ws.py, SP_AUTO).
+FUSED_KERNELS = {
+    "auto": {},
+    "fold": {"method": "fold"},
+    "single_pass_ws": {"method": "single_pass", "warp_specialized": True},
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelBenchConfig:
     total_rank: int  # key latent channels summed over groups
@@ -37,8 +46,11 @@ class KernelBenchConfig:
     dtype: str = "float16"
     rope_theta: float = 5e5
     quant_group_size: int = 32
+    fused_kernel: str = "auto"  # the timed "fused" path: a key of FUSED_KERNELS
 
     def __post_init__(self) -> None:
+        if self.fused_kernel not in FUSED_KERNELS:
+            raise ValueError(f"fused_kernel must be one of {sorted(FUSED_KERNELS)}, got {self.fused_kernel!r}")
         if self.num_kv_heads % self.group_size or self.num_heads % self.num_kv_heads:
             raise ValueError("group_size must divide num_kv_heads, which must divide num_heads")
         groups = self.num_kv_heads // self.group_size
@@ -46,6 +58,11 @@ class KernelBenchConfig:
             raise ValueError(f"total ranks must split evenly over {groups} groups")
         if self.bits not in (2, 3, 4, 8, 16):
             raise ValueError(f"bits must be 2, 3, 4, 8 or 16, got {self.bits}")
+
+    @property
+    def decode_kwargs(self) -> dict:
+        """latent_decode_attention keyword arguments of the timed "fused" path."""
+        return dict(FUSED_KERNELS[self.fused_kernel])
 
     @property
     def num_groups(self) -> int:
@@ -246,8 +263,9 @@ def run_seq_len(cfg: KernelBenchConfig, seq_len: int, ceilings: dict[str, float]
     latent_bytes = fused_traffic(cfg, seq_len)[0]
     sets = max(1, min(4, math.ceil(L2_ROTATE_BYTES / latent_bytes)))
     problems = [make_problem(cfg, seq_len, device, seed=i) for i in range(sets)]
-    latent_decode_attention(**problems[0])  # autotune outside the timed region
-    fused = [lambda p=p: latent_decode_attention(**p) for p in problems]
+    kw = cfg.decode_kwargs
+    latent_decode_attention(**problems[0], **kw)  # autotune outside the timed region
+    fused = [lambda p=p: latent_decode_attention(**p, **kw) for p in problems]
     result["fused"] = _entry(_try(lambda: _bench(fused)), fused_traffic(cfg, seq_len), ceilings)
     result["fused_kernels_us"] = kernel_breakdown(fused[0])
     if cfg.num_heads == cfg.num_kv_heads:  # the reconstruction kernel (the fold path's alternative)
@@ -256,7 +274,7 @@ def run_seq_len(cfg: KernelBenchConfig, seq_len: int, ceilings: dict[str, float]
     unfused = [lambda p=p: unfused_decode(p) for p in problems]
     result["unfused"] = _entry(_try(lambda: _bench(unfused)), fused_traffic(cfg, seq_len), ceilings)
     if cfg.bits == 16:  # the unfused path computes the same function: keep it honest
-        ref, out = unfused_decode(problems[0]).float(), latent_decode_attention(**problems[0])
+        ref, out = unfused_decode(problems[0]).float(), latent_decode_attention(**problems[0], **kw)
         result["fused_vs_unfused_rel_err"] = ((out - ref).norm() / ref.norm()).item()
     del problems, fused, unfused
     torch.cuda.empty_cache()

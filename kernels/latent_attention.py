@@ -17,8 +17,10 @@ Three launches, none of which materializes a key or value:
 
 Single-pass versions were slower in Triton (kernels/NOTES.md): reconstruction inside the flash-decoding
 loop 5-9x (v1), and :mod:`kernels.single_pass` (the fold, softmax and value stream in one loop;
-method="single_pass", tested, never chosen by "auto") 2.5-2.8x the default's time on an H200. Quantized
-slots are unpacked from int32 words and dequantized in registers.
+method="single_pass", tested, never chosen by "auto") 2.5-2.8x the default's time on an H200. The
+warp-specialized Gluon one (:mod:`kernels.single_pass_ws`, sm_90, method="single_pass",
+warp_specialized=True) measured faster than the default (200.4 vs 222.5 us at 64K on an H200), but is not
+yet the default: see SP_AUTO there. Quantized slots are unpacked from int32 words and dequantized in registers.
 """
 from __future__ import annotations
 
@@ -543,10 +545,13 @@ def latent_decode_attention(
                  :func:`kernels.fold_scores_ws.ws_fold_heads`.
       value_cols value channels per value-kernel program: a power of two >= 16, "all" (one program
                  per group and split) or "auto" (all: measured fastest, see VALUE_COLS_BLOCK).
-      warp_specialized  fold only: scores from the warp-specialized Gluon kernel (:mod:`kernels.fold_scores_ws`;
-                 sm_90, fp16/bf16 plain latents, equal key ranks, no key bias); True forces it (a ValueError
-                 naming what does not fit), False keeps the Triton kernel, None (auto) uses it where it applies
-                 (measured faster at every shape: WS_AUTO there).
+      warp_specialized  fold and single_pass only. Fold: scores from the warp-specialized Gluon kernel
+                 (:mod:`kernels.fold_scores_ws`; sm_90, fp16/bf16 plain latents, equal key ranks, no key bias);
+                 True forces it (a ValueError naming what does not fit), False keeps the Triton kernel, None
+                 (auto) uses it where it applies (measured faster at every shape: WS_AUTO there). single_pass:
+                 True runs the Gluon single-pass kernel (:mod:`kernels.single_pass_ws`; also equal value ranks, a
+                 multiple of 64; a ValueError naming what does not fit), False or None the Triton one (None: the
+                 Gluon one where it applies once SP_AUTO is set, which also makes it the default of "auto").
       out_dtype  dtype of z (the merge writes it directly; fp32 by default).
 
     Query head h reads KV head h // (H // H_kv) of group (h // (H // H_kv)) // gs. Output column
@@ -612,15 +617,33 @@ def latent_decode_attention(
     # With GQA its dots grow n_rep-fold (each query head folds its own matrix): reconstruction there.
     fold_auto = n_rep == 1 and fold_fits
     uses_fold = method == "fold" or (method == "auto" and fold_auto)
-    if warp_specialized and not uses_fold:
-        raise ValueError(f"warp_specialized applies to the fold path only (method={method!r}, n_rep={n_rep})")
+    if warp_specialized and not (uses_fold or method == "single_pass"):
+        raise ValueError(f"warp_specialized applies to the fold and single-pass paths only (method={method!r}, "
+                         f"n_rep={n_rep})")
     if fold_heads is not None and not (uses_fold or method == "single_pass"):
         raise ValueError(f"fold_heads applies to the fold and single-pass paths only (method={method!r}, "
                          f"n_rep={n_rep}); leave it unset for the reconstruction kernel")
+    if method == "single_pass" and n_rep != 1:
+        raise ValueError(f"method='single_pass' folds one query head per KV head (n_rep == 1), got n_rep={n_rep}; "
+                         "use method='rope_qk'")
+    # The Gluon single-pass kernel (sm_90): method="single_pass" with warp_specialized=True, and where it applies
+    # the default of "single_pass" and "auto" once SP_AUTO is set (off until its race fix has passed the GPU
+    # tests: single_pass_ws.py), unless the call asks for what only the fold path has (value_cols).
+    single_ws = method == "single_pass" or (method == "auto" and fold_auto and value_cols is None)
+    if single_ws and warp_specialized is not False and not interpret:
+        from . import single_pass_ws as sp
+
+        why = sp.single_pass_ws_unsupported(q, k_latent, v_latent, k_ranks, v_ranks, n_rep, k_bias is not None,
+                                            block_s)
+        if warp_specialized and why and method == "single_pass":
+            raise ValueError(f"warp_specialized=True: the Gluon single-pass kernel does not apply: {why}")
+        if not why and (sp.SP_AUTO or (method == "single_pass" and warp_specialized)):
+            return _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv_start, inv_freq,
+                                          rope_scale, sm_scale, gs, k_ranks[0], v_ranks[0], num_sms, num_splits,
+                                          fold_heads, out_dtype)
+    elif method == "single_pass" and warp_specialized:
+        raise ValueError("warp_specialized=True needs an sm_90 GPU; the interpreter does not run Gluon kernels")
     if method == "single_pass":
-        if n_rep != 1:
-            raise ValueError(f"method='single_pass' folds one query head per KV head (n_rep == 1), got n_rep={n_rep}; "
-                             "use method='rope_qk'")
         return _single_pass_decode(
             q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
             gs, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits, fold_heads, out_dtype,
@@ -904,6 +927,21 @@ def choose_single_pass_heads(heads_per_group: int, half_pad: int, rk_pad: int, r
     if not fitting:
         raise ValueError("no single-pass program fits in shared memory; use method='fold' or 'rope_qk'")
     return max(fitting)
+
+
+def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv_start, inv_freq, rope_scale,
+                           sm_scale, gs, rank, rank_v, num_sms, num_splits, fold_heads, out_dtype):
+    """latent_decode_attention through :mod:`kernels.single_pass_ws` (checked by the caller to apply)."""
+    from .single_pass_ws import sp_fold_heads, ws_single_pass
+
+    batch, num_heads, head_dim = q.shape
+    fold_heads = sp_fold_heads(gs, head_dim, rank, rank_v, q.element_size(), fold_heads)
+    rows, _, _ = _folded_rows(q, k_up, k_offsets, None, sm_scale, rope_scale, gs, 1, head_dim // 2, rank,
+                              interleave=True)
+    parts = ws_single_pass(rows, k_latent.fp, v_latent.fp, positions, kv_start, inv_freq, num_heads, rank, rank_v,
+                           gs, fold_heads, num_sms, num_splits,
+                           lambda n: _partials(batch, num_heads, n, rank_v, q.device))
+    return _merge(*parts, out_dtype)
 
 
 def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq,

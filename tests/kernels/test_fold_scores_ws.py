@@ -61,7 +61,7 @@ def test_forcing_it_where_it_cannot_run_is_an_error(device):
     inputs = make_inputs(Case(k_ranks=(64, 64), v_ranks=(32, 48), bias=True), device)
     with pytest.raises(ValueError, match="warp_specialized=True"):
         latent_decode_attention(**inputs, warp_specialized=True)
-    with pytest.raises(ValueError, match="fold path only"):
+    with pytest.raises(ValueError, match="fold and single-pass paths only"):
         latent_decode_attention(**inputs, method="rope_qk", warp_specialized=True)
 
 
@@ -99,7 +99,7 @@ def test_gpu_warp_specialized(dtype, head_dim, group_size, rank):
     base = Case(num_heads=8, num_kv_heads=8, head_dim=head_dim, group_size=group_size, k_ranks=(rank,) * groups,
                 v_ranks=tuple(24 + 40 * i for i in range(groups)), batch=3, dtype=dtype)
     for num_slots in (1, 37, 64, 300, 2049, 5000):
-        check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"), warp_specialized=True)
+        check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"), method="fold", warp_specialized=True)
 
 
 @pytest.mark.gpu
@@ -111,7 +111,7 @@ def test_gpu_warp_specialized(dtype, head_dim, group_size, rank):
 def test_gpu_warp_specialized_options(change):
     base = Case(num_heads=32, num_kv_heads=32, head_dim=128, group_size=4, k_ranks=(128,) * 8, v_ranks=(384,) * 8,
                 num_slots=3000, batch=2, dtype=torch.float16)
-    check(dataclasses.replace(base, **change), torch.device("cuda"), warp_specialized=True)
+    check(dataclasses.replace(base, **change), torch.device("cuda"), method="fold", warp_specialized=True)
 
 
 @pytest.mark.gpu
@@ -127,7 +127,7 @@ def test_gpu_warp_specialized_variants(variant, monkeypatch):
     base = Case(num_heads=16, num_kv_heads=16, head_dim=128, group_size=4, k_ranks=(128,) * 4, v_ranks=(64,) * 4,
                 batch=2, dtype=torch.float16)
     for num_slots in (37, 2049):
-        check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"), warp_specialized=True)
+        check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"), method="fold", warp_specialized=True)
 
 
 @pytest.mark.gpu
@@ -138,7 +138,7 @@ def test_gpu_warp_specialized_fold_heads(fold_heads):
     base = Case(num_heads=8, num_kv_heads=8, head_dim=128, group_size=4, k_ranks=(128,) * 2, v_ranks=(96, 160),
                 batch=2, dtype=torch.bfloat16)
     for num_slots in (37, 2049):
-        check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"), fold_heads=fold_heads)
+        check(dataclasses.replace(base, num_slots=num_slots), torch.device("cuda"), method="fold", fold_heads=fold_heads)
 
 
 @pytest.mark.gpu
@@ -148,8 +148,8 @@ def test_gpu_warp_specialized_matches_triton_scores():
     case = Case(num_heads=32, num_kv_heads=32, head_dim=128, group_size=4, k_ranks=(128,) * 8, v_ranks=(384,) * 8,
                 num_slots=4099, batch=2, dtype=torch.bfloat16, theta=5e5)
     inputs = make_inputs(case, torch.device("cuda"))
-    a = latent_decode_attention(**inputs, warp_specialized=True)
-    b = latent_decode_attention(**inputs, warp_specialized=False)
+    a = latent_decode_attention(**inputs, method="fold", warp_specialized=True)
+    b = latent_decode_attention(**inputs, method="fold", warp_specialized=False)
     assert ((a - b).norm() / b.norm()).item() < 1e-4
 
 
@@ -165,7 +165,8 @@ def _scores_from_interleaved_rows(rows, k_fp, positions, kv_start, inv_freq, sco
     y = torch.einsum("bsgr,bgtihr->bgtsih", x, r)  # (B, G, HG, S, D/2, [cos, sin] term)
     angle = positions.float()[:, None, None, :, None] * inv_freq
     out = (y[..., 0] * torch.cos(angle) + y[..., 1] * torch.sin(angle)).sum(-1)  # (B, G, HG, S)
-    out = out.masked_fill(torch.arange(s)[None, None, None, :] < kv_start[:, None, None, None], float("-inf"))
+    slot = torch.arange(s, device=k_fp.device)
+    out = out.masked_fill(slot[None, None, None, :] < kv_start[:, None, None, None], float("-inf"))
     scores.copy_(out.reshape(b, groups * heads_per_group, s))
 
 

@@ -385,7 +385,8 @@ def test_gpu_shapes(dtype, head_dim, n_rep, group_size):
     ids=lambda v: str(v).replace("torch.", ""),
 )
 def test_gpu_single_pass(dtype, head_dim, group_size, fold_heads, bits):
-    """The single-pass kernel (method="single_pass") at its default block and at 64 slots per block."""
+    """The Triton single-pass kernel (method="single_pass", warp_specialized=False) at its default block and at
+    64 slots per block."""
     groups = 4 // group_size
     base = Case(num_heads=4, num_kv_heads=4, head_dim=head_dim, group_size=group_size,
                 k_ranks=(24, 40, 17, 64)[:groups] if bits != 4 else (64, 32, 96, 32)[:groups],
@@ -394,7 +395,8 @@ def test_gpu_single_pass(dtype, head_dim, group_size, fold_heads, bits):
     for num_slots in (1, 37, 300, 2049):
         case = dataclasses.replace(base, num_slots=num_slots, num_quantized=num_slots * 3 // 4 if bits < 16 else None)
         for block_s in (None, 64):
-            check(case, torch.device("cuda"), method="single_pass", fold_heads=fold_heads, block_s=block_s)
+            check(case, torch.device("cuda"), method="single_pass", fold_heads=fold_heads, block_s=block_s,
+                  warp_specialized=False)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,425 @@
+"""Single-pass decode attention as a warp-specialized Gluon kernel for sm_90 (fp16/bf16 latents, n_rep = 1).
+
+The fold path runs two kernels one after the other: the Gluon score kernel (:mod:`kernels.fold_scores_ws`,
+bound by its MMAs) writes (B, H, S) fp32 scores, then the Triton value kernel (bound by memory) reads them
+back with the value latents. This kernel does both in one pass over the slots, so that the value latents
+stream in while the tensor cores fold the keys (flash-decoding split-K; the splits are merged by
+:func:`kernels.latent_attention._merge`). One CTA per SM, three partitions:
+
+- a producer warp loads the program's folded rows once, then per tile of BLOCK_S slots the key latents
+  (BLOCK_S, R) into a ring of KEY_STAGES buffers and the value latents as NVB boxes (BLOCK_S, VBOX) into a
+  ring of VALUE_STAGES box buffers, the keys one tile ahead of the values;
+- two consumer warpgroups take alternate tiles. Per tile a consumer runs the score wgmmas (BLOCK_S, R) x
+  (R, DOT_COLS) of its HP heads (cos/sin once per slot and frequency, while the first runs) and releases the
+  key tile, updates the online softmax of its heads, writes P (BLOCK_S, NP) to shared memory and runs the
+  value wgmmas acc^T (VBOX, NP) += latent_v^T (VBOX, BLOCK_S) @ P (one per box, A read transposed), then
+  releases the boxes. It keeps its own softmax state and writes its own split of partials at the end.
+
+Why the two rings: with one ring of (key + value) tiles, the 128 KB of folded rows of a Llama group left room
+for one tile per consumer, and each consumer waited for a whole load per tile (session-10 draft: 285 us at
+64K, 24% of the stall samples on the ready barriers). Here a consumer waits for the value boxes only after
+its score and softmax work, and a box ring needs no room for a whole second value tile.
+
+Heads are padded to NP = 8 columns (the value wgmma's smallest N): padded columns score -inf, so p = 0.
+The folded rows are interleaved per frequency as for :mod:`kernels.fold_scores_ws`.
+
+Scope (:func:`single_pass_ws_unsupported`): plain fp16/bf16 latents, one KV head per query head, no key bias,
+D/2 a power of two >= 8 with D <= 256, every group of the same key rank R (a multiple of 16, at most 256) and
+the same value rank (a multiple of 64, at most 512), at most NP heads per group, 16-byte aligned latent rows,
+and an sm_90 GPU. Gluon does not run in the interpreter: the kernel is tested on the GPU.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                               warpgroup_mma_wait)
+
+from .fold_scores_ws import _cos_sin
+
+SP_BLOCK_S = 64  # slots per tile: the score wgmma's M and the value wgmma's K
+# Key tiles in the ring (16 KB each at R = 128). Even: tile j's buffer j % 2 then serves one consumer only,
+# so its ready barrier never runs two phases ahead of a waiter (see _consume on the value boxes).
+SP_KEY_STAGES = 2
+# Folded rows per score wgmma: 128 measured faster than 256 (H200, 32 x 128 heads, ranks 128 / 384 per group
+# of 4, four heads per program: 216.4 vs 230.5 us at 64K, 860 vs 894 us at 256K, 1684 vs 1803 us at B=8 x 64K;
+# kernels/NOTES.md, tenth session): a 64-column accumulator per wgmma leaves registers for the value state.
+SP_DOT_COLS = 128
+SP_NP = gl.constexpr(8)  # heads padded to the value wgmma's N
+SP_MAX_RANK_V = 512  # value accumulators: rank_v / 16 registers per thread
+SP_SMEM_LIMIT = 232448  # sm_90's largest shared memory per block (227 KB)
+# sp_shared_bytes leaves out the compiler's alignment of the buffers: 280 B for the Llama shape (231808 B
+# compiled against 231528 estimated), so programs are kept this much under the limit.
+SP_SMEM_MARGIN = 512
+SP_CONSUMER_REGS = gl.constexpr(232)  # the second consumer; the first gets 3 * 168 - 232 - 24 = 248
+SP_PRODUCER_REGS = gl.constexpr(24)
+SP_MAXNREG = 168
+# Whether method="auto" (and "single_pass" without warp_specialized) takes this kernel where it applies. It
+# measured faster than the fold path's two kernels at every measured shape (H200, 32 x 128 heads, ranks 128 /
+# 384 per group of 4: 198.6 vs 222.5 us at 64K, 1530 vs 1708 us at B=8 x 64K, 28.4 vs 33.2 us at 4K; kernels/
+# NOTES.md, tenth session), but those GPU runs also showed a race (non-finite outputs now and then, see the
+# value-box ready barriers in _consume). The fix has not yet run on a GPU: off until its GPU tests pass.
+SP_AUTO = False
+# The softmax denominator kept per thread (each thread's slots) and summed across the warps once at the end,
+# instead of a cross-warp sum (shared memory and barriers) per tile: 198.6 vs 205.9 us at 64K, 1530.2 vs
+# 1581.2 us at B=8 x 64K (27.7 vs 28.4 us at 4K).
+SP_THREAD_L = True
+
+
+def sp_value_box(rank_v: int) -> int:
+    """Value channels per TMA box and value wgmma (its M: a multiple of 64; box dims are powers of two)."""
+    return 128 if rank_v % 128 == 0 else 64
+
+
+def sp_value_stages(rank_v: int) -> int:
+    """Value boxes in the ring: one tile's boxes plus one of the next (a consumer holds all of its tile's)."""
+    return rank_v // sp_value_box(rank_v) + 1
+
+
+def sp_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt: int) -> int:
+    """Shared memory of one program: folded rows, key and value rings, the two P buffers, barriers."""
+    rows = fold_heads * head_dim * rank * elt
+    keys = SP_KEY_STAGES * SP_BLOCK_S * rank * elt
+    vst = sp_value_stages(rank_v)
+    values = vst * SP_BLOCK_S * sp_value_box(rank_v) * elt
+    return rows + keys + values + 2 * SP_BLOCK_S * SP_NP.value * elt + 8 * (2 * SP_KEY_STAGES + 3 * vst + 1)
+
+
+def sp_dot_cols(head_dim: int) -> int:
+    return max(SP_DOT_COLS, head_dim)
+
+
+def sp_fold_heads(heads_per_group: int, head_dim: int, rank: int, rank_v: int, elt: int,
+                  requested: Optional[int] = None) -> int:
+    """Query heads per program: ``requested`` if it divides the group's heads, fills whole score wgmmas and
+    fits in shared memory (else a ValueError), or by default the most such heads (all of a group's heads
+    in one program read its value tiles once and compute cos/sin once)."""
+    cols = sp_dot_cols(head_dim)
+
+    def fits(d: int) -> bool:
+        return (heads_per_group % d == 0 and (d * head_dim) % min(cols, d * head_dim) == 0
+                and sp_shared_bytes(d, head_dim, rank, rank_v, elt) <= SP_SMEM_LIMIT - SP_SMEM_MARGIN)
+
+    if requested is not None:
+        if requested < 1 or not fits(requested):
+            raise ValueError(f"fold_heads={requested} must divide the {heads_per_group} query heads per group and "
+                             f"fit in {SP_SMEM_LIMIT // 1024} KB of shared memory with the key and value rings")
+        return requested
+    fitting = [d for d in range(1, heads_per_group + 1) if fits(d)]
+    if not fitting:
+        raise ValueError("no program of the Gluon single-pass kernel fits in shared memory")
+    return max(fitting)
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    return t.stride(2) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and \
+        (t.stride(1) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+
+
+def single_pass_ws_unsupported(q: torch.Tensor, k_latent, v_latent, k_ranks: list, v_ranks: list, n_rep: int,
+                               has_bias: bool, block_s: Optional[int] = None) -> str:
+    """Why the Gluon single-pass kernel cannot serve this call ('' when it can)."""
+    head_dim = q.shape[2]
+    half = head_dim // 2
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"it reads fp16/bf16 latents, not {q.dtype}"
+    if k_latent.num_quantized or k_latent.fp is None or k_latent.fp.shape[1] == 0:
+        return "it reads plain latents only (no quantized slots)"
+    if n_rep != 1:
+        return f"it folds one query head per KV head (n_rep == 1), got n_rep={n_rep}"
+    if has_bias:
+        return "it has no key-bias term"
+    if block_s is not None and block_s != SP_BLOCK_S:
+        return f"its tiles are {SP_BLOCK_S} slots, block_s={block_s} was given"
+    if half < 8 or half & (half - 1) or head_dim > 256:
+        return f"head_dim / 2 must be a power of two >= 8 and head_dim <= 256, got head_dim={head_dim}"
+    rank, rank_v = k_ranks[0], v_ranks[0]
+    if any(r != rank for r in k_ranks) or rank % 16 or not 16 <= rank <= 256:
+        return f"every group needs the same key rank, a multiple of 16 in [16, 256], got {sorted(set(k_ranks))}"
+    if any(r != rank_v for r in v_ranks) or rank_v % 64 or not 64 <= rank_v <= SP_MAX_RANK_V:
+        return (f"every group needs the same value rank, a multiple of 64 in [64, {SP_MAX_RANK_V}], "
+                f"got {sorted(set(v_ranks))}")
+    heads_per_group = q.shape[1] // len(k_ranks)
+    if heads_per_group > SP_NP.value:
+        return f"it pads a group's heads to {SP_NP.value} columns, got {heads_per_group} heads per group"
+    if not (_aligned(k_latent.fp) and _aligned(v_latent.fp)):
+        return "the latents need 16-byte aligned rows (TMA)"
+    try:
+        sp_fold_heads(heads_per_group, head_dim, rank, rank_v, q.element_size())
+    except ValueError as err:
+        return str(err)
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] != 9:
+        return "it needs an sm_90 (Hopper) GPU"
+    return ""
+
+
+@gluon.jit
+def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
+              rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_ptr, kv_start, inv_freq_ptr, part_ptrs, split0,
+              hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
+              KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr):
+    """One warp (the consumers' signature): the rows once; then per step j the key tile j (once tile j - KST
+    released it) and the value boxes of tile j - 1 (once box i - VST was released). Empty barriers start
+    released (parity 1). Keys run one tile ahead: a consumer needs them first."""
+    ND: gl.constexpr = rows_desc.block_type.shape[0]
+    NDOT: gl.constexpr = HP * 2 * HALF // ND
+    VB: gl.constexpr = val_desc.block_type.shape[2]
+    NVB: gl.constexpr = RV // VB
+    mbarrier.expect(rows_bar, NDOT * rows_desc.block_type.nbytes)
+    for k in gl.static_range(NDOT):
+        tma.async_copy_global_to_shared(rows_desc, [rows_row0 + k * ND, 0], rows_bar, rows_smem.index(k))
+    for j in range(n_blocks + 1):
+        if j < n_blocks:
+            s = j % KST
+            mbarrier.wait(kempty.index(s), ((j // KST) & 1) ^ 1)
+            mbarrier.expect(kready.index(s), lat_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(lat_desc, [b, lo + j * BLOCK_S, k_off], kready.index(s), kbufs.index(s))
+        jv = j - 1
+        if jv >= 0:
+            for k in gl.static_range(NVB):
+                box = jv * NVB + k
+                sb = box % VST
+                mbarrier.wait(vempty.index(sb), ((box // VST) & 1) ^ 1)
+                ready = vready.index((jv % 2) * VST + sb)  # the ready barrier of tile jv's consumer
+                mbarrier.expect(ready, val_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(val_desc, [b, lo + jv * BLOCK_S, v_off + k * VB], ready,
+                                                vbufs.index(sb))
+
+
+@gluon.jit
+def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
+             rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_ptr, kv_start, inv_freq_ptr, part_ptrs, split0,
+             hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
+             KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr):
+    """One warpgroup: tiles ROLE, ROLE + 2, ... of [lo, hi); writes split split0 + ROLE of its HP heads'
+    partials (m, l in log2 units; acc fp32)."""
+    part_m_ptr, part_l_ptr, part_acc_ptr, h_stride_m, h_stride_acc = part_ptrs
+    N: gl.constexpr = rows_desc.block_type.shape[0]
+    HD: gl.constexpr = N // (2 * HALF)
+    NDOT: gl.constexpr = HP // HD
+    R: gl.constexpr = lat_desc.block_type.shape[2]
+    VB: gl.constexpr = val_desc.block_type.shape[2]
+    NVB: gl.constexpr = RV // VB
+    NP: gl.constexpr = SP_NP
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, NP, 16])
+    zero = gl.zeros((BLOCK_S, N), gl.float32, s_layout)
+    # The accumulator seen as (slot, head, frequency) cos and sin terms (a free split: column pairs per thread).
+    zc, _ = gl.split(gl.reshape(zero, (BLOCK_S, HD, HALF, 2)))
+    l3: gl.constexpr = zc.type.layout
+    trig_l: gl.constexpr = gl.SliceLayout(1, l3)  # (slot, frequency)
+    score_l: gl.constexpr = gl.SliceLayout(2, l3)  # (slot, head) and the padded (slot, NP)
+    cols_l: gl.constexpr = gl.SliceLayout(0, score_l)
+    ocol_l: gl.constexpr = gl.SliceLayout(0, o_layout)
+    freq = gl.arange(0, HALF, layout=gl.SliceLayout(0, trig_l))
+    inv_freq = gl.load(inv_freq_ptr + freq)
+    trig_slots = gl.arange(0, BLOCK_S, layout=gl.SliceLayout(1, trig_l))
+    out_slots = gl.arange(0, BLOCK_S, layout=gl.SliceLayout(1, score_l))
+    heads = gl.arange(0, HD, layout=cols_l)
+    cols = gl.arange(0, NP, layout=cols_l)
+    p_buf = p_smem.index(ROLE)
+    m_i = gl.full((NP,), float("-inf"), gl.float32, cols_l)
+    if THREAD_L:
+        l_t = gl.zeros((BLOCK_S, NP), gl.float32, score_l)  # per thread: its slots' share of l
+    else:
+        l_i = gl.zeros((NP,), gl.float32, cols_l)
+    accs = ()
+    for k in gl.static_range(NVB):
+        accs = accs + (gl.zeros((VB, NP), gl.float32, o_layout),)
+    # Phase bit per value box buffer of this consumer's own ready barriers (bit sb: buffer sb). The ring holds
+    # fewer boxes than two tiles, so a buffer's consecutive boxes can belong to the two consumers; with one
+    # shared ready barrier per buffer, a consumer running ahead could wait two phases ahead of it, where the
+    # parity check passes at once (the buffer still holding the other consumer's box): GPU tests gave
+    # non-finite outputs now and then. Each consumer's barriers see only its own boxes, one phase each.
+    vphase = n_blocks * 0
+    mbarrier.wait(rows_bar, 0)
+    start = lo + ROLE * BLOCK_S
+    pos = gl.load(pos_ptr + start + trig_slots, mask=start + trig_slots < hi, other=0)
+    for j in range(ROLE, n_blocks, 2):
+        sk = j % KST
+        start = lo + j * BLOCK_S
+        slots = start + out_slots
+        valid = (slots >= kv_start) & (slots < hi)
+        mbarrier.wait(kready.index(sk), (j // KST) & 1)
+        tile = kbufs.index(sk).reshape([BLOCK_S, R])
+        s_pad = gl.full((BLOCK_S, NP), float("-inf"), gl.float32, score_l)
+        for k in gl.static_range(NDOT):
+            # (R, N) view of the k-th rows tile: the wgmma's B operand, K-major in shared memory
+            acc = warpgroup_mma(tile, rows_smem.index(k).permute((1, 0)), zero, use_acc=False, is_async=True)
+            if k == 0:
+                nstart = start + 2 * BLOCK_S  # the next tile's positions, a tile ahead
+                pos_next = gl.load(pos_ptr + nstart + trig_slots, mask=nstart + trig_slots < hi, other=0)
+                c, sn = _cos_sin(pos.to(gl.float32)[:, None] * inv_freq[None, :])  # under the first wgmma
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+            if k == NDOT - 1:
+                mbarrier.arrive(kempty.index(sk), count=1)  # the key tile is read
+            yc, ys = gl.split(gl.reshape(acc, (BLOCK_S, HD, HALF, 2)))
+            sc = gl.sum(yc * c[:, None, :] + ys * sn[:, None, :], axis=2)  # (BLOCK_S, HD), log2 units
+            for h in gl.static_range(HD):
+                s_h = gl.sum(gl.where(heads[None, :] == h, sc, 0.0), axis=1)
+                s_pad = gl.where(cols[None, :] == k * HD + h, s_h[:, None], s_pad)
+        s_pad = gl.where(valid[:, None], s_pad, float("-inf"))
+        # Online softmax per padded column; padding and masked slots stay -inf (p = 0).
+        m_new = gl.maximum(m_i, gl.max(s_pad, axis=0))
+        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = gl.exp2(m_i - m_safe)
+        p = gl.exp2(s_pad - m_safe[None, :])
+        if THREAD_L:
+            l_t = l_t * alpha[None, :] + p
+        else:
+            l_i = l_i * alpha + gl.sum(p, axis=0)
+        m_i = m_new
+        alpha_o = gl.convert_layout(alpha, ocol_l)
+        p_buf.store(p.to(val_desc.dtype))
+        fence_async_shared()
+        gl.thread_barrier()  # every warp's rows of P written before the warpgroup's wgmmas read them
+        new = ()
+        for k in gl.static_range(NVB):
+            sb = (j * NVB + k) % VST
+            mbarrier.wait(vready.index(ROLE * VST + sb), (vphase >> sb) & 1)
+            vphase = vphase ^ (1 << sb)
+            a = warpgroup_mma(vbufs.index(sb).reshape([BLOCK_S, VB]).permute((1, 0)), p_buf,
+                              accs[k] * alpha_o[None, :], is_async=True)
+            new = new + (a,)
+        # All boxes are released after the last wgmma: releasing each after its own wait (wgmma waits with
+        # NVB - 1 - k outstanding) measured the same (198.6 vs 199.8 us at 64K, 1530.2 vs 1528.7 at B=8 x 64K),
+        # and one of its GPU test runs gave a non-finite output that the other runs did not reproduce.
+        waited = warpgroup_mma_wait(num_outstanding=0, deps=new)
+        if NVB == 1:
+            accs = (waited,)  # the wait returns a lone tensor for one dependency
+        else:
+            accs = waited
+        for k in gl.static_range(NVB):
+            mbarrier.arrive(vempty.index((j * NVB + k) % VST), count=1)
+        pos = pos_next
+    if THREAD_L:
+        l_i = gl.sum(l_t, axis=0)
+    split = split0 + ROLE
+    gl.store(part_m_ptr + cols * h_stride_m + split, m_i, mask=cols < HP)
+    gl.store(part_l_ptr + cols * h_stride_m + split, l_i, mask=cols < HP)
+    ch = gl.arange(0, VB, layout=gl.SliceLayout(1, o_layout))
+    hc = gl.arange(0, NP, layout=ocol_l)
+    for k in gl.static_range(NVB):
+        gl.store(part_acc_ptr + hc[None, :] * h_stride_acc + split * RV + k * VB + ch[:, None], accs[k],
+                 mask=(hc < HP)[None, :])
+
+
+@gluon.jit
+def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
+                           part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, rank, rank_v, num_slots,
+                           num_groups, batch_groups, chunk_len, head_splits,
+                           HG: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
+                           BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr):
+    """Grid (B * G * head_splits * chunks,): program p covers local heads h0 + [0, HP) of (b, g) over slots
+    [chunk * chunk_len, +chunk_len) (chunk slowest); part_*: (B, H, num_splits = 2 * chunks[, RV]) fp32.
+    lat_desc / val_desc: TMA descriptors of the key / value latents (B, S, G * rank[_v]), boxes
+    (1, BLOCK_S, rank) / (1, BLOCK_S, VBOX); rows_desc: of the interleaved folded rows, box (DOT_COLS, rank)."""
+    pid = gl.program_id(0)
+    bg = pid % batch_groups
+    hsplit = (pid // batch_groups) % head_splits
+    chunk = pid // (batch_groups * head_splits)
+    g = bg % num_groups
+    b = bg // num_groups
+    h0 = hsplit * HP
+    lo = chunk * chunk_len
+    hi = gl.minimum(lo + chunk_len, num_slots)
+    n_blocks = gl.cdiv(hi - lo, BLOCK_S)
+    kv_start = gl.load(kv_start_ptr + b)
+    rows_row0 = (bg * HG + h0) * 2 * HALF
+    head0 = (b * num_heads + g * HG + h0).to(gl.int64)
+    part_ptrs = (part_m_ptr + head0 * num_splits, part_l_ptr + head0 * num_splits,
+                 part_acc_ptr + head0 * num_splits * RV, num_splits, num_splits * RV)
+    kbufs = gl.allocate_shared_memory(lat_desc.dtype, [KST] + lat_desc.block_type.shape, lat_desc.layout)
+    vbufs = gl.allocate_shared_memory(val_desc.dtype, [VST] + val_desc.block_type.shape, val_desc.layout)
+    # one swizzled tile per score wgmma (rows sliced out of one tile are not a valid operand)
+    rows_smem = gl.allocate_shared_memory(rows_desc.dtype, [HP * 2 * HALF // rows_desc.block_type.shape[0]]
+                                          + rows_desc.block_type.shape, rows_desc.layout)
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_S, SP_NP], gl.float16)
+    p_smem = gl.allocate_shared_memory(val_desc.dtype, [2, BLOCK_S, SP_NP], p_layout)
+    kready = gl.allocate_shared_memory(gl.int64, [KST, 1], mbarrier.MBarrierLayout())
+    kempty = gl.allocate_shared_memory(gl.int64, [KST, 1], mbarrier.MBarrierLayout())
+    # value boxes: one ready barrier per (consumer, buffer), one empty barrier per buffer (see _consume)
+    vready = gl.allocate_shared_memory(gl.int64, [2 * VST, 1], mbarrier.MBarrierLayout())
+    vempty = gl.allocate_shared_memory(gl.int64, [VST, 1], mbarrier.MBarrierLayout())
+    rows_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(KST):
+        mbarrier.init(kready.index(i), count=1)
+        mbarrier.init(kempty.index(i), count=1)
+    for i in gl.static_range(VST):
+        mbarrier.init(vready.index(i), count=1)
+        mbarrier.init(vready.index(VST + i), count=1)
+        mbarrier.init(vempty.index(i), count=1)
+    mbarrier.init(rows_bar, count=1)
+    pos_base = pos_ptr + b.to(gl.int64) * pos_sb
+    k_off = g * rank
+    v_off = g * rank_v
+    split0 = chunk * 2
+    # The argument tuples are written out in the call: a tuple assigned to a name first turns its
+    # constexprs into run-time scalars. All partitions share one signature; ROLE picks a consumer's tiles.
+    gl.warp_specialize([
+        (_consume, (lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
+                    rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
+                    split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
+        (_consume, (lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
+                    rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
+                    split0, hi, 1, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
+        (_producer, (lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
+                     rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
+                     split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
+    ], [4, 1], [SP_CONSUMER_REGS, SP_PRODUCER_REGS])
+
+
+def sp_chunks(num_slots: int, programs_per_chunk: int, num_sms: int, num_splits: Optional[int]) -> tuple[int, int]:
+    """(chunk_len, chunks): whole tiles per chunk; by default about one program per SM (one CTA fits per SM),
+    else ceil(num_splits / 2) chunks (each chunk writes two splits, one per consumer)."""
+    blocks = triton.cdiv(num_slots, SP_BLOCK_S)
+    if num_splits is None:
+        chunks = max(1, min(blocks, num_sms // programs_per_chunk))
+    else:
+        chunks = max(1, min(blocks, triton.cdiv(num_splits, 2)))
+    chunk_len = triton.cdiv(blocks, chunks) * SP_BLOCK_S
+    return chunk_len, triton.cdiv(num_slots, chunk_len)
+
+
+def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, positions: torch.Tensor,
+                   kv_start: torch.Tensor, inv_freq: torch.Tensor, num_heads: int, rank: int, rank_v: int,
+                   heads_per_group: int, fold_heads: int, num_sms: int, num_splits: Optional[int], parts_fn) -> tuple:
+    """Partials (m, l, acc) of the whole call from the Gluon kernel; ``parts_fn(num_splits)`` allocates them.
+
+    rows: interleaved folded rows (B, G, heads_per_group * D, rank) (``_fold_rows_kernel(..., INTERLEAVE=True)``);
+    k_fp (B, S, G * rank), v_fp (B, S, G * rank_v) in rows' dtype; positions (B, S) int32; kv_start (B,) int32;
+    inv_freq (D/2,) fp32; fold_heads from :func:`sp_fold_heads`.
+    """
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    batch, num_slots, _ = k_fp.shape
+    num_groups = rows.shape[1]
+    half = inv_freq.shape[0]
+    gdt = gl.float16 if k_fp.dtype == torch.float16 else gl.bfloat16
+    vbox = sp_value_box(rank_v)
+    cols = min(sp_dot_cols(2 * half), fold_heads * 2 * half)
+
+    def desc(t: torch.Tensor, block: list) -> TensorDescriptor:
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
+                                gl.NVMMASharedLayout.get_default_for(block, gdt))
+
+    rows2 = rows.view(-1, rank)
+    lat_desc = desc(k_fp, [1, SP_BLOCK_S, rank])
+    val_desc = desc(v_fp, [1, SP_BLOCK_S, vbox])
+    rows_desc = desc(rows2, [cols, rank])
+    head_splits = heads_per_group // fold_heads
+    bgs = batch * num_groups
+    chunk_len, chunks = sp_chunks(num_slots, bgs * head_splits, num_sms, num_splits)
+    parts = parts_fn(2 * chunks)
+    _ws_single_pass_kernel[(bgs * head_splits * chunks,)](
+        lat_desc, val_desc, rows_desc, positions, positions.stride(0), kv_start, inv_freq, *parts,
+        num_heads, 2 * chunks, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,
+        HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
+        VST=sp_value_stages(rank_v), THREAD_L=SP_THREAD_L,
+        num_warps=4, maxnreg=SP_MAXNREG,
+    )
+    return parts
