@@ -17,7 +17,7 @@ stream in while the tensor cores fold the keys (flash-decoding split-K; the spli
 
 Why the two rings: with one ring of (key + value) tiles, the 128 KB of folded rows of a Llama group left room
 for one tile per consumer, and each consumer waited for a whole load per tile (session-10 draft: 285 us at
-64K, 24% of the stall samples on the ready barriers). Here a consumer waits for the value boxes only after
+64K, 17% of the stall samples on the consumers' ready barriers). Here a consumer waits for the value boxes only after
 its score and softmax work, and a box ring needs no room for a whole second value tile.
 
 Heads are padded to NP = 8 columns (the value wgmma's smallest N): padded columns score -inf, so p = 0.
@@ -52,8 +52,8 @@ SP_DOT_COLS = 128
 SP_NP = gl.constexpr(8)  # heads padded to the value wgmma's N
 SP_MAX_RANK_V = 512  # value accumulators: rank_v / 16 registers per thread
 SP_SMEM_LIMIT = 232448  # sm_90's largest shared memory per block (227 KB)
-# sp_shared_bytes leaves out the compiler's alignment of the buffers: 280 B for the Llama shape (231808 B
-# compiled against 231528 estimated), so programs are kept this much under the limit.
+# sp_shared_bytes leaves out the compiler's alignment of the buffers: 280 B for the Llama shape (231840 B
+# compiled against 231560 estimated), so programs are kept this much under the limit.
 SP_SMEM_MARGIN = 512
 SP_CONSUMER_REGS = gl.constexpr(232)  # the second consumer; the first gets 3 * 168 - 232 - 24 = 248
 SP_PRODUCER_REGS = gl.constexpr(24)
@@ -66,7 +66,7 @@ SP_MAXNREG = 168
 SP_AUTO = False
 # The softmax denominator kept per thread (each thread's slots) and summed across the warps once at the end,
 # instead of a cross-warp sum (shared memory and barriers) per tile: 198.6 vs 205.9 us at 64K, 1530.2 vs
-# 1581.2 us at B=8 x 64K (27.7 vs 28.4 us at 4K).
+# 1581.2 us at B=8 x 64K (28.4 vs 27.7 us at 4K, within noise).
 SP_THREAD_L = True
 
 
@@ -90,6 +90,7 @@ def sp_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt:
 
 
 def sp_dot_cols(head_dim: int) -> int:
+    """Folded rows per score wgmma (its N): SP_DOT_COLS, or one head's rows when a head has more."""
     return max(SP_DOT_COLS, head_dim)
 
 
@@ -396,6 +397,8 @@ def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, p
     """
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    if SP_KEY_STAGES % 2:  # see SP_KEY_STAGES: an odd ring would share key buffers between the consumers
+        raise ValueError(f"SP_KEY_STAGES must be even (one key buffer per consumer per use), got {SP_KEY_STAGES}")
     batch, num_slots, _ = k_fp.shape
     num_groups = rows.shape[1]
     half = inv_freq.shape[0]

@@ -136,6 +136,15 @@ class _TorchStandIn:
         return run
 
 
+def test_an_odd_key_ring_is_refused(device, monkeypatch):
+    """With an odd number of key buffers the two consumers would share one buffer's ready barrier."""
+    monkeypatch.setattr(sp, "SP_KEY_STAGES", 3)
+    p = make_inputs(dataclasses.replace(BASE, num_slots=100), device)
+    with pytest.raises(ValueError, match="SP_KEY_STAGES must be even"):
+        sp.ws_single_pass(None, p["k_latent"].fp, p["v_latent"].fp, p["positions"], p["kv_start"], p["inv_freq"], 4,
+                          64, 128, 2, 2, 4, None, None)
+
+
 @pytest.mark.parametrize("num_splits,fold_heads", [(None, None), (5, 2), (None, 1)])
 def test_host_wiring_with_a_torch_stand_in(device, monkeypatch, num_splits, fold_heads):
     """_single_pass_decode_ws (interleaved rows, descriptors, heads per program, chunks, the merge) against
