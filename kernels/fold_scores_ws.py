@@ -144,6 +144,20 @@ def _consume(lat_desc, rows_desc, bufs, rows_smem, ready, empty, rows_bar, b, ro
 
 
 @gluon.jit
+def _program_slots(batch_groups, head_splits, num_groups, chunk_len, num_slots, HP: gl.constexpr,
+                   BLOCK_S: gl.constexpr):
+    """(b, g, b * G + g, first local head h0, slots [lo, hi), tiles) of this program of a grid
+    (B * G * head_splits * chunks,), chunk slowest (the Gluon score and single-pass kernels)."""
+    pid = gl.program_id(0)
+    bg = pid % batch_groups
+    split = (pid // batch_groups) % head_splits
+    chunk = pid // (batch_groups * head_splits)
+    lo = chunk * chunk_len
+    hi = gl.minimum(lo + chunk_len, num_slots)
+    return bg // num_groups, bg % num_groups, bg, split * HP, lo, hi, gl.cdiv(hi - lo, BLOCK_S)
+
+
+@gluon.jit
 def _ws_fold_scores_kernel(
     lat_desc, rows_desc, pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr, scores_ptr, scores_sb, scores_sh,
     rank, num_slots, num_groups, batch_groups, chunk_len, head_splits,
@@ -155,16 +169,8 @@ def _ws_fold_scores_kernel(
     lat_desc: TMA descriptor of the key latents (B, S, G * rank), box (1, BLOCK_S, rank);
     rows_desc: of the interleaved folded rows (B * G * HG * 2 * HALF, rank), box (HD * 2 * HALF, rank): the
     rows of one wgmma, HP / HD boxes per program."""
-    pid = gl.program_id(0)
-    bg = pid % batch_groups
-    split = (pid // batch_groups) % head_splits
-    chunk = pid // (batch_groups * head_splits)
-    g = bg % num_groups
-    b = bg // num_groups
-    h0 = split * HP
-    lo = chunk * chunk_len
-    hi = gl.minimum(lo + chunk_len, num_slots)
-    n_blocks = gl.cdiv(hi - lo, BLOCK_S)
+    b, g, bg, h0, lo, hi, n_blocks = _program_slots(batch_groups, head_splits, num_groups, chunk_len, num_slots, HP,
+                                                    BLOCK_S)
     kv_start = gl.load(kv_start_ptr + b)
     rows_row0 = (bg * HG + h0) * 2 * HALF
     k_off = g * rank

@@ -39,7 +39,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_wait)
 
-from .fold_scores_ws import _cos_sin
+from .fold_scores_ws import _cos_sin, _program_slots
 
 SP_BLOCK_S = 64  # slots per tile: the score wgmma's M and the value wgmma's K
 # Key tiles in the ring (16 KB each at R = 128). Even: tile j's buffer j % 2 then serves one consumer only,
@@ -319,16 +319,9 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
     [chunk * chunk_len, +chunk_len) (chunk slowest); part_*: (B, H, num_splits = 2 * chunks[, RV]) fp32.
     lat_desc / val_desc: TMA descriptors of the key / value latents (B, S, G * rank[_v]), boxes
     (1, BLOCK_S, rank) / (1, BLOCK_S, VBOX); rows_desc: of the interleaved folded rows, box (DOT_COLS, rank)."""
-    pid = gl.program_id(0)
-    bg = pid % batch_groups
-    hsplit = (pid // batch_groups) % head_splits
-    chunk = pid // (batch_groups * head_splits)
-    g = bg % num_groups
-    b = bg // num_groups
-    h0 = hsplit * HP
-    lo = chunk * chunk_len
-    hi = gl.minimum(lo + chunk_len, num_slots)
-    n_blocks = gl.cdiv(hi - lo, BLOCK_S)
+    b, g, bg, h0, lo, hi, n_blocks = _program_slots(batch_groups, head_splits, num_groups, chunk_len, num_slots, HP,
+                                                    BLOCK_S)
+    chunk = lo // chunk_len
     kv_start = gl.load(kv_start_ptr + b)
     rows_row0 = (bg * HG + h0) * 2 * HALF
     head0 = (b * num_heads + g * HG + h0).to(gl.int64)
