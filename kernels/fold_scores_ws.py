@@ -20,7 +20,7 @@ frequency) serve all HP heads of the program (four for a Llama group: WS_FOLD_CO
 
 Scope (checked by :func:`ws_unsupported`): plain fp16/bf16 latents (no quantized slots, no key bias),
 one KV head per query head, D/2 a power of two >= 8 with D <= 256, every group of the same rank R
-(a multiple of 16, at most 256), and an sm_90 GPU. Anything else uses :mod:`kernels.fold_scores`.
+(a power of two in [16, 256]), and an sm_90 GPU. Anything else uses :mod:`kernels.fold_scores`.
 Gluon does not run in the interpreter: this kernel is tested on the GPU only.
 """
 from __future__ import annotations
@@ -256,8 +256,9 @@ def ws_unsupported(q: torch.Tensor, k_fp, num_quantized: int, k_ranks: list, n_r
     if half < 8 or half & (half - 1) or head_dim > WS_MAX_COLS:
         return f"head_dim / 2 must be a power of two >= 8 and head_dim <= {WS_MAX_COLS}, got head_dim={head_dim}"
     rank = k_ranks[0]
-    if any(r != rank for r in k_ranks) or rank % 16 or not 16 <= rank <= 256:
-        return f"every group needs the same key rank, a multiple of 16 in [16, 256], got {sorted(set(k_ranks))}"
+    # A power of two: a TMA box and a shared-memory tile have power-of-two sides (48 or 160 fail to build)
+    if any(r != rank for r in k_ranks) or rank & (rank - 1) or not 16 <= rank <= 256:
+        return f"every group needs the same key rank, a power of two in [16, 256], got {sorted(set(k_ranks))}"
     if k_fp.stride(2) != 1 or (k_fp.stride(0) * 2) % 16 or (k_fp.stride(1) * 2) % 16 or k_fp.data_ptr() % 16:
         return "the key latents need 16-byte aligned rows (TMA)"
     if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] != 9:

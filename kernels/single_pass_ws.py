@@ -24,7 +24,7 @@ Heads are padded to NP = 8 columns (the value wgmma's smallest N): padded column
 The folded rows are interleaved per frequency as for :mod:`kernels.fold_scores_ws`.
 
 Scope (:func:`single_pass_ws_unsupported`): plain fp16/bf16 latents, one KV head per query head, no key bias,
-D/2 a power of two >= 8 with D <= 256, every group of the same key rank R (a multiple of 16, at most 256) and
+D/2 a power of two >= 8 with D <= 256, every group of the same key rank R (a power of two in [16, 256]) and
 the same value rank (a multiple of 64, at most 512), at most NP heads per group, 16-byte aligned latent rows,
 and an sm_90 GPU. Gluon does not run in the interpreter: the kernel is tested on the GPU.
 """
@@ -139,8 +139,9 @@ def single_pass_ws_unsupported(q: torch.Tensor, k_latent, v_latent, k_ranks: lis
     if half < 8 or half & (half - 1) or head_dim > 256:
         return f"head_dim / 2 must be a power of two >= 8 and head_dim <= 256, got head_dim={head_dim}"
     rank, rank_v = k_ranks[0], v_ranks[0]
-    if any(r != rank for r in k_ranks) or rank % 16 or not 16 <= rank <= 256:
-        return f"every group needs the same key rank, a multiple of 16 in [16, 256], got {sorted(set(k_ranks))}"
+    # A power of two: a TMA box and a shared-memory tile have power-of-two sides (48 or 160 fail to build)
+    if any(r != rank for r in k_ranks) or rank & (rank - 1) or not 16 <= rank <= 256:
+        return f"every group needs the same key rank, a power of two in [16, 256], got {sorted(set(k_ranks))}"
     if any(r != rank_v for r in v_ranks) or rank_v % 64 or not 64 <= rank_v <= SP_MAX_RANK_V:
         return (f"every group needs the same value rank, a multiple of 64 in [64, {SP_MAX_RANK_V}], "
                 f"got {sorted(set(v_ranks))}")

@@ -1,0 +1,77 @@
+"""Build (never run) the sm_90 Gluon kernels for the shapes their GPU tests cover; one JSON line per build.
+
+Run as a script in a process without TRITON_INTERPRET (test_gluon_builds.py does): kernels.offline_build
+replaces Triton's driver for the whole process.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+# (head_dim, heads per group, key rank, value rank): the GPU tests' shapes, the backend test's shape
+SINGLE_PASS_SHAPES = [(128, 4, 128, 384), (128, 1, 64, 128), (128, 2, 256, 64), (64, 4, 128, 192), (64, 2, 32, 512),
+                      (64, 8, 16, 64), (64, 4, 64, 320)]
+FOLD_SHAPES = [(128, 4, 128), (128, 1, 64), (128, 2, 256), (64, 4, 128), (64, 2, 32), (64, 1, 16)]
+BATCH, GROUPS, SLOTS = 2, 2, 1000  # the build depends on shapes only through constexprs and alignment
+
+
+def _common(head_dim: int, gs: int, rank: int, dtype: torch.dtype) -> dict:
+    return dict(rows=torch.zeros(BATCH, GROUPS, gs * head_dim, rank, dtype=dtype),
+                k_fp=torch.zeros(BATCH, SLOTS, GROUPS * rank, dtype=dtype),
+                positions=torch.zeros(BATCH, SLOTS, dtype=torch.int32), kv_start=torch.zeros(BATCH, dtype=torch.int32),
+                inv_freq=torch.zeros(head_dim // 2, dtype=torch.float32))
+
+
+def build_single_pass(head_dim: int, gs: int, rank: int, rank_v: int, dtype: torch.dtype) -> dict:
+    from kernels import single_pass_ws as sp
+    from kernels.offline_build import compile_only, resource_usage
+
+    elt = torch.empty(0, dtype=dtype).element_size()
+    fold_heads = sp.sp_fold_heads(gs, head_dim, rank, rank_v, elt)
+    c = _common(head_dim, gs, rank, dtype)
+    v_fp = torch.zeros(BATCH, SLOTS, GROUPS * rank_v, dtype=dtype)
+    heads = GROUPS * gs
+
+    def parts(n: int):
+        return (torch.zeros(BATCH, heads, n), torch.zeros(BATCH, heads, n), torch.zeros(BATCH, heads, n, rank_v))
+
+    with compile_only(90) as built:
+        sp.ws_single_pass(c["rows"], c["k_fp"], v_fp, c["positions"], c["kv_start"], c["inv_freq"], heads, rank,
+                          rank_v, gs, fold_heads, 132, None, parts)
+    (kernel,) = built
+    return {"kernel": "single_pass_ws", "shape": [head_dim, gs, rank, rank_v], "dtype": str(dtype),
+            "fold_heads": fold_heads, "estimate": sp.sp_shared_bytes(fold_heads, head_dim, rank, rank_v, elt),
+            **resource_usage(kernel)}
+
+
+def build_fold(head_dim: int, gs: int, rank: int, dtype: torch.dtype) -> dict:
+    from kernels import fold_scores_ws as ws
+    from kernels.offline_build import compile_only, resource_usage
+
+    elt = torch.empty(0, dtype=dtype).element_size()
+    fold_heads = ws.ws_fold_heads(gs, head_dim, rank, elt)
+    c = _common(head_dim, gs, rank, dtype)
+    scores = torch.zeros(BATCH, GROUPS * gs, SLOTS)
+    with compile_only(90) as built:
+        ws.ws_fold_scores(c["rows"], c["k_fp"], c["positions"], c["kv_start"], c["inv_freq"], scores, rank, gs,
+                          fold_heads, 132)
+    (kernel,) = built
+    stages = ws.ws_stages(fold_heads, head_dim, rank, elt)
+    ring = fold_heads * head_dim * rank * elt + stages * ws.WS_BLOCK_S * rank * elt
+    return {"kernel": "fold_scores_ws", "shape": [head_dim, gs, rank], "dtype": str(dtype), "fold_heads": fold_heads,
+            "estimate": ring, **resource_usage(kernel)}
+
+
+def main() -> int:
+    for dtype in (torch.float16, torch.bfloat16):
+        for shape in SINGLE_PASS_SHAPES:
+            print(json.dumps(build_single_pass(*shape, dtype)), flush=True)
+        for shape in FOLD_SHAPES:
+            print(json.dumps(build_fold(*shape, dtype)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The sm_90 Gluon kernels build, without a GPU, for every shape their GPU tests run, and reserve the shared
+memory their host-side estimates plan for (a wrong estimate would pick heads per program that do not fit).
+A compile error such as the tenth session's one-value-box build shows up here, on CI, before a device run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernels import single_pass_ws as sp
+
+from . import gluon_builds
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter never compiles
+    env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))  # really build, not a cached build
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(Path(gluon_builds.__file__))], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_every_shape_builds(builds):
+    want = 2 * (len(gluon_builds.SINGLE_PASS_SHAPES) + len(gluon_builds.FOLD_SHAPES))
+    assert len(builds) == want
+    assert all(b["local"] == 0 for b in builds), [b for b in builds if b["local"]]
+
+
+def test_single_pass_shared_memory_matches_its_estimate(builds):
+    for b in (b for b in builds if b["kernel"] == "single_pass_ws"):
+        assert b["estimate"] <= b["shared"] <= b["estimate"] + sp.SP_SMEM_MARGIN, b
+        assert b["shared"] <= sp.SP_SMEM_LIMIT, b
+
+
+def test_fold_scores_shared_memory_holds_rows_and_ring(builds):
+    for b in (b for b in builds if b["kernel"] == "fold_scores_ws"):
+        assert b["estimate"] <= b["shared"] <= b["estimate"] + 1024, b  # + barriers and alignment
+        assert b["shared"] <= sp.SP_SMEM_LIMIT, b
+
+
+def test_compile_only_refuses_the_interpreter(monkeypatch):
+    from kernels.offline_build import compile_only
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET unset"):
+        with compile_only(90):
+            pass
