@@ -31,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lt_group_size", type=int, default=32)
     p.add_argument("--cuda_graph", action="store_true", help="attention scope: replay the decode step (over a fixed cache, rewriting its last slot) in a CUDA graph")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
+    cli.add_fused_kernel_arg(p)
     p.add_argument("--num_layers", type=int, default=32, help="model scope: decoder layers")
     p.add_argument("--num_heads", type=int, default=32)
     p.add_argument("--num_kv_heads", type=int, default=32)
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
                              hidden_size=args.hidden_size, num_layers=args.num_layers, rank_k=args.rank_k,
                              rank_v=args.rank_v, group_size=args.group_size, lt_bits=args.lt_bits,
                              lt_group_size=args.lt_group_size, dtype=args.dtype, backend=args.backend,
+                             fused_kernel=args.fused_kernel,
                              cuda_graph=args.cuda_graph, warmup=args.warmup, reps=args.reps, device=args.device)
     except ValueError as err:
         cli.fail(str(err))

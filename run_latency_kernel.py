@@ -14,6 +14,8 @@ from pathlib import Path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from kernels import FUSED_KERNELS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--total_rank", type=int, required=True, help="key latent rank summed over groups")
     p.add_argument("--total_rank_v", type=int, default=None,
@@ -27,9 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, default=16, choices=[2, 3, 4, 8, 16], help="latent bits (16 = fp latents)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     p.add_argument("--rope_theta", type=float, default=5e5)
-    p.add_argument("--fused_kernel", default="auto", choices=["auto", "fold", "single_pass_ws"],
-                   help="the decode path timed as 'fused': the default dispatch, the fold path's two kernels, or "
-                        "the Gluon single-pass kernel (sm_90; method='single_pass', warp_specialized=True)")
+    p.add_argument("--fused_kernel", default="auto", choices=sorted(FUSED_KERNELS),
+                   help="the decode path timed as 'fused': the default dispatch, the fold path's kernels, the "
+                        "reconstruction kernel, or the Gluon single-pass kernel (sm_90; kernels.FUSED_KERNELS)")
     p.add_argument("--output_json", type=Path, default=None, help="also writes a .md table beside it")
     return p.parse_args(argv)
 

@@ -8,10 +8,12 @@
 #   sweep_tiles  the same script: latent tiles in flight and slots per tile of the default fold program
 #   sweep_cols   the same script: value channels per value-kernel program (quantized and fp latents)
 #   sweep_single_pass  the same script: the single-pass kernel's variants (heads, block, stages, warps) vs the default
+#   single_pass  before the Gluon single-pass kernel becomes the default (SP_AUTO): its GPU tests five times (its
+#              race was intermittent), the named decode paths against torch, kernel and module timings with it
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
-#   tests_all  every GPU test, eight pytest processes in parallel (logs tests_*.log)
+#   tests_all  every GPU test, nine pytest processes in parallel (logs tests_*.log)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
 #   tests2     the other GPU tests (quantization kernel, launch heuristics, backend agreement)
 #   tests3     generate() on the GPU: latent cache vs simulated (full-size) cache, same tokens
@@ -80,11 +82,22 @@ model)
   run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 --palu --lt_bits 4 --reps 3 \
       --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
   ;;
+single_pass)
+  for i in 1 2 3 4 5; do
+    run timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_single_pass_ws.py
+  done
+  run timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_backends_agree.py -k named_decode_path
+  run $K --target_seq_lens 4096 16384 65536 262144 --batch_size 1 --fused_kernel single_pass_ws \
+      --output_json "$OUT/b1_fp16_single_pass.json"
+  run $K --target_seq_lens 65536 --batch_size 8 --fused_kernel single_pass_ws --output_json "$OUT/b8_fp16_single_pass.json"
+  run python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 8 --palu --cuda_graph --reps 50 \
+      --fused_kernel single_pass_ws --output_json "$OUT/attention_fp16_cudagraph_single_pass.json"
+  ;;
 smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "gpu_shapes and 128-fp16 or autotuned" || exit 1
   ;;
-tests_all)  # all GPU tests as eight pytest processes at once (compilation is CPU-bound): 161 in ~250 s (H200, 16 cores,
-  # ninth session, seven processes; the eighth, the Gluon single-pass kernel's, is new in the tenth)
+tests_all)  # all GPU tests as nine pytest processes at once (compilation is CPU-bound): 161 in ~250 s (H200, 16 cores,
+  # ninth session, seven processes; the single-pass kernel's and the named decode paths' are new since)
   T="timeout 540 python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
   L=tests/kernels/test_latent_attention.py
   $T $L -k "gpu_shapes and fp16" > "$OUT/tests_shapes_fp16.log" 2>&1 &
@@ -96,6 +109,7 @@ tests_all)  # all GPU tests as eight pytest processes at once (compilation is CP
   $T tests/test_backends_agree.py -k "128-2 or generate" > "$OUT/tests_backends_b.log" 2>&1 &
   $T tests/kernels/test_fold_scores_ws.py > "$OUT/tests_gluon.log" 2>&1 &
   $T tests/kernels/test_single_pass_ws.py > "$OUT/tests_gluon_single_pass.log" 2>&1 &
+  $T tests/test_backends_agree.py -k named_decode_path > "$OUT/tests_backends_named.log" 2>&1 &
   wait
   for f in "$OUT"/tests_*.log; do echo "== $f"; tail -n 2 "$f"; done | tee -a "$LOG"
   ;;

@@ -16,20 +16,11 @@ import torch.nn.functional as F
 import triton
 import triton.testing
 
-from .latent_attention import LatentView, _host_offsets, latent_decode_attention
+from .latent_attention import FUSED_KERNELS, LatentView, _host_offsets, latent_decode_attention
 
 logger = logging.getLogger(__name__)
 
 L2_ROTATE_BYTES = 256 * 2**20  # rotate input sets until one pass touches more than this (H100 L2 is 50 MB)
-
-
-# The decode paths run_latency_kernel.py can time as "fused": the dispatcher's choice, the fold path's two
-# kernels, or the Gluon single-pass kernel (sm_90; not yet the default: kernels/single_pass_ws.py, SP_AUTO).
-FUSED_KERNELS = {
-    "auto": {},
-    "fold": {"method": "fold"},
-    "single_pass_ws": {"method": "single_pass", "warp_specialized": True},
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +37,7 @@ class KernelBenchConfig:
     dtype: str = "float16"
     rope_theta: float = 5e5
     quant_group_size: int = 32
-    fused_kernel: str = "auto"  # the timed "fused" path: a key of FUSED_KERNELS
+    fused_kernel: str = "auto"  # the timed "fused" path: a key of latent_attention.FUSED_KERNELS
 
     def __post_init__(self) -> None:
         if self.fused_kernel not in FUSED_KERNELS:

@@ -42,6 +42,19 @@ SUPPORTED_BITS = (2, 3, 4, 8)
 MIN_SPLIT_LEN = 128  # slots per split: a multiple of the largest autotuned block
 MAX_SPLITS = 256
 
+# Decode paths a user can pin by name (PaluAttention.fused_kernel, the scripts' --fused_kernel): keyword
+# arguments of latent_decode_attention. "auto" is the dispatcher's choice; "fold" the fold path's score
+# kernel (Gluon on sm_90 where it applies) + value kernel; "reconstruct" the paper's reconstruction kernel
+# (keys rebuilt per block, RoPE, q.k; any GQA); "single_pass_ws" the Gluon single-pass kernel (sm_90; not
+# yet the default: kernels/single_pass_ws.py, SP_AUTO). A path that does not apply raises a ValueError
+# naming what does not fit.
+FUSED_KERNELS = {
+    "auto": {},
+    "fold": {"method": "fold"},
+    "reconstruct": {"method": "rope_qk"},
+    "single_pass_ws": {"method": "single_pass", "warp_specialized": True},
+}
+
 
 @dataclasses.dataclass
 class LatentView:

@@ -36,6 +36,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cache_mode", default=None, choices=["latent", "simulate"],
                    help="Palu dumps: cache latents (default) or rebuild full K/V like the published code")
     g.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"], help="latent attention implementation")
+    add_fused_kernel_arg(g)
+
+
+def add_fused_kernel_arg(parser) -> None:
+    """--fused_kernel: the decode path of the Triton backend (kernels.FUSED_KERNELS)."""
+    from kernels import FUSED_KERNELS
+
+    parser.add_argument("--fused_kernel", default="auto", choices=sorted(FUSED_KERNELS),
+                        help="Palu dumps, Triton backend: the decode path (auto = the dispatcher's choice; fold, "
+                             "reconstruct = the paper's key reconstruction kernel, single_pass_ws = the Gluon "
+                             "single-pass kernel, sm_90)")
 
 
 def add_latent_quant_args(parser: argparse.ArgumentParser) -> None:
@@ -86,14 +97,18 @@ def load_for_eval(args: argparse.Namespace):
     from .models import load_model
 
     quant = latent_quant_from_args(args)
+    if args.fused_kernel != "auto" and (args.backend == "torch" or not args.device.startswith("cuda")):
+        fail(f"--fused_kernel {args.fused_kernel} picks a Triton decode path: it needs --device cuda and --backend "
+             f"auto or triton (got --device {args.device} --backend {args.backend})")
     model, tokenizer = load_model(args.model_name_or_path, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
     saved = (getattr(model.config, "palu", None) or {}).get("latent_quant")
     if saved and not quant.enabled:  # a --kv_budget dump carries its chosen bits; explicit --lt_bits override them
         quant = LatentQuantConfig.from_dict(saved)
     if any(True for _ in palu_modules(model)):
-        configure(model, quant=quant, cache_mode=args.cache_mode, backend=args.backend)
-    elif quant.enabled or quant.hadamard or args.cache_mode:
-        raise SystemExit("error: --lt_* and --cache_mode apply to Palu dumps; this model is not compressed (run compress.py)")
+        configure(model, quant=quant, cache_mode=args.cache_mode, backend=args.backend, fused_kernel=args.fused_kernel)
+    elif quant.enabled or quant.hadamard or args.cache_mode or args.fused_kernel != "auto":
+        raise SystemExit("error: --lt_*, --cache_mode and --fused_kernel apply to Palu dumps; this model is not "
+                         "compressed (run compress.py)")
     return model, tokenizer, quant
 
 

@@ -44,12 +44,20 @@ class LatencyConfig:
     dtype: str = "float16"
     rope_theta: float = 10000.0
     backend: str = "auto"
+    fused_kernel: str = "auto"  # Palu's decode path on the Triton backend: a key of kernels.FUSED_KERNELS
     cuda_graph: bool = False
     warmup: int = 5
     reps: int = 50
     device: str = "cuda"
 
     def __post_init__(self) -> None:
+        from kernels import FUSED_KERNELS
+
+        if self.fused_kernel not in FUSED_KERNELS:
+            raise ValueError(f"--fused_kernel must be one of {sorted(FUSED_KERNELS)}, got {self.fused_kernel!r}")
+        if self.fused_kernel != "auto" and (self.backend == "torch" or not self.device.startswith("cuda")):
+            raise ValueError(f"--fused_kernel {self.fused_kernel} picks a Triton decode path: it needs --device cuda "
+                             f"and --backend auto or triton (got --device {self.device} --backend {self.backend})")
         n_groups = self.num_kv_heads // self.group_size
         if self.num_kv_heads % self.group_size:
             raise ValueError(f"group_size {self.group_size} must divide num_kv_heads {self.num_kv_heads}")
@@ -104,7 +112,7 @@ def build_model(cfg: LatencyConfig, num_layers: Optional[int] = None, palu: bool
         for m in palu_modules(model):  # random factors: speed does not depend on the values
             _random_init(m.k_proj)
             _random_init(m.v_proj)
-        configure(model, quant=cfg.quant(), backend=cfg.backend)
+        configure(model, quant=cfg.quant(), backend=cfg.backend, fused_kernel=cfg.fused_kernel)
     return model
 
 

@@ -63,14 +63,30 @@ def configure(
     quant: Optional[LatentQuantConfig] = None,
     cache_mode: Optional[CacheMode | str] = None,
     backend: Optional[Backend | str] = None,
+    fused_kernel: Optional[str] = None,
 ) -> nn.Module:
-    """Set runtime options of every PaluAttention: latent quantization, cache mode, kernel backend.
+    """Set runtime options of every PaluAttention: latent quantization, cache mode, kernel backend, and
+    which decode path the Triton backend runs (``fused_kernel``: a key of ``kernels.FUSED_KERNELS``; a
+    path that does not fit the model's shapes raises a ValueError naming why at the first decode step).
 
     ``quant.hadamard`` fuses the Hadamard rotation into the factors (once; exact) if not already done.
     """
     modules = list(palu_modules(model))
     if not modules:
         raise ValueError("model has no Palu attention modules: compress it first (compress.py) or load a Palu dump")
+    if fused_kernel is not None:
+        from kernels import FUSED_KERNELS
+
+        if fused_kernel not in FUSED_KERNELS:
+            raise ValueError(f"fused_kernel must be one of {sorted(FUSED_KERNELS)}, got {fused_kernel!r}")
+        final_backend = Backend(backend) if backend is not None else modules[0].backend
+        if fused_kernel != "auto" and final_backend == Backend.TORCH:
+            raise ValueError(f"fused_kernel {fused_kernel!r} picks a Triton decode path, but the backend is 'torch': "
+                             "use backend 'auto' (CUDA) or 'triton', or leave fused_kernel 'auto'")
+        device = modules[0].k_proj.down.weight.device
+        if fused_kernel != "auto" and device.type != "cuda":
+            raise ValueError(f"fused_kernel {fused_kernel!r} picks a Triton decode path, which runs on CUDA, but the "
+                             f"model is on {device}: move it to a GPU first (--device cuda), or leave fused_kernel 'auto'")
     if quant is not None and quant.hadamard:
         fuse_hadamard(model)
     for m in modules:
@@ -80,6 +96,8 @@ def configure(
             m.cache_mode = CacheMode(cache_mode)
         if backend is not None:
             m.backend = Backend(backend)
+        if fused_kernel is not None:
+            m.fused_kernel = fused_kernel
     return model
 
 

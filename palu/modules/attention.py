@@ -67,6 +67,7 @@ class PaluAttention(nn.Module):
         self._rotary = (rotary,)  # a tuple keeps the shared module out of this module's state dict
         self.cache_mode = CacheMode.LATENT
         self.backend = Backend.AUTO
+        self.fused_kernel = "auto"  # Triton backend: a key of kernels.FUSED_KERNELS (which decode path runs)
         self.quant = LatentQuantConfig()
         self.fold_value_up: Optional[bool] = None  # None: fold when o_proj does not grow (r_v_max <= D)
         self._folded: Optional[tuple[tuple, torch.Tensor, Optional[torch.Tensor]]] = None
@@ -198,7 +199,7 @@ class PaluAttention(nn.Module):
         )
 
     def _triton_decode(self, q, layer: PaluLatentLayer) -> torch.Tensor:
-        from kernels import LatentView, latent_decode_attention
+        from kernels import FUSED_KERNELS, LatentView, latent_decode_attention
 
         def view(store) -> LatentView:
             quantized = store.quantized()
@@ -215,7 +216,7 @@ class PaluAttention(nn.Module):
             q[:, :, 0], view(layer.k), view(layer.v), self.k_proj.up, self.k_proj.offsets, self.v_proj.offsets,
             layer.positions.view(), layer.kv_start, self.rotary.inv_freq.float(),
             float(getattr(self.rotary, "attention_scaling", 1.0)), self.scaling, self.head_group_size,
-            k_bias=self.k_proj.bias, out_dtype=q.dtype,
+            k_bias=self.k_proj.bias, out_dtype=q.dtype, **FUSED_KERNELS[self.fused_kernel],
         )
         return z.unsqueeze(2)
 
