@@ -17,6 +17,10 @@ SINGLE_PASS_SHAPES = [(128, 4, 128, 384), (128, 1, 64, 128), (128, 2, 256, 64), 
                       (64, 8, 16, 64), (64, 4, 64, 320), (256, 2, 64, 192), (16, 8, 32, 64)]
 FOLD_SHAPES = [(128, 4, 128), (128, 1, 64), (128, 2, 256), (64, 4, 128), (64, 2, 32), (64, 1, 16), (256, 1, 128),
                (16, 8, 16)]
+# The variants the GPU tests and benchmarks/fold_heads_sweep.py run (module constants), on the Llama shape
+VARIANTS = [("single_pass_ws", {"SP_THREAD_L": False}), ("single_pass_ws", {"SP_DOT_COLS": 256}),
+            ("single_pass_ws", {"SP_KEY_STAGES": 4}), ("fold_scores_ws", {"WS_FOLD_COLS": 256}),
+            ("fold_scores_ws", {"WS_EARLY_TRIG": False}), ("fold_scores_ws", {"WS_STAGES": 8, "WS_FOLD_COLS": 256})]
 BATCH, GROUPS, SLOTS = 2, 2, 1000  # the build depends on shapes only through constexprs and alignment
 
 
@@ -67,12 +71,33 @@ def build_fold(head_dim: int, gs: int, rank: int, dtype: torch.dtype) -> dict:
             "estimate": ring, **resource_usage(kernel)}
 
 
+def build_variant(kernel: str, constants: dict) -> dict:
+    """The Llama shape (head_dim 128, 4 heads per group, ranks 128 / 384) with module constants changed."""
+    import importlib
+
+    module = importlib.import_module(f"kernels.{kernel}")
+    saved = {name: getattr(module, name) for name in constants}
+    try:
+        for name, value in constants.items():
+            setattr(module, name, value)
+        if kernel == "single_pass_ws":
+            out = build_single_pass(128, 4, 128, 384, torch.float16)
+        else:
+            out = build_fold(128, 4, 128, torch.float16)
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+    return {**out, "variant": constants}
+
+
 def main() -> int:
     for dtype in (torch.float16, torch.bfloat16):
         for shape in SINGLE_PASS_SHAPES:
             print(json.dumps(build_single_pass(*shape, dtype)), flush=True)
         for shape in FOLD_SHAPES:
             print(json.dumps(build_fold(*shape, dtype)), flush=True)
+    for kernel, constants in VARIANTS:
+        print(json.dumps(build_variant(kernel, constants)), flush=True)
     return 0
 
 

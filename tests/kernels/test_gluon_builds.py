@@ -1,4 +1,4 @@
-"""The sm_90 Gluon kernels build, without a GPU, for every shape their GPU tests run, and reserve the shared
+"""The sm_90 Gluon kernels build, without a GPU, for every shape and variant their GPU tests run, and reserve the shared
 memory their host-side estimates plan for (a wrong estimate would pick heads per program that do not fit).
 A compile error such as the tenth session's one-value-box build shows up here, on CI, before a device run."""
 from __future__ import annotations
@@ -30,7 +30,7 @@ def builds(tmp_path_factory) -> list[dict]:
 
 
 def test_every_shape_builds(builds):
-    want = 2 * (len(gluon_builds.SINGLE_PASS_SHAPES) + len(gluon_builds.FOLD_SHAPES))
+    want = 2 * (len(gluon_builds.SINGLE_PASS_SHAPES) + len(gluon_builds.FOLD_SHAPES)) + len(gluon_builds.VARIANTS)
     assert len(builds) == want
     assert all(b["local"] == 0 for b in builds), [b for b in builds if b["local"]]
 
