@@ -241,8 +241,15 @@ def ws_stages(fold_heads: int, head_dim: int, rank: int, elt: int) -> int:
     return max(2, min(WS_STAGES, left // (WS_BLOCK_S * rank * elt)))
 
 
-def ws_unsupported(q: torch.Tensor, k_fp, num_quantized: int, k_ranks: list, n_rep: int, has_bias: bool) -> str:
-    """Why the warp-specialized score kernel cannot serve this call ('' when it can)."""
+def tma_aligned(t: torch.Tensor) -> bool:
+    """A (B, S, R) tensor a TMA descriptor can read: unit last stride, 16-byte aligned base and rows."""
+    return t.stride(2) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and \
+        (t.stride(1) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+
+
+def fold_keys_unsupported(q: torch.Tensor, k_fp, num_quantized: int, k_ranks: list, n_rep: int,
+                          has_bias: bool) -> str:
+    """Why the Gluon kernels cannot read these keys ('' when they can; the GPU is checked apart, last)."""
     head_dim = q.shape[2]
     half = head_dim // 2
     if q.dtype not in (torch.float16, torch.bfloat16):
@@ -259,11 +266,36 @@ def ws_unsupported(q: torch.Tensor, k_fp, num_quantized: int, k_ranks: list, n_r
     # A power of two: a TMA box and a shared-memory tile have power-of-two sides (48 or 160 fail to build)
     if any(r != rank for r in k_ranks) or rank & (rank - 1) or not 16 <= rank <= 256:
         return f"every group needs the same key rank, a power of two in [16, 256], got {sorted(set(k_ranks))}"
-    if k_fp.stride(2) != 1 or (k_fp.stride(0) * 2) % 16 or (k_fp.stride(1) * 2) % 16 or k_fp.data_ptr() % 16:
+    if not tma_aligned(k_fp):
         return "the key latents need 16-byte aligned rows (TMA)"
+    return ""
+
+
+def hopper_unsupported(q: torch.Tensor) -> str:
     if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] != 9:
         return "it needs an sm_90 (Hopper) GPU"
     return ""
+
+
+def ws_unsupported(q: torch.Tensor, k_fp, num_quantized: int, k_ranks: list, n_rep: int, has_bias: bool) -> str:
+    """Why the warp-specialized score kernel cannot serve this call ('' when it can)."""
+    return fold_keys_unsupported(q, k_fp, num_quantized, k_ranks, n_rep, has_bias) or hopper_unsupported(q)
+
+
+def slot_chunks(num_slots: int, block_s: int, chunks: int) -> tuple[int, int]:
+    """(chunk_len, chunks): the slot axis cut into at most ``chunks`` (>= 1) runs of whole tiles."""
+    blocks = triton.cdiv(num_slots, block_s)
+    chunks = max(1, min(blocks, chunks))
+    chunk_len = triton.cdiv(blocks, chunks) * block_s
+    return chunk_len, triton.cdiv(num_slots, chunk_len)
+
+
+def nvmma_desc(t: torch.Tensor, block: list):
+    """TMA descriptor of fp16/bf16 ``t`` with boxes ``block`` in the default swizzled (NVMMA) layout."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    gdt = gl.float16 if t.dtype == torch.float16 else gl.bfloat16
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, gl.NVMMASharedLayout.get_default_for(block, gdt))
 
 
 def ws_fold_scores(rows: torch.Tensor, k_fp: torch.Tensor, positions: torch.Tensor, kv_start: torch.Tensor,
@@ -277,25 +309,15 @@ def ws_fold_scores(rows: torch.Tensor, k_fp: torch.Tensor, positions: torch.Tens
     (all its registers; 128 KB of shared memory at R = 128, D = 128):
     the slot axis of each (b, g, head split) is cut into chunks so that the grid about fills the SMs.
     """
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
     batch, num_slots, _ = k_fp.shape
     num_groups = rows.shape[1]
     half = inv_freq.shape[0]
     cols = ws_heads_per_dot(fold_heads, 2 * half) * 2 * half  # rows per wgmma and TMA box
-    gdt = gl.float16 if k_fp.dtype == torch.float16 else gl.bfloat16
-    lat_block = [1, WS_BLOCK_S, rank]
-    lat_desc = TensorDescriptor(k_fp, list(k_fp.shape), list(k_fp.stride()), lat_block,
-                                gl.NVMMASharedLayout.get_default_for(lat_block, gdt))
-    rows2 = rows.view(-1, rank)
-    rows_desc = TensorDescriptor(rows2, list(rows2.shape), list(rows2.stride()), [cols, rank],
-                                 gl.NVMMASharedLayout.get_default_for([cols, rank], gdt))
+    lat_desc = nvmma_desc(k_fp, [1, WS_BLOCK_S, rank])
+    rows_desc = nvmma_desc(rows.view(-1, rank), [cols, rank])
     head_splits = heads_per_group // fold_heads
     bgs = batch * num_groups
-    blocks = triton.cdiv(num_slots, WS_BLOCK_S)
-    chunks = max(1, min(blocks, num_sms // (bgs * head_splits)))
-    chunk_len = triton.cdiv(blocks, chunks) * WS_BLOCK_S
-    chunks = triton.cdiv(num_slots, chunk_len)
+    chunk_len, chunks = slot_chunks(num_slots, WS_BLOCK_S, num_sms // (bgs * head_splits))
     _ws_fold_scores_kernel[(bgs * head_splits * chunks,)](
         lat_desc, rows_desc, positions, positions.stride(0), kv_start, inv_freq, scores, scores.stride(0),
         scores.stride(1), rank, num_slots, num_groups, bgs, chunk_len, head_splits,

@@ -39,7 +39,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_wait)
 
-from .fold_scores_ws import _cos_sin, _program_slots
+from .fold_scores_ws import (_cos_sin, _program_slots, fold_keys_unsupported, hopper_unsupported, nvmma_desc,
+                             slot_chunks, tma_aligned)
 
 SP_BLOCK_S = 64  # slots per tile: the score wgmma's M and the value wgmma's K
 # Key tiles in the ring (16 KB each at R = 128). Even: tile j's buffer j % 2 then serves one consumer only,
@@ -116,47 +117,28 @@ def sp_fold_heads(heads_per_group: int, head_dim: int, rank: int, rank_v: int, e
     return max(fitting)
 
 
-def _aligned(t: torch.Tensor) -> bool:
-    return t.stride(2) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and \
-        (t.stride(1) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
-
-
 def single_pass_ws_unsupported(q: torch.Tensor, k_latent, v_latent, k_ranks: list, v_ranks: list, n_rep: int,
                                has_bias: bool, block_s: Optional[int] = None) -> str:
     """Why the Gluon single-pass kernel cannot serve this call ('' when it can)."""
-    head_dim = q.shape[2]
-    half = head_dim // 2
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        return f"it reads fp16/bf16 latents, not {q.dtype}"
-    if k_latent.num_quantized or k_latent.fp is None or k_latent.fp.shape[1] == 0:
-        return "it reads plain latents only (no quantized slots)"
-    if n_rep != 1:
-        return f"it folds one query head per KV head (n_rep == 1), got n_rep={n_rep}"
-    if has_bias:
-        return "it has no key-bias term"
+    why = fold_keys_unsupported(q, k_latent.fp, k_latent.num_quantized, k_ranks, n_rep, has_bias)
+    if why:
+        return why
     if block_s is not None and block_s != SP_BLOCK_S:
         return f"its tiles are {SP_BLOCK_S} slots, block_s={block_s} was given"
-    if half < 8 or half & (half - 1) or head_dim > 256:
-        return f"head_dim / 2 must be a power of two >= 8 and head_dim <= 256, got head_dim={head_dim}"
     rank, rank_v = k_ranks[0], v_ranks[0]
-    # A power of two: a TMA box and a shared-memory tile have power-of-two sides (48 or 160 fail to build)
-    if any(r != rank for r in k_ranks) or rank & (rank - 1) or not 16 <= rank <= 256:
-        return f"every group needs the same key rank, a power of two in [16, 256], got {sorted(set(k_ranks))}"
     if any(r != rank_v for r in v_ranks) or rank_v % 64 or not 64 <= rank_v <= SP_MAX_RANK_V:
         return (f"every group needs the same value rank, a multiple of 64 in [64, {SP_MAX_RANK_V}], "
                 f"got {sorted(set(v_ranks))}")
     heads_per_group = q.shape[1] // len(k_ranks)
     if heads_per_group > SP_NP.value:
         return f"it pads a group's heads to {SP_NP.value} columns, got {heads_per_group} heads per group"
-    if not (_aligned(k_latent.fp) and _aligned(v_latent.fp)):
-        return "the latents need 16-byte aligned rows (TMA)"
+    if not tma_aligned(v_latent.fp):
+        return "the value latents need 16-byte aligned rows (TMA)"
     try:
-        sp_fold_heads(heads_per_group, head_dim, rank, rank_v, q.element_size())
+        sp_fold_heads(heads_per_group, q.shape[2], rank, rank_v, q.element_size())
     except ValueError as err:
         return str(err)
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] != 9:
-        return "it needs an sm_90 (Hopper) GPU"
-    return ""
+    return hopper_unsupported(q)
 
 
 @gluon.jit
@@ -371,13 +353,8 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
 def sp_chunks(num_slots: int, programs_per_chunk: int, num_sms: int, num_splits: Optional[int]) -> tuple[int, int]:
     """(chunk_len, chunks): whole tiles per chunk; by default about one program per SM (one CTA fits per SM),
     else ceil(num_splits / 2) chunks (each chunk writes two splits, one per consumer)."""
-    blocks = triton.cdiv(num_slots, SP_BLOCK_S)
-    if num_splits is None:
-        chunks = max(1, min(blocks, num_sms // programs_per_chunk))
-    else:
-        chunks = max(1, min(blocks, triton.cdiv(num_splits, 2)))
-    chunk_len = triton.cdiv(blocks, chunks) * SP_BLOCK_S
-    return chunk_len, triton.cdiv(num_slots, chunk_len)
+    wanted = num_sms // programs_per_chunk if num_splits is None else triton.cdiv(num_splits, 2)
+    return slot_chunks(num_slots, SP_BLOCK_S, wanted)
 
 
 def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, positions: torch.Tensor,
@@ -389,25 +366,15 @@ def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, p
     k_fp (B, S, G * rank), v_fp (B, S, G * rank_v) in rows' dtype; positions (B, S) int32; kv_start (B,) int32;
     inv_freq (D/2,) fp32; fold_heads from :func:`sp_fold_heads`.
     """
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
     if SP_KEY_STAGES % 2:  # see SP_KEY_STAGES: an odd ring would share key buffers between the consumers
         raise ValueError(f"SP_KEY_STAGES must be even (one key buffer per consumer per use), got {SP_KEY_STAGES}")
     batch, num_slots, _ = k_fp.shape
     num_groups = rows.shape[1]
     half = inv_freq.shape[0]
-    gdt = gl.float16 if k_fp.dtype == torch.float16 else gl.bfloat16
-    vbox = sp_value_box(rank_v)
     cols = min(sp_dot_cols(2 * half), fold_heads * 2 * half)
-
-    def desc(t: torch.Tensor, block: list) -> TensorDescriptor:
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
-                                gl.NVMMASharedLayout.get_default_for(block, gdt))
-
-    rows2 = rows.view(-1, rank)
-    lat_desc = desc(k_fp, [1, SP_BLOCK_S, rank])
-    val_desc = desc(v_fp, [1, SP_BLOCK_S, vbox])
-    rows_desc = desc(rows2, [cols, rank])
+    lat_desc = nvmma_desc(k_fp, [1, SP_BLOCK_S, rank])
+    val_desc = nvmma_desc(v_fp, [1, SP_BLOCK_S, sp_value_box(rank_v)])
+    rows_desc = nvmma_desc(rows.view(-1, rank), [cols, rank])
     head_splits = heads_per_group // fold_heads
     bgs = batch * num_groups
     chunk_len, chunks = sp_chunks(num_slots, bgs * head_splits, num_sms, num_splits)
