@@ -93,13 +93,13 @@ def latent_quant_from_args(args: argparse.Namespace) -> LatentQuantConfig:
 def load_for_eval(args: argparse.Namespace):
     """(model, tokenizer, latent quantization applied) from the model/quant flags: original
     checkpoints as-is, Palu dumps configured (a ``--kv_budget`` dump's saved bits unless --lt_* override)."""
-    from .integrations.hf import configure, palu_modules
+    from .integrations.hf import configure, fused_kernel_flags_problem, palu_modules
     from .models import load_model
 
     quant = latent_quant_from_args(args)
-    if args.fused_kernel != "auto" and (args.backend == "torch" or not args.device.startswith("cuda")):
-        fail(f"--fused_kernel {args.fused_kernel} picks a Triton decode path: it needs --device cuda and --backend "
-             f"auto or triton (got --device {args.device} --backend {args.backend})")
+    why = fused_kernel_flags_problem(args.fused_kernel, args.backend, args.device)
+    if why:
+        fail(why)
     model, tokenizer = load_model(args.model_name_or_path, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
     saved = (getattr(model.config, "palu", None) or {}).get("latent_quant")
     if saved and not quant.enabled:  # a --kv_budget dump carries its chosen bits; explicit --lt_bits override them

@@ -25,6 +25,16 @@ def _decode_logits(model, x, mask, forced):
     return torch.stack(logits, 1).float()
 
 
+def _triton_vs_torch(model, x, mask, forced, **triton_options) -> torch.Tensor:
+    """Relative error of the Triton backend's logits (configured with triton_options) against the torch one's."""
+    with torch.no_grad():
+        configure(model, backend="triton", **triton_options)
+        tri = _decode_logits(model, x, mask, forced)
+        configure(model, backend="torch")  # the torch backend ignores the Triton options
+        ref = _decode_logits(model, x, mask, forced)
+    return (tri - ref).norm() / ref.norm()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [16, 4, 3, 2])
 @pytest.mark.parametrize("head_dim,group_size", [(64, 1), (128, 2)])
@@ -37,12 +47,7 @@ def test_triton_and_torch_backends_agree(dtype, bits, head_dim, group_size):
     mask = torch.ones_like(x)
     mask[0, :5] = 0  # left padding
     forced = torch.randint(3, 128, (3, 16), device="cuda")
-    with torch.no_grad():
-        configure(model, backend="triton")
-        tri = _decode_logits(model, x, mask, forced)
-        configure(model, backend="torch")
-        ref = _decode_logits(model, x, mask, forced)
-    rel = (tri - ref).norm() / ref.norm()
+    rel = _triton_vs_torch(model, x, mask, forced)
     assert rel < (2e-2 if dtype == torch.bfloat16 else 5e-3), rel
 
 
@@ -70,10 +75,5 @@ def test_each_named_decode_path_agrees_with_torch(fused_kernel, dtype):
     mask = torch.ones_like(x)
     mask[1, :7] = 0  # left padding
     forced = torch.randint(3, 128, (3, 8), device="cuda")
-    with torch.no_grad():
-        configure(model, backend="triton", fused_kernel=fused_kernel)
-        tri = _decode_logits(model, x, mask, forced)
-        configure(model, backend="torch", fused_kernel="auto")
-        ref = _decode_logits(model, x, mask, forced)
-    rel = (tri - ref).norm() / ref.norm()
+    rel = _triton_vs_torch(model, x, mask, forced, fused_kernel=fused_kernel)
     assert rel < (2e-2 if dtype == torch.bfloat16 else 5e-3), rel

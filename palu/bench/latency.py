@@ -16,7 +16,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import Cache, StaticLayer
 
 from ..config import LatentQuantConfig, PaluConfig
-from ..integrations.hf import apply_palu, configure, palu_modules
+from ..integrations.hf import apply_palu, configure, fused_kernel_flags_problem, palu_modules
 from ..modules.attention import apply_rope
 from ..modules.cache import PaluCache, cache_nbytes, latent_layer_for, quantize_into_views
 from .timing import peak_memory_bytes, peak_memory_reset, time_fn
@@ -51,13 +51,9 @@ class LatencyConfig:
     device: str = "cuda"
 
     def __post_init__(self) -> None:
-        from kernels import FUSED_KERNELS
-
-        if self.fused_kernel not in FUSED_KERNELS:
-            raise ValueError(f"--fused_kernel must be one of {sorted(FUSED_KERNELS)}, got {self.fused_kernel!r}")
-        if self.fused_kernel != "auto" and (self.backend == "torch" or not self.device.startswith("cuda")):
-            raise ValueError(f"--fused_kernel {self.fused_kernel} picks a Triton decode path: it needs --device cuda "
-                             f"and --backend auto or triton (got --device {self.device} --backend {self.backend})")
+        why = fused_kernel_flags_problem(self.fused_kernel, self.backend, self.device)
+        if why:
+            raise ValueError(why)
         n_groups = self.num_kv_heads // self.group_size
         if self.num_kv_heads % self.group_size:
             raise ValueError(f"group_size {self.group_size} must divide num_kv_heads {self.num_kv_heads}")

@@ -58,6 +58,19 @@ def palu_modules(model: nn.Module) -> Iterator[PaluAttention]:
             yield module
 
 
+def fused_kernel_flags_problem(fused_kernel: str, backend: str, device: str) -> str:
+    """Why ``--fused_kernel`` cannot run with these ``--backend`` / ``--device`` flags ('' when it can): the
+    scripts' check before any model is loaded (configure() checks the model itself)."""
+    from kernels import FUSED_KERNELS
+
+    if fused_kernel not in FUSED_KERNELS:
+        return f"--fused_kernel must be one of {sorted(FUSED_KERNELS)}, got {fused_kernel!r}"
+    if fused_kernel != "auto" and (backend == "torch" or not device.startswith("cuda")):
+        return (f"--fused_kernel {fused_kernel} picks a Triton decode path: it needs --device cuda and --backend "
+                f"auto or triton (got --device {device} --backend {backend})")
+    return ""
+
+
 def configure(
     model: nn.Module,
     quant: Optional[LatentQuantConfig] = None,
