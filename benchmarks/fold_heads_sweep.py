@@ -9,8 +9,13 @@ and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass
 "single_pass_ws": the Gluon single-pass kernel (kernels.single_pass_ws) and its variants against the fold path.
 Usage (CUDA machine, repo root):
   PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json \
-      [heads|tiles|value_cols|default|reconstruction|single_pass|ws|single_pass_ws] [seq,batch,bits;...]
+      [heads|tiles|value_cols|default|reconstruction|single_pass|ws|single_pass_ws] [seq,batch,bits;...] \
+      [NAME=VALUE,...]
+The last argument sets module constants (names as in VARIANT_SETS, e.g. sp.SP_CONSUMER_REGS=240) for the
+whole process before anything compiles: a Gluon kernel refuses a global that changes after its first
+build in a process ("Global variable changed"), so such variants need one process each.
 """
+import ast
 import dataclasses
 import json
 import math
@@ -63,6 +68,7 @@ VARIANT_SETS = {
         "dot_cols=256": (dict(method="single_pass", warp_specialized=True), {"sp.SP_DOT_COLS": 256}),
         "fold_heads=2": (dict(method="single_pass", warp_specialized=True, fold_heads=2), {}),
     },
+    "single_pass_ws_only": {"single_pass_ws": (dict(method="single_pass", warp_specialized=True), {})},
     "default": {"auto": ({}, {})},  # the shipped configuration alone (A/B runs of two source trees)
     "reconstruction": {"rope_qk": (dict(method="rope_qk"), {})},  # the GQA path alone, likewise
     "tiles": {  # the Triton score kernel, two heads per program: latent tiles in flight and slots per tile
@@ -87,8 +93,24 @@ def _target(name: str) -> tuple:
     return la, name
 
 
+def _set_process_constants(spec: str) -> dict:
+    """Apply "NAME=VALUE,..." (VALUE a Python literal) before the first compile; a constant that is a
+    Gluon constexpr stays one. Returns what was set, for the JSON."""
+    done = {}
+    for item in filter(None, spec.split(",")):
+        name, _, text = item.partition("=")
+        module, attr = _target(name)
+        old, value = getattr(module, attr), ast.literal_eval(text)
+        if hasattr(old, "value") and type(old).__name__ == "constexpr":
+            value = type(old)(value)
+        setattr(module, attr, value)
+        done[name] = ast.literal_eval(text)
+    return done
+
+
 def main() -> int:
     out_path, variant_set = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "heads"
+    process_constants = _set_process_constants(sys.argv[4]) if len(sys.argv) > 4 else {}
     device = torch.device("cuda")
     rows = []
     shapes = {
@@ -100,10 +122,11 @@ def main() -> int:
         "single_pass_ws": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16),
                            (4096, 8, 16)],
         "reconstruction": [(4096, 1, 16), (65536, 1, 16), (65536, 1, 4)],
+        "single_pass_ws_only": [(65536, 1, 16), (65536, 8, 16)],
         "tiles": [(4096, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (65536, 1, 4)],
         "value_cols": [(4096, 1, 4), (65536, 1, 4), (65536, 8, 4), (4096, 1, 16), (65536, 1, 16), (65536, 8, 16)],
     }[variant_set]
-    if len(sys.argv) > 3:  # shapes given as seq_len,batch,bits;...
+    if len(sys.argv) > 3 and sys.argv[3]:  # shapes given as seq_len,batch,bits;...
         shapes = [tuple(int(v) for v in item.split(",")) for item in sys.argv[3].split(";")]
     for seq_len, batch, bits in shapes:
         cfg = KernelBenchConfig(total_rank=1024, total_rank_v=3072, batch_size=batch, bits=bits,
@@ -137,6 +160,7 @@ def main() -> int:
         torch.cuda.empty_cache()
     with open(out_path, "w") as f:
         json.dump({"argv": sys.argv, "device": torch.cuda.get_device_name(), "rows": rows,
+                   "process_constants": process_constants,
                    "config": dataclasses.asdict(KernelBenchConfig(total_rank=1024, total_rank_v=3072))}, f, indent=2)
     return 0
 

@@ -10,6 +10,9 @@
 #   sweep_single_pass  the same script: the single-pass kernel's variants (heads, block, stages, warps) vs the default
 #   single_pass  before the Gluon single-pass kernel becomes the default (SP_AUTO): its GPU tests five times (its
 #              race was intermittent), the named decode paths against torch, kernel and module timings with it
+#   sp_regs    the single-pass kernel at 64K (B=1, 8) per consumer register split, one process each (SP_CONSUMER_REGS;
+#              the splits and their order from $SP_REGS, default "232 240 224 248")
+#   ncu_sp     Nsight Compute (--set full) of the default decode call at 64K (the Gluon single-pass kernel on sm_90)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
@@ -92,6 +95,21 @@ single_pass)
   run $K --target_seq_lens 65536 --batch_size 8 --fused_kernel single_pass_ws --output_json "$OUT/b8_fp16_single_pass.json"
   run python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 8 --palu --cuda_graph --reps 50 \
       --fused_kernel single_pass_ws --output_json "$OUT/attention_fp16_cudagraph_single_pass.json"
+  ;;
+sp_regs)
+  i=0
+  for regs in ${SP_REGS:-232 240 224 248}; do
+    i=$((i + 1))
+    run timeout 150 python3 benchmarks/fold_heads_sweep.py "$OUT/sp_regs_${regs}_run$i.json" single_pass_ws_only "" \
+        sp.SP_CONSUMER_REGS=$regs
+  done
+  ;;
+ncu_sp)
+  run timeout 150 ncu --profile-from-start off --clock-control none --set full -k regex:"single_pass|merge" \
+      -o "$OUT/ncu_sp_64k" python3 benchmarks/ncu_decode.py 65536 1 16
+  ncu -i "$OUT/ncu_sp_64k.ncu-rep" --page details > "$OUT/ncu_sp_64k.txt" 2>&1
+  ncu -i "$OUT/ncu_sp_64k.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_sp_64k_source.csv" 2>&1
+  rm -f "$OUT/ncu_sp_64k.ncu-rep"
   ;;
 smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "gpu_shapes and 128-fp16 or autotuned" || exit 1

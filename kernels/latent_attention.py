@@ -19,8 +19,9 @@ Single-pass versions were slower in Triton (kernels/NOTES.md): reconstruction in
 loop 5-9x (v1), and :mod:`kernels.single_pass` (the fold, softmax and value stream in one loop;
 method="single_pass", tested, never chosen by "auto") 2.5-2.8x the default's time on an H200. The
 warp-specialized Gluon one (:mod:`kernels.single_pass_ws`, sm_90, method="single_pass",
-warp_specialized=True) measured faster than the default (200.4 vs 222.5 us at 64K on an H200), but is not
-yet the default: see SP_AUTO there. Quantized slots are unpacked from int32 words and dequantized in registers.
+warp_specialized=True) measured faster than the fold path (200.4 vs 222.5 us at 64K on an H200) and is the
+default of "auto" where it applies (SP_AUTO there). Quantized slots are unpacked from int32 words and
+dequantized in registers.
 """
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ MAX_SPLITS = 256
 # Decode paths a user can pin by name (PaluAttention.fused_kernel, the scripts' --fused_kernel): keyword
 # arguments of latent_decode_attention. "auto" is the dispatcher's choice; "fold" the fold path's score
 # kernel (Gluon on sm_90 where it applies) + value kernel; "reconstruct" the paper's reconstruction kernel
-# (keys rebuilt per block, RoPE, q.k; any GQA); "single_pass_ws" the Gluon single-pass kernel (sm_90; not
-# yet the default: kernels/single_pass_ws.py, SP_AUTO). A path that does not apply raises a ValueError
-# naming what does not fit.
+# (keys rebuilt per block, RoPE, q.k; any GQA); "single_pass_ws" the Gluon single-pass kernel (sm_90; what
+# "auto" runs where it applies: kernels/single_pass_ws.py, SP_AUTO). A path that does not apply raises a
+# ValueError naming what does not fit.
 FUSED_KERNELS = {
     "auto": {},
     "fold": {"method": "fold"},
@@ -564,7 +565,7 @@ def latent_decode_attention(
                  (auto) uses it where it applies (measured faster at every shape: WS_AUTO there). single_pass:
                  True runs the Gluon single-pass kernel (:mod:`kernels.single_pass_ws`; also equal value ranks, a
                  multiple of 64; a ValueError naming what does not fit), False or None the Triton one (None: the
-                 Gluon one where it applies once SP_AUTO is set, which also makes it the default of "auto").
+                 Gluon one where it applies, as for "auto", while SP_AUTO is set).
       out_dtype  dtype of z (the merge writes it directly; fp32 by default).
 
     Query head h reads KV head h // (H // H_kv) of group (h // (H // H_kv)) // gs. Output column
@@ -640,8 +641,8 @@ def latent_decode_attention(
         raise ValueError(f"method='single_pass' folds one query head per KV head (n_rep == 1), got n_rep={n_rep}; "
                          "use method='rope_qk'")
     # The Gluon single-pass kernel (sm_90): method="single_pass" with warp_specialized=True, and where it applies
-    # the default of "single_pass" and "auto" once SP_AUTO is set (off until its race fix has passed the GPU
-    # tests: single_pass_ws.py), unless the call asks for what only the fold path has (value_cols).
+    # the default of "single_pass" and "auto" while SP_AUTO is set (single_pass_ws.py), unless the call asks for
+    # what only the fold path has (value_cols).
     single_ws = method == "single_pass" or (method == "auto" and fold_auto and value_cols is None)
     if single_ws and warp_specialized is not False and not interpret:
         from . import single_pass_ws as sp

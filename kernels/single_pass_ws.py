@@ -56,15 +56,17 @@ SP_SMEM_LIMIT = 232448  # sm_90's largest shared memory per block (227 KB)
 # sp_shared_bytes leaves out the compiler's alignment of the buffers: 280 B for the Llama shape (231840 B
 # compiled against 231560 estimated), so programs are kept this much under the limit.
 SP_SMEM_MARGIN = 512
-SP_CONSUMER_REGS = gl.constexpr(232)  # the second consumer; the first gets 3 * 168 - 232 - 24 = 248
+# Registers per thread of the second consumer; the first gets 3 * 168 - 248 - 24 = 232. 248 measured 1.4-2.4%
+# faster than 232 in six same-call pairs at 64K, B=1 and 8 (240 like 232, 224 slower; twelfth session).
+SP_CONSUMER_REGS = gl.constexpr(248)
 SP_PRODUCER_REGS = gl.constexpr(24)
 SP_MAXNREG = 168
 # Whether method="auto" (and "single_pass" without warp_specialized) takes this kernel where it applies. It
 # measured faster than the fold path's two kernels at every measured shape (H200, 32 x 128 heads, ranks 128 /
 # 384 per group of 4: 198.6 vs 222.5 us at 64K, 1530 vs 1708 us at B=8 x 64K, 28.4 vs 33.2 us at 4K; kernels/
-# NOTES.md, tenth session), but those GPU runs also showed a race (non-finite outputs now and then, see the
-# value-box ready barriers in _consume). The fix has not yet run on a GPU: off until its GPU tests pass.
-SP_AUTO = False
+# NOTES.md, tenth session). Those runs showed a race, fixed by the value-box ready barriers per consumer (see
+# _consume); with the fix every GPU test passed, the single-pass ones five times over (twelfth session).
+SP_AUTO = True
 # The softmax denominator kept per thread (each thread's slots) and summed across the warps once at the end,
 # instead of a cross-warp sum (shared memory and barriers) per tile: 198.6 vs 205.9 us at 64K, 1530.2 vs
 # 1581.2 us at B=8 x 64K (28.4 vs 27.7 us at 4K, within noise).
