@@ -227,9 +227,10 @@ def test_gpu_single_pass_ws_variants(variant, monkeypatch):
 @pytest.mark.gpu
 @hopper
 def test_gpu_auto_takes_it_and_agrees_with_the_fold_path(monkeypatch):
-    """With SP_AUTO set, method="auto" runs this kernel where it applies (the same output bit for bit). It agrees
-    with the fold path's two kernels as closely as each agrees with the reference: both round p to bf16 for the
-    value products, against different running maxima (per 64-slot tile here, per value block there)."""
+    """With SP_AUTO set (the default), method="auto" runs this kernel where it applies (the same output bit for
+    bit). It agrees with the fold path's two kernels as closely as each agrees with the reference: both round p
+    to bf16 for the value products, against different running maxima (per 64-slot tile here, per value block
+    there)."""
     monkeypatch.setattr(sp, "SP_AUTO", True)
     case = dataclasses.replace(LLAMA, num_slots=4099, dtype=torch.bfloat16)
     inputs = make_inputs(case, torch.device("cuda"))
@@ -246,7 +247,7 @@ def test_gpu_auto_takes_it_and_agrees_with_the_fold_path(monkeypatch):
 
 
 def test_the_kernel_benchmark_can_time_it():
-    """run_latency_kernel.py --fused_kernel single_pass_ws times this kernel (it is not the default yet)."""
+    """run_latency_kernel.py --fused_kernel single_pass_ws times this kernel whatever "auto" picks."""
     import importlib
 
     from kernels.bench import FUSED_KERNELS, KernelBenchConfig
