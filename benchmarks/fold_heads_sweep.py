@@ -98,13 +98,12 @@ def _set_process_constants(spec: str) -> dict:
     Gluon constexpr stays one. Returns what was set, for the JSON."""
     done = {}
     for item in filter(None, spec.split(",")):
-        name, _, text = item.partition("=")
+        name, eq, text = item.partition("=")
+        if not eq:
+            raise SystemExit(f"module constants are NAME=VALUE (e.g. sp.SP_CONSUMER_REGS=240), got {item!r}")
         module, attr = _target(name)
-        old, value = getattr(module, attr), ast.literal_eval(text)
-        if hasattr(old, "value") and type(old).__name__ == "constexpr":
-            value = type(old)(value)
-        setattr(module, attr, value)
-        done[name] = ast.literal_eval(text)
+        old, done[name] = getattr(module, attr), ast.literal_eval(text)
+        setattr(module, attr, type(old)(done[name]) if type(old).__name__ == "constexpr" else done[name])
     return done
 
 

@@ -11,6 +11,7 @@ import torch
 from kernels import latent_decode_attention
 from kernels.reference import latent_decode_attention_ref
 from tests.kernels.latent_cases import Case, make_inputs, rel_error, tolerance
+from tests.kernels.test_fold_scores_ws import KEY_SIDE_CASES, ONLY_THE_GPU
 from tests.kernels.test_latent_attention import check
 
 sp = pytest.importorskip("kernels.single_pass_ws")
@@ -59,20 +60,12 @@ def _reason(case: Case, n_rep: int = 1, block_s=None) -> str:
 BASE = Case(num_heads=4, num_kv_heads=4, head_dim=64, group_size=2, k_ranks=(64, 64), v_ranks=(128, 128))
 
 
-@pytest.mark.parametrize("change,reason", [
-    (dict(dtype=torch.float32), "fp16/bf16"),
-    (dict(bits=4), "quantized"),
-    (dict(bias=True), "key-bias"),
-    (dict(head_dim=96), "power of two"),
-    (dict(k_ranks=(64, 32)), "same key rank"),
-    (dict(k_ranks=(40, 40)), "power of two"),
-    (dict(k_ranks=(48, 48)), "power of two"),
+@pytest.mark.parametrize("change,reason", KEY_SIDE_CASES + [
     (dict(v_ranks=(128, 64)), "same value rank"),
     (dict(v_ranks=(96, 96)), "multiple of 64"),
     (dict(v_ranks=(640, 640)), "[64, 512]"),
     (dict(num_heads=32, num_kv_heads=32, group_size=16), "16 heads per group"),
-    (dict(row_pad=3), "16-byte"),
-    ({}, "sm_90"),  # everything else fits: these CPU tensors are the only obstacle
+    ONLY_THE_GPU,
 ])
 def test_unsupported_calls_are_named(change, reason):
     case = dataclasses.replace(BASE, **change)
