@@ -12,9 +12,9 @@
 #              race was intermittent), the named decode paths against torch, kernel and module timings with it
 #   sp_regs    the single-pass kernel at 64K (B=1, 8) per consumer register split, one process each (SP_CONSUMER_REGS;
 #              the splits and their order from $SP_REGS, default "232 240 224 248")
-#   ncu_sp     Nsight Compute (--set full) of the default decode call at 64K (the Gluon single-pass kernel on sm_90)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
+#              of its kernels (fp16 on sm_90: the Gluon single-pass kernel and the merge; 4-bit: the fold path)
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
 #   tests_all  every GPU test, nine pytest processes in parallel (logs tests_*.log)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
@@ -63,8 +63,9 @@ profile)
   ;;
 ncu)  # the counters need a Firecracker machine (gVisor refuses them); reports are large: text pages only
   for bits in 16 4; do
-    run timeout 120 ncu --profile-from-start off --clock-control none --set full -k regex:"fold_scores|softmax_v_split" \
-        -o "$OUT/ncu_64k_$bits" python3 benchmarks/ncu_decode.py 65536 1 $bits
+    run timeout 120 ncu --profile-from-start off --clock-control none --set full \
+        -k regex:"single_pass|fold_scores|softmax_v_split|merge" -o "$OUT/ncu_64k_$bits" \
+        python3 benchmarks/ncu_decode.py 65536 1 $bits
     ncu -i "$OUT/ncu_64k_$bits.ncu-rep" --page details > "$OUT/ncu_64k_$bits.txt" 2>&1
     ncu -i "$OUT/ncu_64k_$bits.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_64k_${bits}_source.csv" 2>&1
     rm -f "$OUT/ncu_64k_$bits.ncu-rep"
@@ -103,13 +104,6 @@ sp_regs)
     run timeout 150 python3 benchmarks/fold_heads_sweep.py "$OUT/sp_regs_${regs}_run$i.json" single_pass_ws_only "" \
         sp.SP_CONSUMER_REGS=$regs
   done
-  ;;
-ncu_sp)
-  run timeout 150 ncu --profile-from-start off --clock-control none --set full -k regex:"single_pass|merge" \
-      -o "$OUT/ncu_sp_64k" python3 benchmarks/ncu_decode.py 65536 1 16
-  ncu -i "$OUT/ncu_sp_64k.ncu-rep" --page details > "$OUT/ncu_sp_64k.txt" 2>&1
-  ncu -i "$OUT/ncu_sp_64k.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_sp_64k_source.csv" 2>&1
-  rm -f "$OUT/ncu_sp_64k.ncu-rep"
   ;;
 smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "gpu_shapes and 128-fp16 or autotuned" || exit 1
