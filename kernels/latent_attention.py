@@ -20,8 +20,9 @@ loop 5-9x (v1), and :mod:`kernels.single_pass` (the fold, softmax and value stre
 method="single_pass", tested, never chosen by "auto") 2.5-2.8x the default's time on an H200. The
 warp-specialized Gluon one (:mod:`kernels.single_pass_ws`, sm_90, method="single_pass",
 warp_specialized=True) measured faster than the fold path (200.4 vs 222.5 us at 64K on an H200) and is the
-default of "auto" where it applies (SP_AUTO there). Quantized slots are unpacked from int32 words and
-dequantized in registers.
+default of "auto" where it applies (SP_AUTO there); quantized latents take its quantized variant
+(:mod:`kernels.single_pass_ws_quant`: a dequant warpgroup fills the same consumers' rings; SPQ_AUTO there).
+Elsewhere quantized slots are unpacked from int32 words and dequantized in registers by the Triton kernels.
 """
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ MAX_SPLITS = 256
 # arguments of latent_decode_attention. "auto" is the dispatcher's choice; "fold" the fold path's score
 # kernel (Gluon on sm_90 where it applies) + value kernel; "reconstruct" the paper's reconstruction kernel
 # (keys rebuilt per block, RoPE, q.k; any GQA); "single_pass_ws" the Gluon single-pass kernel (sm_90; what
-# "auto" runs where it applies: kernels/single_pass_ws.py, SP_AUTO). A path that does not apply raises a
-# ValueError naming what does not fit.
+# "auto" runs where it applies: kernels/single_pass_ws.py, SP_AUTO; quantized latents: single_pass_ws_quant.py).
+# A path that does not apply raises a ValueError naming what does not fit.
 FUSED_KERNELS = {
     "auto": {},
     "fold": {"method": "fold"},
@@ -564,8 +565,9 @@ def latent_decode_attention(
                  True forces it (a ValueError naming what does not fit), False keeps the Triton kernel, None
                  (auto) uses it where it applies (measured faster at every shape: WS_AUTO there). single_pass:
                  True runs the Gluon single-pass kernel (:mod:`kernels.single_pass_ws`; also equal value ranks, a
-                 multiple of 64; a ValueError naming what does not fit), False or None the Triton one (None: the
-                 Gluon one where it applies, as for "auto", while SP_AUTO is set).
+                 multiple of 64; quantized slots through :mod:`kernels.single_pass_ws_quant`; a ValueError naming
+                 what does not fit), False or None the Triton one (None: the Gluon one where it applies, as for
+                 "auto", while SP_AUTO / SPQ_AUTO is set).
       out_dtype  dtype of z (the merge writes it directly; fp32 by default).
 
     Query head h reads KV head h // (H // H_kv) of group (h // (H // H_kv)) // gs. Output column
@@ -643,15 +645,24 @@ def latent_decode_attention(
     # The Gluon single-pass kernel (sm_90): method="single_pass" with warp_specialized=True, and where it applies
     # the default of "single_pass" and "auto" while SP_AUTO is set (single_pass_ws.py), unless the call asks for
     # what only the fold path has (value_cols).
+    # Quantized slots: the quantized Gluon kernel (single_pass_ws_quant.py; SPQ_AUTO there), with any
+    # full-precision window through the fp16 one.
     single_ws = method == "single_pass" or (method == "auto" and fold_auto and value_cols is None)
     if single_ws and warp_specialized is not False and not interpret:
         from . import single_pass_ws as sp
+        from . import single_pass_ws_quant as spq
 
-        why = sp.single_pass_ws_unsupported(q, k_latent, v_latent, k_ranks, v_ranks, n_rep, k_bias is not None,
-                                            block_s)
+        if num_quantized:
+            why = spq.single_pass_ws_quant_unsupported(q, k_latent, v_latent, k_ranks, v_ranks, n_rep,
+                                                       k_bias is not None, block_s)
+            auto = spq.SPQ_AUTO
+        else:
+            why = sp.single_pass_ws_unsupported(q, k_latent, v_latent, k_ranks, v_ranks, n_rep, k_bias is not None,
+                                                block_s)
+            auto = sp.SP_AUTO
         if warp_specialized and why and method == "single_pass":
             raise ValueError(f"warp_specialized=True: the Gluon single-pass kernel does not apply: {why}")
-        if not why and (sp.SP_AUTO or (method == "single_pass" and warp_specialized)):
+        if not why and (auto or (method == "single_pass" and warp_specialized)):
             return _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv_start, inv_freq,
                                           rope_scale, sm_scale, gs, k_ranks[0], v_ranks[0], num_sms, num_splits,
                                           fold_heads, out_dtype)
@@ -945,17 +956,37 @@ def choose_single_pass_heads(heads_per_group: int, half_pad: int, rk_pad: int, r
 
 def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv_start, inv_freq, rope_scale,
                            sm_scale, gs, rank, rank_v, num_sms, num_splits, fold_heads, out_dtype):
-    """latent_decode_attention through :mod:`kernels.single_pass_ws` (checked by the caller to apply)."""
+    """latent_decode_attention through :mod:`kernels.single_pass_ws` (checked by the caller to apply); quantized
+    slots through :mod:`kernels.single_pass_ws_quant`, a full-precision window after them through the fp16
+    kernel (its own launch: positions and kv_start shifted by S_q), the partials of both merged together.
+    fold_heads, when given, applies to each kernel (and must fit both)."""
     from .single_pass_ws import sp_fold_heads, ws_single_pass
+    from .single_pass_ws_quant import spq_fold_heads, ws_single_pass_quant
 
     batch, num_heads, head_dim = q.shape
-    fold_heads = sp_fold_heads(gs, head_dim, rank, rank_v, q.element_size(), fold_heads)
+    elt = q.element_size()
     rows, _, _ = _folded_rows(q, k_up, k_offsets, None, sm_scale, rope_scale, gs, 1, head_dim // 2, rank,
                               interleave=True)
-    parts = ws_single_pass(rows, k_latent.fp, v_latent.fp, positions, kv_start, inv_freq, num_heads, rank, rank_v,
-                           gs, fold_heads, num_sms, num_splits,
-                           lambda n: _partials(batch, num_heads, n, rank_v, q.device))
-    return _merge(*parts, out_dtype)
+
+    def parts_fn(n: int) -> tuple:
+        return _partials(batch, num_heads, n, rank_v, q.device)
+
+    n_q, n_fp = k_latent.num_quantized, k_latent.num_fp
+    parts = []
+    if n_q:
+        heads_q = spq_fold_heads(gs, head_dim, rank, rank_v, elt, k_latent.bits, k_latent.quant_group_size,
+                                 k_latent.zero is not None, fold_heads)
+        parts.append(ws_single_pass_quant(rows, k_latent, v_latent, positions[:, :n_q], kv_start, inv_freq,
+                                          num_heads, rank, rank_v, gs, heads_q, num_sms, num_splits, parts_fn))
+    if n_fp:
+        heads_fp = sp_fold_heads(gs, head_dim, rank, rank_v, elt, fold_heads)
+        # A small window after quantized slots: a few splits (each launch fills the GPU by itself otherwise)
+        splits_fp = num_splits if not n_q else min(8, triton.cdiv(n_fp, 64) * 2)
+        parts.append(ws_single_pass(rows, k_latent.fp, v_latent.fp, positions[:, n_q:], kv_start - n_q, inv_freq,
+                                    num_heads, rank, rank_v, gs, heads_fp, num_sms, splits_fp, parts_fn))
+    if len(parts) == 1:
+        return _merge(*parts[0], out_dtype)
+    return _merge(*(torch.cat(p, dim=2) for p in zip(*parts)), out_dtype)
 
 
 def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq,

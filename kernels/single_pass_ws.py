@@ -187,8 +187,10 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
     N: gl.constexpr = rows_desc.block_type.shape[0]
     HD: gl.constexpr = N // (2 * HALF)
     NDOT: gl.constexpr = HP // HD
-    R: gl.constexpr = lat_desc.block_type.shape[2]
-    VB: gl.constexpr = val_desc.block_type.shape[2]
+    # Tile sides from the rings, not the descriptors: the quantized kernel (single_pass_ws_quant.py) fills the
+    # same fp16/bf16 rings from packed words and passes word descriptors.
+    R: gl.constexpr = kbufs.shape[3]
+    VB: gl.constexpr = vbufs.shape[3]
     NVB: gl.constexpr = RV // VB
     NP: gl.constexpr = SP_NP
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, N, 16])
@@ -260,7 +262,7 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
             l_i = l_i * alpha + gl.sum(p, axis=0)
         m_i = m_new
         alpha_o = gl.convert_layout(alpha, ocol_l)
-        p_buf.store(p.to(val_desc.dtype))
+        p_buf.store(p.to(vbufs.dtype))
         fence_async_shared()
         gl.thread_barrier()  # every warp's rows of P written before the warpgroup's wgmmas read them
         new = ()

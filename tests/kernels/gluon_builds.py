@@ -21,6 +21,10 @@ FOLD_SHAPES = [(128, 4, 128), (128, 1, 64), (128, 2, 256), (64, 4, 128), (64, 2,
 VARIANTS = [("single_pass_ws", {"SP_THREAD_L": False}), ("single_pass_ws", {"SP_DOT_COLS": 256}),
             ("single_pass_ws", {"SP_KEY_STAGES": 4}), ("fold_scores_ws", {"WS_FOLD_COLS": 256}),
             ("fold_scores_ws", {"WS_EARLY_TRIG": False}), ("fold_scores_ws", {"WS_STAGES": 8, "WS_FOLD_COLS": 256})]
+# The quantized single-pass kernel: (head_dim, heads per group, key rank, value rank, bits, sym, quant group), the
+# shapes and codes of its GPU tests (test_single_pass_ws_quant.py; bf16 with 2/4 bits only)
+QUANT_SHAPES = [(128, 4, 128, 384, 4, False, 32), (64, 2, 64, 128, 2, False, 32), (128, 2, 256, 192, 4, True, 64),
+                (64, 8, 64, 512, 8, False, 32)]
 BATCH, GROUPS, SLOTS = 2, 2, 1000  # the build depends on shapes only through constexprs and alignment
 
 
@@ -50,6 +54,38 @@ def build_single_pass(head_dim: int, gs: int, rank: int, rank_v: int, dtype: tor
     (kernel,) = built
     return {"kernel": "single_pass_ws", "shape": [head_dim, gs, rank, rank_v], "dtype": str(dtype),
             "fold_heads": fold_heads, "estimate": sp.sp_shared_bytes(fold_heads, head_dim, rank, rank_v, elt),
+            **resource_usage(kernel)}
+
+
+def build_single_pass_quant(head_dim: int, gs: int, rank: int, rank_v: int, bits: int, sym: bool, quant_group: int,
+                            dtype: torch.dtype) -> dict:
+    from kernels import single_pass_ws_quant as spq
+    from kernels.latent_attention import LatentView
+    from kernels.offline_build import compile_only, resource_usage
+
+    elt = torch.empty(0, dtype=dtype).element_size()
+    fold_heads = spq.spq_fold_heads(gs, head_dim, rank, rank_v, elt, bits, quant_group, not sym)
+    groups = 8  # 16-byte scale rows at every shape here
+    c = _common(head_dim, gs, rank, dtype)
+    rows = torch.zeros(BATCH, groups, gs * head_dim, rank, dtype=dtype)
+
+    def view(r: int) -> LatentView:
+        meta = torch.zeros(BATCH, SLOTS, groups * r // quant_group, dtype=dtype)
+        return LatentView(fp=None, codes=torch.zeros(BATCH, SLOTS, groups * r * bits // 32, dtype=torch.int32),
+                          scale=meta, zero=None if sym else meta.clone(), bits=bits, quant_group_size=quant_group)
+
+    heads = groups * gs
+
+    def parts(n: int):
+        return (torch.zeros(BATCH, heads, n), torch.zeros(BATCH, heads, n), torch.zeros(BATCH, heads, n, rank_v))
+
+    with compile_only(90) as built:
+        spq.ws_single_pass_quant(rows, view(rank), view(rank_v), c["positions"], c["kv_start"], c["inv_freq"], heads,
+                                 rank, rank_v, gs, fold_heads, 132, None, parts)
+    (kernel,) = built
+    return {"kernel": "single_pass_ws_quant", "shape": [head_dim, gs, rank, rank_v, bits, sym, quant_group],
+            "dtype": str(dtype), "fold_heads": fold_heads,
+            "estimate": spq.spq_shared_bytes(fold_heads, head_dim, rank, rank_v, elt, bits, quant_group, not sym),
             **resource_usage(kernel)}
 
 
@@ -96,6 +132,9 @@ def main() -> int:
             print(json.dumps(build_single_pass(*shape, dtype)), flush=True)
         for shape in FOLD_SHAPES:
             print(json.dumps(build_fold(*shape, dtype)), flush=True)
+        for shape in QUANT_SHAPES:
+            if dtype == torch.float16 or shape[4] <= 4:
+                print(json.dumps(build_single_pass_quant(*shape, dtype)), flush=True)
     for kernel, constants in VARIANTS:
         print(json.dumps(build_variant(kernel, constants)), flush=True)
     return 0

@@ -30,7 +30,9 @@ def builds(tmp_path_factory) -> list[dict]:
 
 
 def test_every_shape_builds(builds):
-    want = 2 * (len(gluon_builds.SINGLE_PASS_SHAPES) + len(gluon_builds.FOLD_SHAPES)) + len(gluon_builds.VARIANTS)
+    quant = sum(1 if shape[4] > 4 else 2 for shape in gluon_builds.QUANT_SHAPES)  # fp16, and bf16 up to 4 bits
+    want = (2 * (len(gluon_builds.SINGLE_PASS_SHAPES) + len(gluon_builds.FOLD_SHAPES)) + len(gluon_builds.VARIANTS)
+            + quant)
     assert len(builds) == want
     assert all(b["local"] == 0 for b in builds), [b for b in builds if b["local"]]
 
@@ -38,6 +40,16 @@ def test_every_shape_builds(builds):
 def test_single_pass_shared_memory_matches_its_estimate(builds):
     for b in (b for b in builds if b["kernel"] == "single_pass_ws"):
         assert b["estimate"] <= b["shared"] <= b["estimate"] + sp.SP_SMEM_MARGIN, b
+        assert b["shared"] <= sp.SP_SMEM_LIMIT, b
+
+
+def test_quantized_single_pass_shared_memory_matches_its_estimate(builds):
+    from kernels import single_pass_ws_quant as spq
+
+    quant = [b for b in builds if b["kernel"] == "single_pass_ws_quant"]
+    assert quant
+    for b in quant:
+        assert b["estimate"] <= b["shared"] <= b["estimate"] + spq.SPQ_SMEM_MARGIN, b
         assert b["shared"] <= sp.SP_SMEM_LIMIT, b
 
 

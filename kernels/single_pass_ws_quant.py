@@ -1,0 +1,445 @@
+"""Single-pass decode attention over quantized latents: the Gluon kernel of :mod:`kernels.single_pass_ws`
+with its rings filled from packed codes (sm_90; 2/4/8-bit codes in int32 words, per-token quant groups).
+
+The fp16 kernel is bound by its consumers' chain per tile (score wgmmas, RoPE products, softmax, value
+wgmmas), not by memory; the Triton kernels that served quantized latents so far unpack codes in the same
+warps that run the dots and measured 0.45x SDPA at 64K (H200, 4 bits). Here the unpacking has warps of its
+own, so the consumers run unchanged (:func:`kernels.single_pass_ws._consume`) on the same fp16/bf16 rings:
+
+- a TMA warp loads the folded rows once, then per tile of BLOCK_S slots the key words (BLOCK_S, R / VPW)
+  with their scales and zero-points into a ring of KWS word stages, and the tile's value words (NVB boxes of
+  VB / VPW words) with theirs into a ring of VWS stages;
+- a dequant warpgroup unpacks each stage in registers (code * scale + offset in the latent dtype, as the
+  Triton kernels do: within ~1 unit in the last place of palu.quant's fp32 dequantization), writes the
+  fp16/bf16 key tile and value boxes into the consumers' rings (keys one tile ahead of values, as the fp16
+  kernel's producer: a consumer needs its keys first) and hands the word stage back;
+- two consumer warpgroups as in the fp16 kernel.
+
+Measured (H200, 32 x 128 heads, ranks 128 / 384 per group of 4, 4 bits, SDPA over fp16 K/V in the same call):
+64K 332.5 us against 545.2 us for the Triton kernels (0.74x and 0.45x SDPA), 4K 32.9 vs 51.4 us, B=8 x 64K
+2822.6 us; it is still slower than SDPA: the consumers' chain is the fp16 kernel's, on two heads per program
+instead of four (kernels/NOTES.md, thirteenth session).
+
+Shared memory: the rings of both kernels plus the word stages do not fit beside four heads' folded rows
+(128 KB for a Llama group), so :func:`spq_fold_heads` takes fewer heads per program there (each program
+unpacks its group's tiles; the words are a quarter of the fp16 bytes at 4 bits, so re-reading them is cheap).
+
+Scope (:func:`single_pass_ws_quant_unsupported`): that of the fp16 kernel (fp16/bf16, n_rep == 1, equal
+power-of-two key ranks, equal value ranks; a full-precision window after the quantized slots goes through the
+fp16 kernel in a launch of its own, merged with these partials), 2, 4 or 8 bits
+(bf16: 2 or 4, whose codes its 7-bit mantissa holds exactly), a power-of-two quant group of whole words that
+divides the key rank and the value box, and 16-byte aligned word and scale rows (TMA).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+
+from .fold_scores_ws import _program_slots, hopper_unsupported, nvmma_desc, tma_aligned
+from .single_pass_ws import (SP_BLOCK_S, SP_KEY_STAGES, SP_NP, SP_SMEM_LIMIT, SP_THREAD_L, _consume,
+                             single_pass_ws_unsupported, sp_chunks, sp_dot_cols, sp_value_box)
+
+SPQ_BITS = (2, 4, 8)
+# Whether method="auto" takes this kernel for quantized latents where it applies (else the Triton kernels):
+# 332.5 vs 545.2 us at 64K, 32.9 vs 51.4 us at 4K in one call (H200, 4 bits; kernels/NOTES.md, thirteenth session).
+SPQ_AUTO = True
+SPQ_KEY_WORD_STAGES = 3  # key word stages: the TMA warp refills one as soon as the dequant warps have read it
+SPQ_VALUE_WORD_STAGES = 2  # value word stages (a whole tile's boxes each)
+# The compiler aligns each buffer: 448-520 B over spq_shared_bytes at the built shapes (more buffers than the
+# fp16 kernel), so programs are kept this much under the limit.
+SPQ_SMEM_MARGIN = 1024
+SPQ_SCALE_BOX = 8  # fp16/bf16 scales per TMA box row at least: a box row must be >= 16 bytes
+# 13 warps in four warpgroups (two consumers, the dequant warps, the TMA warp): 128 registers per thread at
+# launch, then 224 for each consumer, 40 for the dequant warps, 24 for the TMA warp (4 x 128 in all).
+SPQ_MAXNREG = 128
+SPQ_CONSUMER_REGS = gl.constexpr(224)
+SPQ_DEQUANT_REGS = gl.constexpr(40)
+SPQ_PRODUCER_REGS = gl.constexpr(24)
+
+
+def spq_value_stages(rank_v: int) -> int:
+    """fp16 value boxes in the consumers' ring: a tile's boxes plus one (as the fp16 kernel)."""
+    return rank_v // sp_value_box(rank_v) + 1
+
+
+def _scale_step(channels: int, quant_group: int) -> int:
+    """Scale columns between the possible starts of a group's scales within a 16-byte aligned box start."""
+    return math.gcd(channels // quant_group, SPQ_SCALE_BOX)
+
+
+def _scale_box(channels: int, quant_group: int) -> int:
+    """Scales per TMA box row: a group's scales start at a multiple of _scale_step past the box start, which
+    TMA needs 16-byte aligned (an unaligned innermost start coordinate is an illegal instruction on sm_90)."""
+    n = channels // quant_group
+    return triton.next_power_of_2(max(SPQ_SCALE_BOX, n + SPQ_SCALE_BOX - _scale_step(channels, quant_group)))
+
+
+def spq_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt: int, bits: int,
+                     quant_group: int, has_zero: bool) -> int:
+    """Shared memory of one program: folded rows, the fp16 key/value rings, P, the word stages, barriers."""
+    vpw = 32 // bits
+    meta = 2 if has_zero else 1
+    rows = fold_heads * head_dim * rank * elt
+    keys = SP_KEY_STAGES * SP_BLOCK_S * rank * elt
+    vst = spq_value_stages(rank_v)
+    values = vst * SP_BLOCK_S * sp_value_box(rank_v) * elt
+    p = 2 * SP_BLOCK_S * SP_NP.value * elt
+    kword = SP_BLOCK_S * (4 * rank // vpw + meta * elt * _scale_box(rank, quant_group))
+    vword = SP_BLOCK_S * (4 * rank_v // vpw + meta * elt * _scale_box(rank_v, quant_group))
+    barriers = 8 * (2 * SP_KEY_STAGES + 3 * vst + 1 + SPQ_KEY_WORD_STAGES + SPQ_VALUE_WORD_STAGES)
+    return (rows + keys + values + p + SPQ_KEY_WORD_STAGES * kword + SPQ_VALUE_WORD_STAGES * vword + barriers)
+
+
+def spq_fold_heads(heads_per_group: int, head_dim: int, rank: int, rank_v: int, elt: int, bits: int,
+                   quant_group: int, has_zero: bool, requested: Optional[int] = None) -> int:
+    """Query heads per program, as :func:`kernels.single_pass_ws.sp_fold_heads` with the word stages."""
+    cols = sp_dot_cols(head_dim)
+
+    def fits(d: int) -> bool:
+        return (heads_per_group % d == 0 and (d * head_dim) % min(cols, d * head_dim) == 0
+                and spq_shared_bytes(d, head_dim, rank, rank_v, elt, bits, quant_group, has_zero)
+                <= SP_SMEM_LIMIT - SPQ_SMEM_MARGIN)
+
+    if requested is not None:
+        if requested < 1 or not fits(requested):
+            raise ValueError(f"fold_heads={requested} must divide the {heads_per_group} query heads per group and "
+                             f"fit in {SP_SMEM_LIMIT // 1024} KB of shared memory with the rings and word stages")
+        return requested
+    fitting = [d for d in range(1, heads_per_group + 1) if fits(d)]
+    if not fitting:
+        raise ValueError("no program of the quantized Gluon single-pass kernel fits in shared memory")
+    return max(fitting)
+
+
+def _quant_view_unsupported(view, chunk: int, name: str) -> str:
+    """Why TMA cannot read this view's tiles of ``chunk`` channels ('' when it can)."""
+    vpw = 32 // view.bits
+    if (chunk // vpw) * 4 < 16:
+        return f"{name}: a tile row of {chunk} channels is {(chunk // vpw) * 4} bytes of words, TMA needs >= 16"
+    for t, what in ((view.codes, "codes"), (view.scale, "scale"), (view.zero, "zero")):
+        if t is not None and not tma_aligned(t):
+            return f"{name}.{what} needs 16-byte aligned rows (TMA)"
+    return ""
+
+
+def single_pass_ws_quant_unsupported(q: torch.Tensor, k_latent, v_latent, k_ranks: list, v_ranks: list,
+                                     n_rep: int, has_bias: bool, block_s: Optional[int] = None) -> str:
+    """Why the quantized Gluon single-pass kernel cannot serve this call ('' when it can)."""
+    if k_latent.num_quantized == 0:
+        return "it reads quantized latents (no quantized slots here)"
+    bits, qg = k_latent.bits, k_latent.quant_group_size
+    if bits not in SPQ_BITS or (q.dtype == torch.bfloat16 and bits > 4):
+        return f"it unpacks 2/4/8-bit codes (bf16: 2/4), got {bits} bits with {q.dtype}"
+    # The fp16 kernel's scope, checked on stand-in fp views of the same shapes (no data is read)
+    stand_in = type(k_latent)(fp=torch.empty(q.shape[0], 1, sum(k_ranks), dtype=q.dtype, device=q.device),
+                              codes=None, scale=None, zero=None)
+    stand_in_v = type(v_latent)(fp=torch.empty(q.shape[0], 1, sum(v_ranks), dtype=q.dtype, device=q.device),
+                                codes=None, scale=None, zero=None)
+    why = single_pass_ws_unsupported(q, stand_in, stand_in_v, k_ranks, v_ranks, n_rep, has_bias, block_s)
+    if why and "shared memory" not in why and why != hopper_unsupported(q):
+        return why
+    rank, rank_v = k_ranks[0], v_ranks[0]
+    vbox = sp_value_box(rank_v)
+    vpw = 32 // bits
+    if qg & (qg - 1) or qg % vpw or rank % qg or vbox % qg or (rank // qg) > 32 or (vbox // qg) > 32:
+        return (f"its quant group ({qg}) must be a power of two of whole {vpw}-code words dividing the key rank "
+                f"({rank}) and the value box ({vbox})")
+    why = _quant_view_unsupported(k_latent, rank, "k_latent") or _quant_view_unsupported(v_latent, vbox, "v_latent")
+    if why:
+        return why
+    if k_latent.num_fp:  # the window after the quantized slots goes through the fp16 kernel
+        plain = [dataclasses.replace(view, codes=None, scale=None, zero=None) for view in (k_latent, v_latent)]
+        why = single_pass_ws_unsupported(q, *plain, k_ranks, v_ranks, n_rep, has_bias, block_s)
+        if why and why != hopper_unsupported(q):
+            return f"its full-precision window does not fit the fp16 kernel: {why}"
+    try:
+        spq_fold_heads(q.shape[1] // len(k_ranks), q.shape[2], rank, rank_v, q.element_size(), bits, qg,
+                       k_latent.zero is not None)
+    except ValueError as err:
+        return str(err)
+    return hopper_unsupported(q)
+
+
+@gluon.jit
+def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
+                  QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr):
+    """Unpack one chunk into ``dst``: words (1, BLOCK_S, CW) int32, scales (and zero-points) of its quant
+    groups at columns sub + g0 + [0, NG) of scale_smem / zero_smem (1, BLOCK_S, SB) (sub: a run-time multiple
+    of SUB_STEP below 8, the same for the whole program; g0 constexpr); dst (1, BLOCK_S, CW * VPW)
+    fp16/bf16. Each thread takes the whole words of one quant group of a slot, so one scale per word run."""
+    VPW: gl.constexpr = 32 // BITS
+    HALF_VPW: gl.constexpr = VPW // 2
+    CW: gl.constexpr = words_smem.shape[2]
+    WPG: gl.constexpr = QG // VPW  # words per quant group
+    NG: gl.constexpr = CW // WPG
+    DTYPE: gl.constexpr = dst.dtype
+    l3: gl.constexpr = gl.BlockedLayout([1, 1, WPG], [32 // NG, NG, 1], [4, 1, 1], [2, 1, 0])
+    w2: gl.constexpr = gl.BlockedLayout([1, WPG], [32 // NG, NG], [4, 1], [1, 0])
+    words = gl.reshape(words_smem.reshape([BLOCK_S, CW]).load(w2), (BLOCK_S, NG, WPG))
+    words = gl.convert_layout(words, l3)  # the same mapping, named (a no-op)
+    s_layout: gl.constexpr = gl.SliceLayout(2, l3)
+    SB: gl.constexpr = scale_smem.shape[2]
+    # A shared-memory slice starts at a constant: one branch per possible start (uniform over the program)
+    scale = scale_smem.reshape([BLOCK_S, SB]).slice(g0, NG, dim=1).load(s_layout)
+    for c in gl.static_range(1, 8 // SUB_STEP):
+        if sub == c * SUB_STEP:
+            scale = scale_smem.reshape([BLOCK_S, SB]).slice(g0 + c * SUB_STEP, NG, dim=1).load(s_layout)
+    if HAS_ZERO:
+        zero = zero_smem.reshape([BLOCK_S, SB]).slice(g0, NG, dim=1).load(s_layout)
+        for c in gl.static_range(1, 8 // SUB_STEP):
+            if sub == c * SUB_STEP:
+                zero = zero_smem.reshape([BLOCK_S, SB]).slice(g0 + c * SUB_STEP, NG, dim=1).load(s_layout)
+        offset = -(zero * scale)
+    else:
+        offset = scale * -float(1 << (BITS - 1))
+    scale = scale[:, :, None]
+    offset = offset[:, :, None]
+    if DTYPE == gl.float16:
+        MAGIC_BITS: gl.constexpr = 0x6400  # fp16 1024: mantissa step 1, so 1024 + code is exact
+        MAGIC: gl.constexpr = 1024.0
+    else:
+        MAGIC_BITS: gl.constexpr = 0x4300  # bf16 128 (codes of up to 4 bits)
+        MAGIC: gl.constexpr = 128.0
+    MASK2: gl.constexpr = ((1 << BITS) - 1) * 0x10001
+    leaves = ()
+    for half in gl.static_range(2):
+        for k in gl.static_range(HALF_VPW):
+            # code k in bits [0, 16), code k + VPW/2 in bits [16, 32) of one shifted copy of the word
+            t = ((words >> (BITS * k)) & MASK2) | (MAGIC_BITS * 0x10001)
+            if half == 1:
+                t = t >> 16
+            code = t.to(gl.int16).to(DTYPE, bitcast=True) - MAGIC
+            leaves = leaves + (code * scale + offset,)
+    # Channel c of a word is leaf c (c = half * VPW/2 + k); join c with c + n/2 level by level so that the
+    # joined axes read row-major as c.
+    LOG_VPW: gl.constexpr = 4 if BITS == 2 else (3 if BITS == 4 else 2)
+    for level in gl.static_range(LOG_VPW):
+        joined = ()
+        for c in gl.static_range((VPW >> level) // 2):
+            joined = joined + (gl.join(leaves[c], leaves[c + (VPW >> level) // 2]),)
+        leaves = joined
+    dst.reshape([BLOCK_S, CW * VPW]).store(gl.reshape(leaves[0], (BLOCK_S, CW * VPW)))
+
+
+@gluon.jit
+def _issue_words(desc_w, desc_s, desc_z, bar, w_ring, w0, s_buf, z_buf, b, row, w_col, s_col, NBOX: gl.constexpr,
+                 HAS_ZERO: gl.constexpr):
+    """TMA of one tile's words (NBOX boxes of one width, into w_ring buffers w0 + [0, NBOX)) and its scale /
+    zero rows into one stage."""
+    CW: gl.constexpr = desc_w.block_type.shape[2]
+    META: gl.constexpr = 2 if HAS_ZERO else 1  # zero-points have the scales' boxes
+    NBYTES: gl.constexpr = NBOX * desc_w.block_type.nbytes + META * desc_s.block_type.nbytes
+    mbarrier.expect(bar, NBYTES)
+    for k in gl.static_range(NBOX):
+        tma.async_copy_global_to_shared(desc_w, [b, row, w_col + k * CW], bar, w_ring.index(w0 + k))
+    tma.async_copy_global_to_shared(desc_s, [b, row, s_col], bar, s_buf)
+    if HAS_ZERO:
+        tma.async_copy_global_to_shared(desc_z, [b, row, s_col], bar, z_buf)
+
+
+@gluon.jit
+def _dequant(kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbufs, kready, kempty, vready, vempty, g,
+             rank, rank_v, n_blocks, RV: gl.constexpr, BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr,
+             KWS: gl.constexpr, VWS: gl.constexpr, BITS: gl.constexpr, QG: gl.constexpr, HAS_ZERO: gl.constexpr,
+             K_STEP: gl.constexpr, V_STEP: gl.constexpr):
+    """One warpgroup: per step j the key tile j and the value boxes of tile j - 1, unpacked from their word
+    stages into the consumers' rings once their buffers are released (empty barriers start released, parity 1);
+    each word stage is handed back to the producer warp once read."""
+    VB: gl.constexpr = vbufs.shape[3]
+    NVB: gl.constexpr = RV // VB
+    NGV: gl.constexpr = VB // QG
+    k_sub = g * (rank // QG) % 8  # where the group's scales start in their 16-byte aligned box (_scale_box)
+    v_sub = g * (rank_v // QG) % 8
+    for j in range(n_blocks + 1):
+        if j < n_blocks:
+            st = j % KWS
+            sk = j % KST
+            mbarrier.wait(kwbar.index(st), (j // KWS) & 1)
+            mbarrier.wait(kempty.index(sk), ((j // KST) & 1) ^ 1)
+            _unpack_chunk(kw.index(st), ks.index(st), kz.index(st), 0, k_sub, kbufs.index(sk), BLOCK_S, BITS, QG,
+                          HAS_ZERO, K_STEP)
+            fence_async_shared()  # the generic-proxy stores before the consumers' wgmmas read the tile
+            mbarrier.arrive(kready.index(sk), count=1)
+            mbarrier.arrive(kwempty.index(st), count=1)
+        jv = j - 1
+        if jv >= 0:
+            sv = jv % VWS
+            mbarrier.wait(vwbar.index(sv), (jv // VWS) & 1)
+            for k in gl.static_range(NVB):
+                box = jv * NVB + k
+                sb = box % VST
+                mbarrier.wait(vempty.index(sb), ((box // VST) & 1) ^ 1)
+                _unpack_chunk(vw.index(sv * NVB + k), vs.index(sv), vz.index(sv), k * NGV, v_sub, vbufs.index(sb),
+                              BLOCK_S, BITS, QG, HAS_ZERO, V_STEP)
+                fence_async_shared()
+                mbarrier.arrive(vready.index((jv % 2) * VST + sb), count=1)  # tile jv's consumer's barrier
+            mbarrier.arrive(vwempty.index(sv), count=1)
+
+
+@gluon.jit
+def _word_producer(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, kw, ks, kz, vw, vs, vz, kwbar,
+                   vwbar, kwempty, vwempty, rows_smem, rows_bar, b, rows_row0, g, rank, rank_v, lo, n_blocks,
+                   HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr, VB: gl.constexpr, BLOCK_S: gl.constexpr,
+                   KWS: gl.constexpr, VWS: gl.constexpr, BITS: gl.constexpr, QG: gl.constexpr,
+                   HAS_ZERO: gl.constexpr):
+    """One warp: the folded rows once, then per tile its key and value word stages, each once the dequant warps
+    released it (empty barriers start released, parity 1). Issued from the dequant warpgroup instead (one
+    partition fewer: 12 warps, consumers at 232 registers) it measured the same (349.2 vs 350.3 us at 64K,
+    H200, 4 bits)."""
+    VPW: gl.constexpr = 32 // BITS
+    ND: gl.constexpr = rows_desc.block_type.shape[0]
+    NDOT: gl.constexpr = HP * 2 * HALF // ND
+    NVB: gl.constexpr = RV // VB
+    mbarrier.expect(rows_bar, NDOT * rows_desc.block_type.nbytes)
+    for k in gl.static_range(NDOT):
+        tma.async_copy_global_to_shared(rows_desc, [rows_row0 + k * ND, 0], rows_bar, rows_smem.index(k))
+    for j in range(n_blocks):
+        st = j % KWS
+        mbarrier.wait(kwempty.index(st), ((j // KWS) & 1) ^ 1)
+        _issue_words(kw_desc, ks_desc, kz_desc, kwbar.index(st), kw, st, ks.index(st), kz.index(st), b,
+                     lo + j * BLOCK_S, g * (rank // VPW), (g * (rank // QG)) // 8 * 8, 1, HAS_ZERO)
+        sv = j % VWS
+        mbarrier.wait(vwempty.index(sv), ((j // VWS) & 1) ^ 1)
+        _issue_words(vw_desc, vs_desc, vz_desc, vwbar.index(sv), vw, sv * NVB, vs.index(sv), vz.index(sv), b,
+                     lo + j * BLOCK_S, g * (rank_v // VPW), (g * (rank_v // QG)) // 8 * 8, NVB, HAS_ZERO)
+
+
+@gluon.jit
+def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, pos_ptr, pos_sb,
+                                 kv_start_ptr, inv_freq_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads,
+                                 num_splits, rank, rank_v, num_slots, num_groups, batch_groups, chunk_len, head_splits,
+                                 HG: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
+                                 VB: gl.constexpr, BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr,
+                                 KWS: gl.constexpr, VWS: gl.constexpr, BITS: gl.constexpr, QG: gl.constexpr,
+                                 HAS_ZERO: gl.constexpr, THREAD_L: gl.constexpr, K_STEP: gl.constexpr,
+                                 V_STEP: gl.constexpr):
+    """Grid and partials as :func:`kernels.single_pass_ws._ws_single_pass_kernel`. kw_desc / vw_desc: TMA
+    descriptors of the key / value codes (B, S, G * rank[_v] / VPW) int32, boxes (1, BLOCK_S, rank / VPW) /
+    (1, BLOCK_S, VB / VPW); ks/kz_desc, vs/vz_desc: of the scales / zero-points (B, S, G * rank[_v] / QG),
+    boxes (1, BLOCK_S, >= 8) starting at the group's first quant group (kz/vz = ks/vs when symmetric)."""
+    b, g, bg, h0, lo, hi, n_blocks = _program_slots(batch_groups, head_splits, num_groups, chunk_len, num_slots, HP,
+                                                    BLOCK_S)
+    chunk = lo // chunk_len
+    kv_start = gl.load(kv_start_ptr + b)
+    rows_row0 = (bg * HG + h0) * 2 * HALF
+    head0 = (b * num_heads + g * HG + h0).to(gl.int64)
+    part_ptrs = (part_m_ptr + head0 * num_splits, part_l_ptr + head0 * num_splits,
+                 part_acc_ptr + head0 * num_splits * RV, num_splits, num_splits * RV)
+    R: gl.constexpr = kw_desc.block_type.shape[2] * (32 // BITS)
+    NVB: gl.constexpr = RV // VB
+    DTYPE: gl.constexpr = rows_desc.dtype
+    kw = gl.allocate_shared_memory(gl.int32, [KWS] + kw_desc.block_type.shape, kw_desc.layout)
+    ks = gl.allocate_shared_memory(DTYPE, [KWS] + ks_desc.block_type.shape, ks_desc.layout)
+    vw = gl.allocate_shared_memory(gl.int32, [VWS * NVB] + vw_desc.block_type.shape, vw_desc.layout)
+    vs = gl.allocate_shared_memory(DTYPE, [VWS] + vs_desc.block_type.shape, vs_desc.layout)
+    if HAS_ZERO:
+        kz = gl.allocate_shared_memory(DTYPE, [KWS] + kz_desc.block_type.shape, kz_desc.layout)
+        vz = gl.allocate_shared_memory(DTYPE, [VWS] + vz_desc.block_type.shape, vz_desc.layout)
+    else:
+        kz = ks
+        vz = vs
+    k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([1, BLOCK_S, R], DTYPE)
+    v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([1, BLOCK_S, VB], DTYPE)
+    kbufs = gl.allocate_shared_memory(DTYPE, [KST, 1, BLOCK_S, R], k_layout)
+    vbufs = gl.allocate_shared_memory(DTYPE, [VST, 1, BLOCK_S, VB], v_layout)
+    rows_smem = gl.allocate_shared_memory(DTYPE, [HP * 2 * HALF // rows_desc.block_type.shape[0]]
+                                          + rows_desc.block_type.shape, rows_desc.layout)
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_S, SP_NP], gl.float16)
+    p_smem = gl.allocate_shared_memory(DTYPE, [2, BLOCK_S, SP_NP], p_layout)
+    kready = gl.allocate_shared_memory(gl.int64, [KST, 1], mbarrier.MBarrierLayout())
+    kempty = gl.allocate_shared_memory(gl.int64, [KST, 1], mbarrier.MBarrierLayout())
+    vready = gl.allocate_shared_memory(gl.int64, [2 * VST, 1], mbarrier.MBarrierLayout())
+    vempty = gl.allocate_shared_memory(gl.int64, [VST, 1], mbarrier.MBarrierLayout())
+    kwbar = gl.allocate_shared_memory(gl.int64, [KWS, 1], mbarrier.MBarrierLayout())
+    vwbar = gl.allocate_shared_memory(gl.int64, [VWS, 1], mbarrier.MBarrierLayout())
+    kwempty = gl.allocate_shared_memory(gl.int64, [KWS, 1], mbarrier.MBarrierLayout())
+    vwempty = gl.allocate_shared_memory(gl.int64, [VWS, 1], mbarrier.MBarrierLayout())
+    rows_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(KST):
+        mbarrier.init(kready.index(i), count=1)
+        mbarrier.init(kempty.index(i), count=1)
+    for i in gl.static_range(VST):
+        mbarrier.init(vready.index(i), count=1)
+        mbarrier.init(vready.index(VST + i), count=1)
+        mbarrier.init(vempty.index(i), count=1)
+    for i in gl.static_range(KWS):
+        mbarrier.init(kwbar.index(i), count=1)
+        mbarrier.init(kwempty.index(i), count=1)
+    for i in gl.static_range(VWS):
+        mbarrier.init(vwbar.index(i), count=1)
+        mbarrier.init(vwempty.index(i), count=1)
+    mbarrier.init(rows_bar, count=1)
+    pos_base = pos_ptr + b.to(gl.int64) * pos_sb
+    split0 = chunk * 2
+    # The consumers are the fp16 kernel's; its first two arguments (latent descriptors, unused by them) get
+    # rows_desc. Argument tuples are written out: a tuple assigned to a name turns constexprs into scalars.
+    gl.warp_specialize([
+        (_consume, (rows_desc, rows_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
+                    rows_bar, b, rows_row0, 0, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
+                    split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
+        (_consume, (rows_desc, rows_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
+                    rows_bar, b, rows_row0, 0, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
+                    split0, hi, 1, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
+        (_dequant, (kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbufs, kready, kempty, vready,
+                    vempty, g, rank, rank_v, n_blocks, RV, BLOCK_S, KST, VST, KWS, VWS, BITS, QG, HAS_ZERO, K_STEP,
+                    V_STEP)),
+        (_word_producer, (kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, kw, ks, kz, vw, vs, vz,
+                          kwbar, vwbar, kwempty, vwempty, rows_smem, rows_bar, b, rows_row0, g, rank, rank_v, lo,
+                          n_blocks, HP, HALF, RV, VB, BLOCK_S, KWS, VWS, BITS, QG, HAS_ZERO)),
+    ], [4, 4, 1], [SPQ_CONSUMER_REGS, SPQ_DEQUANT_REGS, SPQ_PRODUCER_REGS])
+
+
+def _plain_desc(t: torch.Tensor, block: list):
+    """TMA descriptor of ``t`` (int32 words or fp16/bf16 scales) into an unswizzled tile: the dequant warps
+    read whole words (or one scale) per thread, which no swizzle helps."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    gdt = {torch.int32: gl.int32, torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[t.dtype]
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=gdt.primitive_bitwidth, rank=len(block))
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+
+def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torch.Tensor, kv_start: torch.Tensor,
+                         inv_freq: torch.Tensor, num_heads: int, rank: int, rank_v: int, heads_per_group: int,
+                         fold_heads: int, num_sms: int, num_splits: Optional[int], parts_fn) -> tuple:
+    """Partials (m, l, acc) of the whole call; ``parts_fn(num_splits)`` allocates them.
+
+    rows: interleaved folded rows (B, G, heads_per_group * D, rank); k_latent / v_latent: LatentViews with
+    every slot quantized (codes (B, S, G * rank[_v] / VPW) int32, scale [zero] (B, S, G * rank[_v] / QG));
+    positions (B, S) int32; kv_start (B,) int32; inv_freq (D/2,) fp32; fold_heads from :func:`spq_fold_heads`.
+    """
+    batch, num_slots, _ = k_latent.codes.shape
+    num_groups = rows.shape[1]
+    half = inv_freq.shape[0]
+    bits, qg = k_latent.bits, k_latent.quant_group_size
+    vpw = 32 // bits
+    has_zero = k_latent.zero is not None
+    vbox = sp_value_box(rank_v)
+    cols = min(sp_dot_cols(2 * half), fold_heads * 2 * half)
+    kw_desc = _plain_desc(k_latent.codes, [1, SP_BLOCK_S, rank // vpw])
+    vw_desc = _plain_desc(v_latent.codes, [1, SP_BLOCK_S, vbox // vpw])
+    sbk, sbv = [1, SP_BLOCK_S, _scale_box(rank, qg)], [1, SP_BLOCK_S, _scale_box(rank_v, qg)]
+    ks_desc, vs_desc = _plain_desc(k_latent.scale, sbk), _plain_desc(v_latent.scale, sbv)
+    kz_desc = _plain_desc(k_latent.zero, sbk) if has_zero else ks_desc
+    vz_desc = _plain_desc(v_latent.zero, sbv) if has_zero else vs_desc
+    rows_desc = nvmma_desc(rows.view(-1, rank), [cols, rank])
+    head_splits = heads_per_group // fold_heads
+    bgs = batch * num_groups
+    chunk_len, chunks = sp_chunks(num_slots, bgs * head_splits, num_sms, num_splits)
+    parts = parts_fn(2 * chunks)
+    _ws_single_pass_quant_kernel[(bgs * head_splits * chunks,)](
+        kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, positions, positions.stride(0), kv_start,
+        inv_freq, *parts, num_heads, 2 * chunks, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,
+        HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, VB=vbox, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
+        VST=spq_value_stages(rank_v), KWS=SPQ_KEY_WORD_STAGES, VWS=SPQ_VALUE_WORD_STAGES, BITS=bits, QG=qg,
+        HAS_ZERO=has_zero, THREAD_L=SP_THREAD_L, K_STEP=_scale_step(rank, qg), V_STEP=_scale_step(rank_v, qg),
+        num_warps=4, maxnreg=SPQ_MAXNREG,
+    )
+    return parts
