@@ -323,7 +323,8 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
     """Grid and partials as :func:`kernels.single_pass_ws._ws_single_pass_kernel`. kw_desc / vw_desc: TMA
     descriptors of the key / value codes (B, S, G * rank[_v] / VPW) int32, boxes (1, BLOCK_S, rank / VPW) /
     (1, BLOCK_S, VB / VPW); ks/kz_desc, vs/vz_desc: of the scales / zero-points (B, S, G * rank[_v] / QG),
-    boxes (1, BLOCK_S, >= 8) starting at the group's first quant group (kz/vz = ks/vs when symmetric)."""
+    boxes (1, BLOCK_S, _scale_box) starting at the 16-byte aligned column at or below the group's first quant
+    group (kz/vz = ks/vs when symmetric); K_STEP / V_STEP: _scale_step of the key / value scales."""
     b, g, bg, h0, lo, hi, n_blocks = _program_slots(batch_groups, head_splits, num_groups, chunk_len, num_slots, HP,
                                                     BLOCK_S)
     chunk = lo // chunk_len
