@@ -61,16 +61,20 @@ def test_generate_on_gpu_matches_simulation():
     assert torch.equal(lat, sim)
 
 
+@pytest.mark.parametrize("bits", [16, 4])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("fused_kernel", ["fold", "reconstruct", "single_pass_ws"])
-def test_each_named_decode_path_agrees_with_torch(fused_kernel, dtype):
+def test_each_named_decode_path_agrees_with_torch(fused_kernel, dtype, bits):
     """configure(fused_kernel=...) on a shape every path takes (n_rep 1, equal ranks: key a power of two, value x64,
-    head_dim 64, groups of 4): same logits as the torch backend. single_pass_ws needs sm_90."""
+    head_dim 64, groups of 4): same logits as the torch backend. single_pass_ws needs sm_90; with 4-bit latents
+    (quant groups of 8, a 4-token full-precision window) it is the quantized Gluon kernel plus the fp16 one."""
     if fused_kernel == "single_pass_ws" and torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon single-pass kernel needs an sm_90 GPU")
     base = tiny_model("llama", num_heads=8, num_kv_heads=8, head_dim=64, hidden_size=512)
     ranks = {str(i): {"k": [64, 64], "v": [192, 192]} for i in range(2)}
     model = compress_plain(copy.deepcopy(base), head_group_size=4, ranks=ranks).to("cuda", dtype)
+    if bits < 16:
+        configure(model, quant=LatentQuantConfig(bits=bits, group_size=8, residual_length=4))
     x = torch.randint(3, 128, (3, 150), device="cuda")
     mask = torch.ones_like(x)
     mask[1, :7] = 0  # left padding
