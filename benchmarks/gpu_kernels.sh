@@ -20,7 +20,7 @@
 #   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
 #              of its kernels (fp16 on sm_90: the Gluon single-pass kernel and the merge; 4-bit: the fold path)
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
-#   tests_all  every GPU test, nine pytest processes in parallel (logs tests_*.log)
+#   tests_all  every GPU test, ten pytest processes in parallel (logs tests_*.log)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
 #   tests2     the other GPU tests (quantization kernel, launch heuristics, backend agreement)
 #   tests3     generate() on the GPU: latent cache vs simulated (full-size) cache, same tokens
@@ -147,7 +147,7 @@ sp_regs)
 smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "gpu_shapes and 128-fp16 or autotuned" || exit 1
   ;;
-tests_all)  # all GPU tests as nine pytest processes at once (compilation is CPU-bound): 161 in ~250 s (H200, 16 cores,
+tests_all)  # all GPU tests as ten pytest processes at once (compilation is CPU-bound): 161 in ~250 s (H200, 16 cores,
   # ninth session, seven processes; the single-pass kernel's and the named decode paths' are new since)
   T="timeout 540 python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
   L=tests/kernels/test_latent_attention.py
@@ -161,6 +161,7 @@ tests_all)  # all GPU tests as nine pytest processes at once (compilation is CPU
   $T tests/kernels/test_fold_scores_ws.py > "$OUT/tests_gluon.log" 2>&1 &
   $T tests/kernels/test_single_pass_ws.py > "$OUT/tests_gluon_single_pass.log" 2>&1 &
   $T tests/test_backends_agree.py -k named_decode_path > "$OUT/tests_backends_named.log" 2>&1 &
+  $T tests/kernels/test_single_pass_ws_quant.py > "$OUT/tests_gluon_single_pass_quant.log" 2>&1 &
   wait
   for f in "$OUT"/tests_*.log; do echo "== $f"; tail -n 2 "$f"; done | tee -a "$LOG"
   ;;
