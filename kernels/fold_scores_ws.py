@@ -67,6 +67,17 @@ def _cos_sin(x):
 
 
 @gluon.jit
+def load_rows(rows_desc, rows_smem, rows_bar, rows_row0, HP: gl.constexpr, HALF: gl.constexpr):
+    """TMA of a program's folded rows (HP heads x 2 * HALF rows from rows_row0), one box per score wgmma into
+    rows_smem.index(k), all completing rows_bar (the producers of the Gluon kernels, once per program)."""
+    ND: gl.constexpr = rows_desc.block_type.shape[0]  # folded rows per wgmma (one TMA box)
+    NDOT: gl.constexpr = HP * 2 * HALF // ND
+    mbarrier.expect(rows_bar, NDOT * rows_desc.block_type.nbytes)
+    for k in gl.static_range(NDOT):
+        tma.async_copy_global_to_shared(rows_desc, [rows_row0 + k * ND, 0], rows_bar, rows_smem.index(k))
+
+
+@gluon.jit
 def _producer(lat_desc, rows_desc, bufs, rows_smem, ready, empty, rows_bar, b, rows_row0, k_off, lo, n_blocks,
               pos_ptr, kv_start, inv_freq_ptr, out_ptr, out_sh, hi, ROLE: gl.constexpr, CONSUMERS: gl.constexpr,
               EARLY_TRIG: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr,
@@ -74,11 +85,7 @@ def _producer(lat_desc, rows_desc, bufs, rows_smem, ready, empty, rows_bar, b, r
     """One warp (the consumers' signature; ROLE unused): the folded rows once, then latent tile j into ring
     buffer j % NUM_STAGES once the consumer of tile j - NUM_STAGES has released it (empty barriers start
     'released': parity 1)."""
-    ND: gl.constexpr = rows_desc.block_type.shape[0]  # folded rows per wgmma (one TMA box)
-    NDOT: gl.constexpr = HP * 2 * HALF // ND
-    mbarrier.expect(rows_bar, NDOT * rows_desc.block_type.nbytes)
-    for k in gl.static_range(NDOT):
-        tma.async_copy_global_to_shared(rows_desc, [rows_row0 + k * ND, 0], rows_bar, rows_smem.index(k))
+    load_rows(rows_desc, rows_smem, rows_bar, rows_row0, HP, HALF)
     for j in range(n_blocks):
         s = j % NUM_STAGES
         mbarrier.wait(empty.index(s), ((j // NUM_STAGES) & 1) ^ 1)

@@ -39,8 +39,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_wait)
 
-from .fold_scores_ws import (_cos_sin, _program_slots, fold_keys_unsupported, hopper_unsupported, nvmma_desc,
-                             slot_chunks, tma_aligned)
+from .fold_scores_ws import (_cos_sin, _program_slots, fold_keys_unsupported, hopper_unsupported, load_rows,
+                             nvmma_desc, slot_chunks, tma_aligned)
 
 SP_BLOCK_S = 64  # slots per tile: the score wgmma's M and the value wgmma's K
 # Key tiles in the ring (16 KB each at R = 128). Even: tile j's buffer j % 2 then serves one consumer only,
@@ -97,26 +97,35 @@ def sp_dot_cols(head_dim: int) -> int:
     return max(SP_DOT_COLS, head_dim)
 
 
-def sp_fold_heads(heads_per_group: int, head_dim: int, rank: int, rank_v: int, elt: int,
-                  requested: Optional[int] = None) -> int:
-    """Query heads per program: ``requested`` if it divides the group's heads, fills whole score wgmmas and
-    fits in shared memory (else a ValueError), or by default the most such heads (all of a group's heads
-    in one program read its value tiles once and compute cos/sin once)."""
+def pick_fold_heads(heads_per_group: int, head_dim: int, program_bytes, budget: int, buffers: str, kernel: str,
+                    requested: Optional[int] = None) -> int:
+    """Query heads per program of a Gluon single-pass kernel: ``requested`` if it divides the group's heads, fills
+    whole score wgmmas and ``program_bytes(heads)`` fits in ``budget`` bytes of shared memory (else a ValueError
+    naming ``buffers``), or by default the most such heads (all of a group's heads in one program read its value
+    tiles once and compute cos/sin once; none fitting is a ValueError naming ``kernel``)."""
     cols = sp_dot_cols(head_dim)
 
     def fits(d: int) -> bool:
         return (heads_per_group % d == 0 and (d * head_dim) % min(cols, d * head_dim) == 0
-                and sp_shared_bytes(d, head_dim, rank, rank_v, elt) <= SP_SMEM_LIMIT - SP_SMEM_MARGIN)
+                and program_bytes(d) <= budget)
 
     if requested is not None:
         if requested < 1 or not fits(requested):
             raise ValueError(f"fold_heads={requested} must divide the {heads_per_group} query heads per group and "
-                             f"fit in {SP_SMEM_LIMIT // 1024} KB of shared memory with the key and value rings")
+                             f"fit in {SP_SMEM_LIMIT // 1024} KB of shared memory with {buffers}")
         return requested
     fitting = [d for d in range(1, heads_per_group + 1) if fits(d)]
     if not fitting:
-        raise ValueError("no program of the Gluon single-pass kernel fits in shared memory")
+        raise ValueError(f"no program of {kernel} fits in shared memory")
     return max(fitting)
+
+
+def sp_fold_heads(heads_per_group: int, head_dim: int, rank: int, rank_v: int, elt: int,
+                  requested: Optional[int] = None) -> int:
+    """Query heads per program (:func:`pick_fold_heads` with this kernel's shared memory)."""
+    return pick_fold_heads(heads_per_group, head_dim, lambda d: sp_shared_bytes(d, head_dim, rank, rank_v, elt),
+                           SP_SMEM_LIMIT - SP_SMEM_MARGIN, "the key and value rings", "the Gluon single-pass kernel",
+                           requested)
 
 
 def single_pass_ws_unsupported(q: torch.Tensor, k_latent, v_latent, k_ranks: list, v_ranks: list, n_rep: int,
@@ -151,13 +160,9 @@ def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kr
     """One warp (the consumers' signature): the rows once; then per step j the key tile j (once tile j - KST
     released it) and the value boxes of tile j - 1 (once box i - VST was released). Empty barriers start
     released (parity 1). Keys run one tile ahead: a consumer needs them first."""
-    ND: gl.constexpr = rows_desc.block_type.shape[0]
-    NDOT: gl.constexpr = HP * 2 * HALF // ND
     VB: gl.constexpr = val_desc.block_type.shape[2]
     NVB: gl.constexpr = RV // VB
-    mbarrier.expect(rows_bar, NDOT * rows_desc.block_type.nbytes)
-    for k in gl.static_range(NDOT):
-        tma.async_copy_global_to_shared(rows_desc, [rows_row0 + k * ND, 0], rows_bar, rows_smem.index(k))
+    load_rows(rows_desc, rows_smem, rows_bar, rows_row0, HP, HALF)
     for j in range(n_blocks + 1):
         if j < n_blocks:
             s = j % KST

@@ -42,9 +42,9 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-from .fold_scores_ws import _program_slots, hopper_unsupported, nvmma_desc, tma_aligned
+from .fold_scores_ws import _program_slots, hopper_unsupported, load_rows, nvmma_desc, tma_aligned
 from .single_pass_ws import (SP_BLOCK_S, SP_KEY_STAGES, SP_NP, SP_SMEM_LIMIT, SP_THREAD_L, _consume,
-                             single_pass_ws_unsupported, sp_chunks, sp_dot_cols, sp_value_box)
+                             pick_fold_heads, single_pass_ws_unsupported, sp_chunks, sp_dot_cols, sp_value_box)
 
 SPQ_BITS = (2, 4, 8)
 # Whether method="auto" takes this kernel for quantized latents where it applies (else the Triton kernels):
@@ -99,23 +99,12 @@ def spq_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt
 
 def spq_fold_heads(heads_per_group: int, head_dim: int, rank: int, rank_v: int, elt: int, bits: int,
                    quant_group: int, has_zero: bool, requested: Optional[int] = None) -> int:
-    """Query heads per program, as :func:`kernels.single_pass_ws.sp_fold_heads` with the word stages."""
-    cols = sp_dot_cols(head_dim)
-
-    def fits(d: int) -> bool:
-        return (heads_per_group % d == 0 and (d * head_dim) % min(cols, d * head_dim) == 0
-                and spq_shared_bytes(d, head_dim, rank, rank_v, elt, bits, quant_group, has_zero)
-                <= SP_SMEM_LIMIT - SPQ_SMEM_MARGIN)
-
-    if requested is not None:
-        if requested < 1 or not fits(requested):
-            raise ValueError(f"fold_heads={requested} must divide the {heads_per_group} query heads per group and "
-                             f"fit in {SP_SMEM_LIMIT // 1024} KB of shared memory with the rings and word stages")
-        return requested
-    fitting = [d for d in range(1, heads_per_group + 1) if fits(d)]
-    if not fitting:
-        raise ValueError("no program of the quantized Gluon single-pass kernel fits in shared memory")
-    return max(fitting)
+    """Query heads per program (:func:`kernels.single_pass_ws.pick_fold_heads` with the word stages)."""
+    return pick_fold_heads(
+        heads_per_group, head_dim,
+        lambda d: spq_shared_bytes(d, head_dim, rank, rank_v, elt, bits, quant_group, has_zero),
+        SP_SMEM_LIMIT - SPQ_SMEM_MARGIN, "the rings and word stages", "the quantized Gluon single-pass kernel",
+        requested)
 
 
 def _quant_view_unsupported(view, chunk: int, name: str) -> str:
@@ -294,12 +283,8 @@ def _word_producer(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_de
     partition fewer: 12 warps, consumers at 232 registers) it measured the same (349.2 vs 350.3 us at 64K,
     H200, 4 bits)."""
     VPW: gl.constexpr = 32 // BITS
-    ND: gl.constexpr = rows_desc.block_type.shape[0]
-    NDOT: gl.constexpr = HP * 2 * HALF // ND
     NVB: gl.constexpr = RV // VB
-    mbarrier.expect(rows_bar, NDOT * rows_desc.block_type.nbytes)
-    for k in gl.static_range(NDOT):
-        tma.async_copy_global_to_shared(rows_desc, [rows_row0 + k * ND, 0], rows_bar, rows_smem.index(k))
+    load_rows(rows_desc, rows_smem, rows_bar, rows_row0, HP, HALF)
     for j in range(n_blocks):
         st = j % KWS
         mbarrier.wait(kwempty.index(st), ((j // KWS) & 1) ^ 1)
