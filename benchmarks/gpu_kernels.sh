@@ -12,10 +12,10 @@
 #              race was intermittent), the named decode paths against torch, kernel and module timings with it
 #   sp_regs    the single-pass kernel at 64K (B=1, 8) per consumer register split, one process each (SP_CONSUMER_REGS;
 #              the splits and their order from $SP_REGS, default "232 240 224 248")
-#   quant_single_pass  the quantized Gluon single-pass kernel: one GPU test as a smoke test, 4-bit kernel timings
-#              with it (B=1 4K-256K, B=8 64K) and with the default path, then its GPU tests (three processes)
-#   quant_auto  with it the default of "auto" (SPQ_AUTO): 4-bit kernel timings with it and with the Triton
+#   quant_auto  the quantized Gluon single-pass kernel (the default of "auto" for quantized latents, SPQ_AUTO): one
+#              GPU test as a smoke test, 4-bit kernel timings with it (B=1 4K-256K, B=8 64K) and with the Triton
 #              kernels (--fused_kernel fold), the module step, then its GPU tests and the quantized auto-path tests
+#              (thirteenth session; its calls 1 and 6 ran an earlier part, quant_single_pass, folded into this one)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
 #              of its kernels (fp16 on sm_90: the Gluon single-pass kernel and the merge; 4-bit: the fold path)
@@ -100,21 +100,6 @@ single_pass)
   run $K --target_seq_lens 65536 --batch_size 8 --fused_kernel single_pass_ws --output_json "$OUT/b8_fp16_single_pass.json"
   run python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 8 --palu --cuda_graph --reps 50 \
       --fused_kernel single_pass_ws --output_json "$OUT/attention_fp16_cudagraph_single_pass.json"
-  ;;
-quant_single_pass)
-  run timeout 120 python3 -m pytest -q -x -p no:cacheprovider -m gpu -rf tests/kernels/test_single_pass_ws_quant.py \
-      -k "gpu_single_pass_ws_quant and 128-4-128-384 and 4bit- and fp16" || exit 1
-  run timeout 150 $K --target_seq_lens 4096 16384 65536 262144 --batch_size 1 --bits 4 --fused_kernel single_pass_ws \
-      --output_json "$OUT/b1_4bit_single_pass.json"
-  run timeout 100 $K --target_seq_lens 65536 --batch_size 8 --bits 4 --fused_kernel single_pass_ws \
-      --output_json "$OUT/b8_4bit_single_pass.json"
-  run timeout 100 $K --target_seq_lens 65536 --batch_size 1 --bits 4 --output_json "$OUT/b1_4bit_default.json"
-  T="timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5 tests/kernels/test_single_pass_ws_quant.py"
-  $T -k "gpu_single_pass_ws_quant and fp16" > "$OUT/tests_quant_fp16.log" 2>&1 &
-  $T -k "gpu_single_pass_ws_quant and bf16" > "$OUT/tests_quant_bf16.log" 2>&1 &
-  $T -k "options or launches or auto_follows" > "$OUT/tests_quant_options.log" 2>&1 &
-  wait
-  for f in "$OUT"/tests_quant_*.log; do echo "== $f"; tail -n 3 "$f"; done | tee -a "$LOG"
   ;;
 quant_auto)
   run timeout 120 python3 -m pytest -q -x -p no:cacheprovider -m gpu -rf tests/kernels/test_single_pass_ws_quant.py \

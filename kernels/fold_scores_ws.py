@@ -67,6 +67,23 @@ def _cos_sin(x):
 
 
 @gluon.jit
+def mbarriers(n: gl.constexpr):
+    """n mbarriers (n, 1) in shared memory, each initialized for one arrival (the Gluon kernels' rings)."""
+    bars = gl.allocate_shared_memory(gl.int64, [n, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(n):
+        mbarrier.init(bars.index(i), count=1)
+    return bars
+
+
+@gluon.jit
+def rows_buffers(rows_desc, HP: gl.constexpr, HALF: gl.constexpr):
+    """(NDOT, rows per wgmma, R): each score wgmma's folded rows a whole swizzled tile (a row slice of one
+    (HP * D, R) tile is not one: the swizzle lays out 64-column chunks of all rows one after the other)."""
+    return gl.allocate_shared_memory(rows_desc.dtype, [HP * 2 * HALF // rows_desc.block_type.shape[0]]
+                                     + rows_desc.block_type.shape, rows_desc.layout)
+
+
+@gluon.jit
 def load_rows(rows_desc, rows_smem, rows_bar, rows_row0, HP: gl.constexpr, HALF: gl.constexpr):
     """TMA of a program's folded rows (HP heads x 2 * HALF rows from rows_row0), one box per score wgmma into
     rows_smem.index(k), all completing rows_bar (the producers of the Gluon kernels, once per program)."""
@@ -185,17 +202,10 @@ def _ws_fold_scores_kernel(
     out_base = scores_ptr + b.to(gl.int64) * scores_sb + (g * HG + h0).to(gl.int64) * scores_sh
 
     bufs = gl.allocate_shared_memory(lat_desc.dtype, [NUM_STAGES] + lat_desc.block_type.shape, lat_desc.layout)
-    # (NDOT, rows per wgmma, R): each wgmma's rows a whole swizzled tile (a row slice of one (HP * D, R)
-    # tile is not one: the swizzle lays out 64-column chunks of all rows one after the other).
-    rows_smem = gl.allocate_shared_memory(rows_desc.dtype, [HP * 2 * HALF // rows_desc.block_type.shape[0]]
-                                          + rows_desc.block_type.shape, rows_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    rows_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(NUM_STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-    mbarrier.init(rows_bar, count=1)
+    rows_smem = rows_buffers(rows_desc, HP, HALF)
+    ready = mbarriers(NUM_STAGES)
+    empty = mbarriers(NUM_STAGES)
+    rows_bar = mbarriers(1).index(0)
 
     # The argument tuples are written out in the call: a tuple assigned to a name first turns its
     # constexprs into run-time scalars. All partitions share one signature; ROLE picks a consumer's tiles.
@@ -254,15 +264,17 @@ def tma_aligned(t: torch.Tensor) -> bool:
         (t.stride(1) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
 
 
-def fold_keys_unsupported(q: torch.Tensor, k_fp, num_quantized: int, k_ranks: list, n_rep: int,
-                          has_bias: bool) -> str:
-    """Why the Gluon kernels cannot read these keys ('' when they can; the GPU is checked apart, last)."""
-    head_dim = q.shape[2]
-    half = head_dim // 2
+def latent_dtype_unsupported(q: torch.Tensor) -> str:
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"it reads fp16/bf16 latents, not {q.dtype}"
-    if num_quantized or k_fp is None or k_fp.shape[1] == 0:
-        return "it reads plain latents only (no quantized slots)"
+    return ""
+
+
+def fold_shape_unsupported(q: torch.Tensor, k_ranks: list, n_rep: int, has_bias: bool) -> str:
+    """Why the Gluon kernels cannot fold these heads into these key ranks ('' when they can): the checks that need
+    no latent tensor (the quantized single-pass kernel runs them on codes)."""
+    head_dim = q.shape[2]
+    half = head_dim // 2
     if n_rep != 1:
         return f"it folds one query head per KV head (n_rep == 1), got n_rep={n_rep}"
     if has_bias:
@@ -273,6 +285,20 @@ def fold_keys_unsupported(q: torch.Tensor, k_fp, num_quantized: int, k_ranks: li
     # A power of two: a TMA box and a shared-memory tile have power-of-two sides (48 or 160 fail to build)
     if any(r != rank for r in k_ranks) or rank & (rank - 1) or not 16 <= rank <= 256:
         return f"every group needs the same key rank, a power of two in [16, 256], got {sorted(set(k_ranks))}"
+    return ""
+
+
+def fold_keys_unsupported(q: torch.Tensor, k_fp, num_quantized: int, k_ranks: list, n_rep: int,
+                          has_bias: bool) -> str:
+    """Why the Gluon kernels cannot read these keys ('' when they can; the GPU is checked apart, last)."""
+    why = latent_dtype_unsupported(q)
+    if why:
+        return why
+    if num_quantized or k_fp is None or k_fp.shape[1] == 0:
+        return "it reads plain latents only (no quantized slots)"
+    why = fold_shape_unsupported(q, k_ranks, n_rep, has_bias)
+    if why:
+        return why
     if not tma_aligned(k_fp):
         return "the key latents need 16-byte aligned rows (TMA)"
     return ""

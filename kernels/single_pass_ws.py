@@ -40,7 +40,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                                warpgroup_mma_wait)
 
 from .fold_scores_ws import (_cos_sin, _program_slots, fold_keys_unsupported, hopper_unsupported, load_rows,
-                             nvmma_desc, slot_chunks, tma_aligned)
+                             mbarriers, nvmma_desc, rows_buffers, slot_chunks, tma_aligned)
 
 SP_BLOCK_S = 64  # slots per tile: the score wgmma's M and the value wgmma's K
 # Key tiles in the ring (16 KB each at R = 128). Even: tile j's buffer j % 2 then serves one consumer only,
@@ -128,21 +128,30 @@ def sp_fold_heads(heads_per_group: int, head_dim: int, rank: int, rank_v: int, e
                            requested)
 
 
-def single_pass_ws_unsupported(q: torch.Tensor, k_latent, v_latent, k_ranks: list, v_ranks: list, n_rep: int,
-                               has_bias: bool, block_s: Optional[int] = None) -> str:
-    """Why the Gluon single-pass kernel cannot serve this call ('' when it can)."""
-    why = fold_keys_unsupported(q, k_latent.fp, k_latent.num_quantized, k_ranks, n_rep, has_bias)
-    if why:
-        return why
+def sp_shape_unsupported(q: torch.Tensor, k_ranks: list, v_ranks: list, block_s: Optional[int]) -> str:
+    """Why the single-pass kernels' tiles cannot hold these value ranks and heads ('' when they can): the
+    checks beyond the fold's that need no latent tensor."""
     if block_s is not None and block_s != SP_BLOCK_S:
         return f"its tiles are {SP_BLOCK_S} slots, block_s={block_s} was given"
-    rank, rank_v = k_ranks[0], v_ranks[0]
+    rank_v = v_ranks[0]
     if any(r != rank_v for r in v_ranks) or rank_v % 64 or not 64 <= rank_v <= SP_MAX_RANK_V:
         return (f"every group needs the same value rank, a multiple of 64 in [64, {SP_MAX_RANK_V}], "
                 f"got {sorted(set(v_ranks))}")
     heads_per_group = q.shape[1] // len(k_ranks)
     if heads_per_group > SP_NP.value:
         return f"it pads a group's heads to {SP_NP.value} columns, got {heads_per_group} heads per group"
+    return ""
+
+
+def single_pass_ws_unsupported(q: torch.Tensor, k_latent, v_latent, k_ranks: list, v_ranks: list, n_rep: int,
+                               has_bias: bool, block_s: Optional[int] = None) -> str:
+    """Why the Gluon single-pass kernel cannot serve this call ('' when it can)."""
+    why = (fold_keys_unsupported(q, k_latent.fp, k_latent.num_quantized, k_ranks, n_rep, has_bias)
+           or sp_shape_unsupported(q, k_ranks, v_ranks, block_s))
+    if why:
+        return why
+    rank, rank_v = k_ranks[0], v_ranks[0]
+    heads_per_group = q.shape[1] // len(k_ranks)
     if not tma_aligned(v_latent.fp):
         return "the value latents need 16-byte aligned rows (TMA)"
     try:
@@ -302,6 +311,29 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
 
 
 @gluon.jit
+def sp_program(kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, num_slots, num_groups,
+               batch_groups, chunk_len, head_splits, HG: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr,
+               RV: gl.constexpr, BLOCK_S: gl.constexpr):
+    """This program's (b, g, slots [lo, hi), tiles, first of its two splits, kv_start, first folded row, the
+    consumers' partial pointers and strides) in a single-pass grid (see _ws_single_pass_kernel)."""
+    b, g, bg, h0, lo, hi, n_blocks = _program_slots(batch_groups, head_splits, num_groups, chunk_len, num_slots, HP,
+                                                    BLOCK_S)
+    kv_start = gl.load(kv_start_ptr + b)
+    rows_row0 = (bg * HG + h0) * 2 * HALF
+    head0 = (b * num_heads + g * HG + h0).to(gl.int64)
+    part_ptrs = (part_m_ptr + head0 * num_splits, part_l_ptr + head0 * num_splits,
+                 part_acc_ptr + head0 * num_splits * RV, num_splits, num_splits * RV)
+    return b, g, lo, hi, n_blocks, (lo // chunk_len) * 2, kv_start, rows_row0, part_ptrs
+
+
+@gluon.jit
+def p_buffers(dtype: gl.constexpr, BLOCK_S: gl.constexpr):
+    """P of each consumer, (2, BLOCK_S, NP): the value wgmmas' B operand."""
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_S, SP_NP], gl.float16)
+    return gl.allocate_shared_memory(dtype, [2, BLOCK_S, SP_NP], p_layout)
+
+
+@gluon.jit
 def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
                            part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, rank, rank_v, num_slots,
                            num_groups, batch_groups, chunk_len, head_splits,
@@ -311,39 +343,22 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
     [chunk * chunk_len, +chunk_len) (chunk slowest); part_*: (B, H, num_splits = 2 * chunks[, RV]) fp32.
     lat_desc / val_desc: TMA descriptors of the key / value latents (B, S, G * rank[_v]), boxes
     (1, BLOCK_S, rank) / (1, BLOCK_S, VBOX); rows_desc: of the interleaved folded rows, box (DOT_COLS, rank)."""
-    b, g, bg, h0, lo, hi, n_blocks = _program_slots(batch_groups, head_splits, num_groups, chunk_len, num_slots, HP,
-                                                    BLOCK_S)
-    chunk = lo // chunk_len
-    kv_start = gl.load(kv_start_ptr + b)
-    rows_row0 = (bg * HG + h0) * 2 * HALF
-    head0 = (b * num_heads + g * HG + h0).to(gl.int64)
-    part_ptrs = (part_m_ptr + head0 * num_splits, part_l_ptr + head0 * num_splits,
-                 part_acc_ptr + head0 * num_splits * RV, num_splits, num_splits * RV)
+    b, g, lo, hi, n_blocks, split0, kv_start, rows_row0, part_ptrs = sp_program(
+        kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, num_slots, num_groups, batch_groups,
+        chunk_len, head_splits, HG, HP, HALF, RV, BLOCK_S)
     kbufs = gl.allocate_shared_memory(lat_desc.dtype, [KST] + lat_desc.block_type.shape, lat_desc.layout)
     vbufs = gl.allocate_shared_memory(val_desc.dtype, [VST] + val_desc.block_type.shape, val_desc.layout)
-    # one swizzled tile per score wgmma (rows sliced out of one tile are not a valid operand)
-    rows_smem = gl.allocate_shared_memory(rows_desc.dtype, [HP * 2 * HALF // rows_desc.block_type.shape[0]]
-                                          + rows_desc.block_type.shape, rows_desc.layout)
-    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_S, SP_NP], gl.float16)
-    p_smem = gl.allocate_shared_memory(val_desc.dtype, [2, BLOCK_S, SP_NP], p_layout)
-    kready = gl.allocate_shared_memory(gl.int64, [KST, 1], mbarrier.MBarrierLayout())
-    kempty = gl.allocate_shared_memory(gl.int64, [KST, 1], mbarrier.MBarrierLayout())
+    rows_smem = rows_buffers(rows_desc, HP, HALF)
+    p_smem = p_buffers(val_desc.dtype, BLOCK_S)
+    kready = mbarriers(KST)
+    kempty = mbarriers(KST)
     # value boxes: one ready barrier per (consumer, buffer), one empty barrier per buffer (see _consume)
-    vready = gl.allocate_shared_memory(gl.int64, [2 * VST, 1], mbarrier.MBarrierLayout())
-    vempty = gl.allocate_shared_memory(gl.int64, [VST, 1], mbarrier.MBarrierLayout())
-    rows_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(KST):
-        mbarrier.init(kready.index(i), count=1)
-        mbarrier.init(kempty.index(i), count=1)
-    for i in gl.static_range(VST):
-        mbarrier.init(vready.index(i), count=1)
-        mbarrier.init(vready.index(VST + i), count=1)
-        mbarrier.init(vempty.index(i), count=1)
-    mbarrier.init(rows_bar, count=1)
+    vready = mbarriers(2 * VST)
+    vempty = mbarriers(VST)
+    rows_bar = mbarriers(1).index(0)
     pos_base = pos_ptr + b.to(gl.int64) * pos_sb
     k_off = g * rank
     v_off = g * rank_v
-    split0 = chunk * 2
     # The argument tuples are written out in the call: a tuple assigned to a name first turns its
     # constexprs into run-time scalars. All partitions share one signature; ROLE picks a consumer's tiles.
     gl.warp_specialize([

@@ -42,9 +42,11 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-from .fold_scores_ws import _program_slots, hopper_unsupported, load_rows, nvmma_desc, tma_aligned
-from .single_pass_ws import (SP_BLOCK_S, SP_KEY_STAGES, SP_NP, SP_SMEM_LIMIT, SP_THREAD_L, _consume,
-                             pick_fold_heads, single_pass_ws_unsupported, sp_chunks, sp_dot_cols, sp_value_box)
+from .fold_scores_ws import (fold_shape_unsupported, hopper_unsupported, latent_dtype_unsupported,
+                             load_rows, mbarriers, nvmma_desc, rows_buffers, tma_aligned)
+from .single_pass_ws import (SP_BLOCK_S, SP_KEY_STAGES, SP_NP, SP_SMEM_LIMIT, SP_THREAD_L, _consume, p_buffers,
+                             pick_fold_heads, single_pass_ws_unsupported, sp_chunks, sp_dot_cols, sp_program,
+                             sp_shape_unsupported, sp_value_box)
 
 SPQ_BITS = (2, 4, 8)
 # Whether method="auto" takes this kernel for quantized latents where it applies (else the Triton kernels):
@@ -55,7 +57,8 @@ SPQ_VALUE_WORD_STAGES = 2  # value word stages (a whole tile's boxes each)
 # The compiler aligns each buffer: 448-520 B over spq_shared_bytes at the built shapes (more buffers than the
 # fp16 kernel), so programs are kept this much under the limit.
 SPQ_SMEM_MARGIN = 1024
-SPQ_SCALE_BOX = 8  # fp16/bf16 scales per TMA box row at least: a box row must be >= 16 bytes
+# fp16/bf16 scales in 16 bytes: a TMA box row is at least this wide and starts at a multiple of it
+SPQ_SCALE_ALIGN = gl.constexpr(8)
 # 13 warps in four warpgroups (two consumers, the dequant warps, the TMA warp): 128 registers per thread at
 # launch, then 224 for each consumer, 40 for the dequant warps, 24 for the TMA warp (4 x 128 in all).
 SPQ_MAXNREG = 128
@@ -71,14 +74,15 @@ def spq_value_stages(rank_v: int) -> int:
 
 def _scale_step(channels: int, quant_group: int) -> int:
     """Scale columns between the possible starts of a group's scales within a 16-byte aligned box start."""
-    return math.gcd(channels // quant_group, SPQ_SCALE_BOX)
+    return math.gcd(channels // quant_group, SPQ_SCALE_ALIGN.value)
 
 
 def _scale_box(channels: int, quant_group: int) -> int:
     """Scales per TMA box row: a group's scales start at a multiple of _scale_step past the box start, which
     TMA needs 16-byte aligned (an unaligned innermost start coordinate is an illegal instruction on sm_90)."""
     n = channels // quant_group
-    return triton.next_power_of_2(max(SPQ_SCALE_BOX, n + SPQ_SCALE_BOX - _scale_step(channels, quant_group)))
+    align = SPQ_SCALE_ALIGN.value
+    return triton.next_power_of_2(max(align, n + align - _scale_step(channels, quant_group)))
 
 
 def spq_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt: int, bits: int,
@@ -126,13 +130,10 @@ def single_pass_ws_quant_unsupported(q: torch.Tensor, k_latent, v_latent, k_rank
     bits, qg = k_latent.bits, k_latent.quant_group_size
     if bits not in SPQ_BITS or (q.dtype == torch.bfloat16 and bits > 4):
         return f"it unpacks 2/4/8-bit codes (bf16: 2/4), got {bits} bits with {q.dtype}"
-    # The fp16 kernel's scope, checked on stand-in fp views of the same shapes (no data is read)
-    stand_in = type(k_latent)(fp=torch.empty(q.shape[0], 1, sum(k_ranks), dtype=q.dtype, device=q.device),
-                              codes=None, scale=None, zero=None)
-    stand_in_v = type(v_latent)(fp=torch.empty(q.shape[0], 1, sum(v_ranks), dtype=q.dtype, device=q.device),
-                                codes=None, scale=None, zero=None)
-    why = single_pass_ws_unsupported(q, stand_in, stand_in_v, k_ranks, v_ranks, n_rep, has_bias, block_s)
-    if why and "shared memory" not in why and why != hopper_unsupported(q):
+    # The fp16 kernel's scope on shapes (its latent and shared-memory checks are this kernel's own, below)
+    why = (latent_dtype_unsupported(q) or fold_shape_unsupported(q, k_ranks, n_rep, has_bias)
+           or sp_shape_unsupported(q, k_ranks, v_ranks, block_s))
+    if why:
         return why
     rank, rank_v = k_ranks[0], v_ranks[0]
     vbox = sp_value_box(rank_v)
@@ -157,6 +158,27 @@ def single_pass_ws_quant_unsupported(q: torch.Tensor, k_latent, v_latent, k_rank
 
 
 @gluon.jit
+def _scale_start(g, per_group):
+    """(first column of group g's scale box, where the group's scales start in it): g * per_group rounded
+    down to a 16-byte aligned column, and the rest (see _scale_box)."""
+    first = g * per_group
+    return first // SPQ_SCALE_ALIGN * SPQ_SCALE_ALIGN, first % SPQ_SCALE_ALIGN
+
+
+@gluon.jit
+def _load_groups(meta_smem, g0, sub, NG: gl.constexpr, layout: gl.constexpr, BLOCK_S: gl.constexpr,
+                 SUB_STEP: gl.constexpr):
+    """Columns sub + g0 + [0, NG) of meta_smem (1, BLOCK_S, SB) as (BLOCK_S, NG) in ``layout``. A shared-memory
+    slice starts at a constant: one branch per possible sub (a multiple of SUB_STEP, uniform over the program)."""
+    rows = meta_smem.reshape([BLOCK_S, meta_smem.shape[2]])
+    x = rows.slice(g0, NG, dim=1).load(layout)
+    for c in gl.static_range(1, SPQ_SCALE_ALIGN // SUB_STEP):
+        if sub == c * SUB_STEP:
+            x = rows.slice(g0 + c * SUB_STEP, NG, dim=1).load(layout)
+    return x
+
+
+@gluon.jit
 def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
                   QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr):
     """Unpack one chunk into ``dst``: words (1, BLOCK_S, CW) int32, scales (and zero-points) of its quant
@@ -174,17 +196,9 @@ def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.c
     words = gl.reshape(words_smem.reshape([BLOCK_S, CW]).load(w2), (BLOCK_S, NG, WPG))
     words = gl.convert_layout(words, l3)  # the same mapping, named (a no-op)
     s_layout: gl.constexpr = gl.SliceLayout(2, l3)
-    SB: gl.constexpr = scale_smem.shape[2]
-    # A shared-memory slice starts at a constant: one branch per possible start (uniform over the program)
-    scale = scale_smem.reshape([BLOCK_S, SB]).slice(g0, NG, dim=1).load(s_layout)
-    for c in gl.static_range(1, 8 // SUB_STEP):
-        if sub == c * SUB_STEP:
-            scale = scale_smem.reshape([BLOCK_S, SB]).slice(g0 + c * SUB_STEP, NG, dim=1).load(s_layout)
+    scale = _load_groups(scale_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP)
     if HAS_ZERO:
-        zero = zero_smem.reshape([BLOCK_S, SB]).slice(g0, NG, dim=1).load(s_layout)
-        for c in gl.static_range(1, 8 // SUB_STEP):
-            if sub == c * SUB_STEP:
-                zero = zero_smem.reshape([BLOCK_S, SB]).slice(g0 + c * SUB_STEP, NG, dim=1).load(s_layout)
+        zero = _load_groups(zero_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP)
         offset = -(zero * scale)
     else:
         offset = scale * -float(1 << (BITS - 1))
@@ -244,8 +258,8 @@ def _dequant(kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbuf
     VB: gl.constexpr = vbufs.shape[3]
     NVB: gl.constexpr = RV // VB
     NGV: gl.constexpr = VB // QG
-    k_sub = g * (rank // QG) % 8  # where the group's scales start in their 16-byte aligned box (_scale_box)
-    v_sub = g * (rank_v // QG) % 8
+    _, k_sub = _scale_start(g, rank // QG)
+    _, v_sub = _scale_start(g, rank_v // QG)
     for j in range(n_blocks + 1):
         if j < n_blocks:
             st = j % KWS
@@ -285,15 +299,17 @@ def _word_producer(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_de
     VPW: gl.constexpr = 32 // BITS
     NVB: gl.constexpr = RV // VB
     load_rows(rows_desc, rows_smem, rows_bar, rows_row0, HP, HALF)
+    ks_col, _ = _scale_start(g, rank // QG)
+    vs_col, _ = _scale_start(g, rank_v // QG)
     for j in range(n_blocks):
         st = j % KWS
         mbarrier.wait(kwempty.index(st), ((j // KWS) & 1) ^ 1)
         _issue_words(kw_desc, ks_desc, kz_desc, kwbar.index(st), kw, st, ks.index(st), kz.index(st), b,
-                     lo + j * BLOCK_S, g * (rank // VPW), (g * (rank // QG)) // 8 * 8, 1, HAS_ZERO)
+                     lo + j * BLOCK_S, g * (rank // VPW), ks_col, 1, HAS_ZERO)
         sv = j % VWS
         mbarrier.wait(vwempty.index(sv), ((j // VWS) & 1) ^ 1)
         _issue_words(vw_desc, vs_desc, vz_desc, vwbar.index(sv), vw, sv * NVB, vs.index(sv), vz.index(sv), b,
-                     lo + j * BLOCK_S, g * (rank_v // VPW), (g * (rank_v // QG)) // 8 * 8, NVB, HAS_ZERO)
+                     lo + j * BLOCK_S, g * (rank_v // VPW), vs_col, NVB, HAS_ZERO)
 
 
 @gluon.jit
@@ -310,14 +326,9 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
     (1, BLOCK_S, VB / VPW); ks/kz_desc, vs/vz_desc: of the scales / zero-points (B, S, G * rank[_v] / QG),
     boxes (1, BLOCK_S, _scale_box) starting at the 16-byte aligned column at or below the group's first quant
     group (kz/vz = ks/vs when symmetric); K_STEP / V_STEP: _scale_step of the key / value scales."""
-    b, g, bg, h0, lo, hi, n_blocks = _program_slots(batch_groups, head_splits, num_groups, chunk_len, num_slots, HP,
-                                                    BLOCK_S)
-    chunk = lo // chunk_len
-    kv_start = gl.load(kv_start_ptr + b)
-    rows_row0 = (bg * HG + h0) * 2 * HALF
-    head0 = (b * num_heads + g * HG + h0).to(gl.int64)
-    part_ptrs = (part_m_ptr + head0 * num_splits, part_l_ptr + head0 * num_splits,
-                 part_acc_ptr + head0 * num_splits * RV, num_splits, num_splits * RV)
+    b, g, lo, hi, n_blocks, split0, kv_start, rows_row0, part_ptrs = sp_program(
+        kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, num_slots, num_groups, batch_groups,
+        chunk_len, head_splits, HG, HP, HALF, RV, BLOCK_S)
     R: gl.constexpr = kw_desc.block_type.shape[2] * (32 // BITS)
     NVB: gl.constexpr = RV // VB
     DTYPE: gl.constexpr = rows_desc.dtype
@@ -335,35 +346,18 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
     v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([1, BLOCK_S, VB], DTYPE)
     kbufs = gl.allocate_shared_memory(DTYPE, [KST, 1, BLOCK_S, R], k_layout)
     vbufs = gl.allocate_shared_memory(DTYPE, [VST, 1, BLOCK_S, VB], v_layout)
-    rows_smem = gl.allocate_shared_memory(DTYPE, [HP * 2 * HALF // rows_desc.block_type.shape[0]]
-                                          + rows_desc.block_type.shape, rows_desc.layout)
-    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_S, SP_NP], gl.float16)
-    p_smem = gl.allocate_shared_memory(DTYPE, [2, BLOCK_S, SP_NP], p_layout)
-    kready = gl.allocate_shared_memory(gl.int64, [KST, 1], mbarrier.MBarrierLayout())
-    kempty = gl.allocate_shared_memory(gl.int64, [KST, 1], mbarrier.MBarrierLayout())
-    vready = gl.allocate_shared_memory(gl.int64, [2 * VST, 1], mbarrier.MBarrierLayout())
-    vempty = gl.allocate_shared_memory(gl.int64, [VST, 1], mbarrier.MBarrierLayout())
-    kwbar = gl.allocate_shared_memory(gl.int64, [KWS, 1], mbarrier.MBarrierLayout())
-    vwbar = gl.allocate_shared_memory(gl.int64, [VWS, 1], mbarrier.MBarrierLayout())
-    kwempty = gl.allocate_shared_memory(gl.int64, [KWS, 1], mbarrier.MBarrierLayout())
-    vwempty = gl.allocate_shared_memory(gl.int64, [VWS, 1], mbarrier.MBarrierLayout())
-    rows_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(KST):
-        mbarrier.init(kready.index(i), count=1)
-        mbarrier.init(kempty.index(i), count=1)
-    for i in gl.static_range(VST):
-        mbarrier.init(vready.index(i), count=1)
-        mbarrier.init(vready.index(VST + i), count=1)
-        mbarrier.init(vempty.index(i), count=1)
-    for i in gl.static_range(KWS):
-        mbarrier.init(kwbar.index(i), count=1)
-        mbarrier.init(kwempty.index(i), count=1)
-    for i in gl.static_range(VWS):
-        mbarrier.init(vwbar.index(i), count=1)
-        mbarrier.init(vwempty.index(i), count=1)
-    mbarrier.init(rows_bar, count=1)
+    rows_smem = rows_buffers(rows_desc, HP, HALF)
+    p_smem = p_buffers(DTYPE, BLOCK_S)
+    kready = mbarriers(KST)
+    kempty = mbarriers(KST)
+    vready = mbarriers(2 * VST)  # per (consumer, buffer), as in the fp16 kernel
+    vempty = mbarriers(VST)
+    kwbar = mbarriers(KWS)
+    vwbar = mbarriers(VWS)
+    kwempty = mbarriers(KWS)
+    vwempty = mbarriers(VWS)
+    rows_bar = mbarriers(1).index(0)
     pos_base = pos_ptr + b.to(gl.int64) * pos_sb
-    split0 = chunk * 2
     # The consumers are the fp16 kernel's; its first two arguments (latent descriptors, unused by them) get
     # rows_desc. Argument tuples are written out: a tuple assigned to a name turns constexprs into scalars.
     gl.warp_specialize([

@@ -46,7 +46,7 @@ def add_fused_kernel_arg(parser) -> None:
     parser.add_argument("--fused_kernel", default="auto", choices=sorted(FUSED_KERNELS),
                         help="Palu dumps, Triton backend: the decode path (auto = the dispatcher's choice; fold, "
                              "reconstruct = the paper's key reconstruction kernel, single_pass_ws = the Gluon "
-                             "single-pass kernel, sm_90)")
+                             "single-pass kernel, sm_90, with its quantized variant for --lt_bits latents)")
 
 
 def add_latent_quant_args(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from kernels import latent_decode_attention
-from kernels.reference import latent_decode_attention_ref
+from kernels.latent_attention import LatentView
+from kernels.reference import dequantize_latent_ref, latent_decode_attention_ref
 from tests.kernels.latent_cases import Case, make_inputs, rel_error, tolerance
 from tests.kernels.test_latent_attention import check
 from tests.kernels.test_single_pass_ws import LLAMA, _TorchStandIn, hopper
@@ -77,16 +78,6 @@ def test_inside_the_scope_only_the_gpu_is_missing():
     assert "block_s=32" in _reason(SMALL, block_s=32)
 
 
-def _dequant(codes: torch.Tensor, scale: torch.Tensor, zero, bits: int, group: int) -> torch.Tensor:
-    """(B, S, W) words -> (B, S, W * 32 / bits) fp32 (zero None: symmetric, 2^(bits - 1))."""
-    vpw = 32 // bits
-    shifts = torch.arange(vpw, dtype=torch.int32) * bits
-    c = ((codes[..., None] >> shifts) & ((1 << bits) - 1)).flatten(-2).float()
-    z = zero.float() if zero is not None else torch.full_like(scale, float(1 << (bits - 1)), dtype=torch.float32)
-    c = c.unflatten(-1, (-1, group))
-    return ((c - z[..., None]) * scale.float()[..., None]).flatten(-2)
-
-
 class _QuantStandIn:
     """What _ws_single_pass_quant_kernel computes, in torch: the fp16 kernel's partials (its stand-in) over
     latents dequantized from the descriptors' tensors."""
@@ -96,8 +87,10 @@ class _QuantStandIn:
 
         def run(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, *rest, BITS, QG, HAS_ZERO, **kw):
             assert kw_desc.block_shape[2] * (32 // BITS) == rest[9]  # rank
-            k = _dequant(kw_desc.base, ks_desc.base, kz_desc.base if HAS_ZERO else None, BITS, QG)
-            v = _dequant(vw_desc.base, vs_desc.base, vz_desc.base if HAS_ZERO else None, BITS, QG)
+            k, v = (dequantize_latent_ref(LatentView(fp=None, codes=w.base, scale=sc.base, zero=z.base if HAS_ZERO
+                                                     else None, bits=BITS, quant_group_size=QG),
+                                          w.base.shape[2] * (32 // BITS))
+                    for w, sc, z in ((kw_desc, ks_desc, kz_desc), (vw_desc, vs_desc, vz_desc)))
             fp_run(SimpleNamespace(base=k), SimpleNamespace(base=v), rows_desc, *rest, **kw)
         return run
 
