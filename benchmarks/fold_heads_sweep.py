@@ -83,13 +83,16 @@ VARIANT_SETS = {
 
 def _target(name: str) -> tuple:
     """(module, attribute) of a variant constant: "ws.X" is kernels.fold_scores_ws.X, "sp.X"
-    kernels.single_pass_ws.X, else kernels.latent_attention."""
+    kernels.single_pass_ws.X, "spq.X" kernels.single_pass_ws_quant.X, else kernels.latent_attention."""
     if name.startswith("ws."):
         import kernels.fold_scores_ws as ws
         return ws, name[3:]
     if name.startswith("sp."):
         import kernels.single_pass_ws as sp
         return sp, name[3:]
+    if name.startswith("spq."):
+        import kernels.single_pass_ws_quant as spq
+        return spq, name[4:]
     return la, name
 
 

@@ -19,6 +19,9 @@
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
 #              of its kernels (fp16 on sm_90: the Gluon single-pass kernel and the merge; 4-bit: the fold path)
+#   spq_reg_keys  4-bit: the quantized single-pass kernel with keys unpacked by its consumers (SPQ_REG_KEYS) or not,
+#              one process and Triton cache each ($SPQ_VARIANTS), run_latency_kernel.py 4-bit (SDPA in the same call),
+#              then its 4-bit GPU tests (fourteenth session)
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
 #   tests_all  every GPU test, ten pytest processes in parallel (logs tests_*.log)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
@@ -128,6 +131,21 @@ sp_regs)
     run timeout 150 python3 benchmarks/fold_heads_sweep.py "$OUT/sp_regs_${regs}_run$i.json" single_pass_ws_only "" \
         sp.SP_CONSUMER_REGS=$regs
   done
+  ;;
+spq_reg_keys)  # 4-bit: keys unpacked by the consumers (SPQ_REG_KEYS, four heads per Llama program) or by the dequant
+  # warps (two heads per program), one process and Triton cache each, in the order of $SPQ_VARIANTS; then the
+  # quantized kernel's GPU tests
+  i=0
+  for v in ${SPQ_VARIANTS:-1 0 1 0}; do
+    i=$((i + 1))
+    TRITON_CACHE_DIR="/tmp/triton_spq_$v" run timeout 120 python3 benchmarks/fold_heads_sweep.py \
+        "$OUT/spq_reg_keys_${v}_run$i.json" single_pass_ws_only "${SPQ_SHAPES:-65536,1,4;65536,8,4;4096,1,4}" \
+        "spq.SPQ_REG_KEYS=$v"
+  done
+  run timeout ${SPQ_KERNEL_S:-100} $K --target_seq_lens ${SPQ_KERNEL_LENS:-65536} --batch_size 1 --bits 4 \
+      --output_json "$OUT/b1_4bit.json"
+  run timeout ${SPQ_TEST_S:-240} python3 -m pytest -q -x -p no:cacheprovider -m gpu -rf \
+      tests/kernels/test_single_pass_ws_quant.py -k "${SPQ_TESTS:-4bit}"
   ;;
 smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "gpu_shapes and 128-fp16 or autotuned" || exit 1

@@ -41,6 +41,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from .fold_scores_ws import (_cos_sin, _program_slots, fold_keys_unsupported, hopper_unsupported, load_rows,
                              mbarriers, nvmma_desc, rows_buffers, slot_chunks, tma_aligned)
+from .word_unpack import _unpack_key_regs
 
 SP_BLOCK_S = 64  # slots per tile: the score wgmma's M and the value wgmma's K
 # Key tiles in the ring (16 KB each at R = 128). Even: tile j's buffer j % 2 then serves one consumer only,
@@ -194,21 +195,31 @@ def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kr
 def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
              rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_ptr, kv_start, inv_freq_ptr, part_ptrs, split0,
              hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
-             KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr):
+             KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr, KEY_CODES: gl.constexpr = False,
+             KQG: gl.constexpr = 0, KZERO: gl.constexpr = False, KSTEP: gl.constexpr = 1):
     """One warpgroup: tiles ROLE, ROLE + 2, ... of [lo, hi); writes split split0 + ROLE of its HP heads'
-    partials (m, l in log2 units; acc fp32)."""
+    partials (m, l in log2 units; acc fp32).
+
+    KEY_CODES (the quantized kernel): kbufs is a ring of 4-bit key words (KST, 1, BLOCK_S, R / 8) whose TMA
+    completes kready, lat_desc / val_desc are its rings of scales / zero-points (quant group KQG, KZERO:
+    asymmetric; k_off: where a slot's scales start in their box, a multiple of KSTEP); the consumer unpacks
+    each key tile into the score wgmma's register operand (word_unpack._unpack_key_regs)."""
     part_m_ptr, part_l_ptr, part_acc_ptr, h_stride_m, h_stride_acc = part_ptrs
     N: gl.constexpr = rows_desc.block_type.shape[0]
     HD: gl.constexpr = N // (2 * HALF)
     NDOT: gl.constexpr = HP // HD
     # Tile sides from the rings, not the descriptors: the quantized kernel (single_pass_ws_quant.py) fills the
-    # same fp16/bf16 rings from packed words and passes word descriptors.
-    R: gl.constexpr = kbufs.shape[3]
+    # same fp16/bf16 rings from packed words (or, KEY_CODES, passes its ring of key words) and word descriptors.
+    if KEY_CODES:
+        R: gl.constexpr = kbufs.shape[3] * 8
+    else:
+        R: gl.constexpr = kbufs.shape[3]
     VB: gl.constexpr = vbufs.shape[3]
     NVB: gl.constexpr = RV // VB
     NP: gl.constexpr = SP_NP
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, NP, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     zero = gl.zeros((BLOCK_S, N), gl.float32, s_layout)
     # The accumulator seen as (slot, head, frequency) cos and sin terms (a free split: column pairs per thread).
     zc, _ = gl.split(gl.reshape(zero, (BLOCK_S, HD, HALF, 2)))
@@ -247,7 +258,12 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
         slots = start + out_slots
         valid = (slots >= kv_start) & (slots < hi)
         mbarrier.wait(kready.index(sk), (j // KST) & 1)
-        tile = kbufs.index(sk).reshape([BLOCK_S, R])
+        if KEY_CODES:
+            tile = _unpack_key_regs(kbufs.index(sk), lat_desc.index(sk), val_desc.index(sk), k_off, BLOCK_S, KQG,
+                                    KZERO, KSTEP, vbufs.dtype, a_layout)
+            mbarrier.arrive(kempty.index(sk), count=1)  # the words are in registers
+        else:
+            tile = kbufs.index(sk).reshape([BLOCK_S, R])
         s_pad = gl.full((BLOCK_S, NP), float("-inf"), gl.float32, score_l)
         for k in gl.static_range(NDOT):
             # (R, N) view of the k-th rows tile: the wgmma's B operand, K-major in shared memory
@@ -257,7 +273,7 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
                 pos_next = gl.load(pos_ptr + nstart + trig_slots, mask=nstart + trig_slots < hi, other=0)
                 c, sn = _cos_sin(pos.to(gl.float32)[:, None] * inv_freq[None, :])  # under the first wgmma
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-            if k == NDOT - 1:
+            if k == NDOT - 1 and not KEY_CODES:
                 mbarrier.arrive(kempty.index(sk), count=1)  # the key tile is read
             yc, ys = gl.split(gl.reshape(acc, (BLOCK_S, HD, HALF, 2)))
             sc = gl.sum(yc * c[:, None, :] + ys * sn[:, None, :], axis=2)  # (BLOCK_S, HD), log2 units

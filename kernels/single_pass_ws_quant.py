@@ -15,14 +15,20 @@ own, so the consumers run unchanged (:func:`kernels.single_pass_ws._consume`) on
   kernel's producer: a consumer needs its keys first) and hands the word stage back;
 - two consumer warpgroups as in the fp16 kernel.
 
-Measured (H200, 32 x 128 heads, ranks 128 / 384 per group of 4, 4 bits, SDPA over fp16 K/V in the same call):
-64K 332.5 us against 545.2 us for the Triton kernels (0.74x and 0.45x SDPA), 4K 32.9 vs 51.4 us, B=8 x 64K
-2822.6 us; it is still slower than SDPA: the consumers' chain is the fp16 kernel's, on two heads per program
-instead of four (kernels/NOTES.md, thirteenth session).
+With 4-bit codes (:func:`spq_reg_keys`) the consumers unpack the key words themselves, straight into the
+registers of their score wgmmas' A operand (:func:`kernels.word_unpack._unpack_key_regs`), and the dequant
+warps do the values only. Why: the rings of both kernels plus the word stages do not fit beside four heads'
+folded rows (128 KB for a Llama group), and with two heads per program each tile is unpacked twice per group
+and the consumers' chain (the bound) runs twice per tile. Without the fp16 key ring four heads fit (227,488 B
+with two key word stages, one per consumer, and one value word stage). Other code widths keep the dequant
+warps for keys too, and :func:`spq_fold_heads` takes fewer heads per program where the rings do not fit.
 
-Shared memory: the rings of both kernels plus the word stages do not fit beside four heads' folded rows
-(128 KB for a Llama group), so :func:`spq_fold_heads` takes fewer heads per program there (each program
-unpacks its group's tiles; the words are a quarter of the fp16 bytes at 4 bits, so re-reading them is cheap).
+Measured (H200, 32 x 128 heads, ranks 128 / 384 per group of 4, 4 bits, SDPA over fp16 K/V in the same call):
+64K 285.6 us against 236.9 us for SDPA (0.83x; fourteenth session). In the same call, the sweep gave 278.0 vs
+334.2 us with the keys unpacked by the consumers or by the dequant warps (B=8 x 64K: 2265.9 vs 2818.7 us). The
+thirteenth session's dequant-warp build ran 332.5 us against 545.2 us for the Triton kernels (0.74x and 0.45x).
+The kernel is still slower than SDPA: the consumers run the fp16 kernel's chain, and the key unpacking sits on
+it (kernels/NOTES.md).
 
 Scope (:func:`single_pass_ws_quant_unsupported`): that of the fp16 kernel (fp16/bf16, n_rep == 1, equal
 power-of-two key ranks, equal value ranks; a full-precision window after the quantized slots goes through the
@@ -44,23 +50,32 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from .fold_scores_ws import (fold_shape_unsupported, hopper_unsupported, latent_dtype_unsupported,
                              load_rows, mbarriers, nvmma_desc, rows_buffers, tma_aligned)
+from .word_unpack import SPQ_SCALE_ALIGN, _scale_start, _unpack_chunk
 from .single_pass_ws import (SP_BLOCK_S, SP_KEY_STAGES, SP_NP, SP_SMEM_LIMIT, SP_THREAD_L, _consume, p_buffers,
                              pick_fold_heads, single_pass_ws_unsupported, sp_chunks, sp_dot_cols, sp_program,
                              sp_shape_unsupported, sp_value_box)
 
 SPQ_BITS = (2, 4, 8)
 # Whether method="auto" takes this kernel for quantized latents where it applies (else the Triton kernels):
-# 332.5 vs 545.2 us at 64K, 32.9 vs 51.4 us at 4K in one call (H200, 4 bits; kernels/NOTES.md, thirteenth session).
+# 332.5 vs 545.2 us at 64K, 32.9 vs 51.4 us at 4K in one call (H200, 4 bits; kernels/NOTES.md, thirteenth
+# session), before the key unpacking moved into the consumers (below), which made it faster still.
 SPQ_AUTO = True
 SPQ_KEY_WORD_STAGES = 3  # key word stages: the TMA warp refills one as soon as the dequant warps have read it
 SPQ_VALUE_WORD_STAGES = 2  # value word stages (a whole tile's boxes each)
+# 4-bit keys unpacked by the consumers into their score wgmmas' registers (word_unpack._unpack_key_regs): no
+# fp16 key ring, so that a Llama group's four heads fit in one program, with two key word stages (one per
+# consumer, as the fp16 key ring) and one value word stage. 278.0 vs 334.2 us at 64K, 2265.9 vs 2818.7 us at
+# B=8 x 64K, 33.5 vs 34.2 us at 4K against the keys unpacked by the dequant warps, two heads per program
+# (H200, 4 bits, one call; kernels/NOTES.md, fourteenth session).
+SPQ_REG_KEYS = True
+SPQ_REG_KEY_WORD_STAGES = 2
+SPQ_REG_VALUE_WORD_STAGES = 1
 # The compiler aligns each buffer: 448-520 B over spq_shared_bytes at the built shapes (more buffers than the
 # fp16 kernel), so programs are kept this much under the limit.
 SPQ_SMEM_MARGIN = 1024
-# fp16/bf16 scales in 16 bytes: a TMA box row is at least this wide and starts at a multiple of it
-SPQ_SCALE_ALIGN = gl.constexpr(8)
 # 13 warps in four warpgroups (two consumers, the dequant warps, the TMA warp): 128 registers per thread at
-# launch, then 224 for each consumer, 40 for the dequant warps, 24 for the TMA warp (4 x 128 in all).
+# launch, then 224 for each consumer, 40 for the dequant warps, 24 for the TMA warp (4 x 128 in all). With the
+# keys unpacked by the consumers, 232 for them built more stack (688 vs 624 B, offline build; not timed).
 SPQ_MAXNREG = 128
 SPQ_CONSUMER_REGS = gl.constexpr(224)
 SPQ_DEQUANT_REGS = gl.constexpr(40)
@@ -85,20 +100,34 @@ def _scale_box(channels: int, quant_group: int) -> int:
     return triton.next_power_of_2(max(align, n + align - _scale_step(channels, quant_group)))
 
 
+def spq_reg_keys(bits: int) -> bool:
+    """Whether the consumers unpack the key codes themselves (SPQ_REG_KEYS; 4-bit codes)."""
+    return SPQ_REG_KEYS and bits == 4
+
+
+def spq_word_stages(bits: int) -> tuple[int, int]:
+    """(key, value) word stages of a program."""
+    if spq_reg_keys(bits):
+        return SPQ_REG_KEY_WORD_STAGES, SPQ_REG_VALUE_WORD_STAGES
+    return SPQ_KEY_WORD_STAGES, SPQ_VALUE_WORD_STAGES
+
+
 def spq_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt: int, bits: int,
                      quant_group: int, has_zero: bool) -> int:
-    """Shared memory of one program: folded rows, the fp16 key/value rings, P, the word stages, barriers."""
+    """Shared memory of one program: folded rows, the fp16 key (unless spq_reg_keys) and value rings, P, the
+    word stages, barriers."""
     vpw = 32 // bits
     meta = 2 if has_zero else 1
     rows = fold_heads * head_dim * rank * elt
-    keys = SP_KEY_STAGES * SP_BLOCK_S * rank * elt
+    keys = 0 if spq_reg_keys(bits) else SP_KEY_STAGES * SP_BLOCK_S * rank * elt
     vst = spq_value_stages(rank_v)
     values = vst * SP_BLOCK_S * sp_value_box(rank_v) * elt
     p = 2 * SP_BLOCK_S * SP_NP.value * elt
     kword = SP_BLOCK_S * (4 * rank // vpw + meta * elt * _scale_box(rank, quant_group))
     vword = SP_BLOCK_S * (4 * rank_v // vpw + meta * elt * _scale_box(rank_v, quant_group))
-    barriers = 8 * (2 * SP_KEY_STAGES + 3 * vst + 1 + SPQ_KEY_WORD_STAGES + SPQ_VALUE_WORD_STAGES)
-    return (rows + keys + values + p + SPQ_KEY_WORD_STAGES * kword + SPQ_VALUE_WORD_STAGES * vword + barriers)
+    kws, vws = spq_word_stages(bits)
+    barriers = 8 * (2 * SP_KEY_STAGES + 3 * vst + 1 + kws + vws)
+    return rows + keys + values + p + kws * kword + vws * vword + barriers
 
 
 def spq_fold_heads(heads_per_group: int, head_dim: int, rank: int, rank_v: int, elt: int, bits: int,
@@ -158,80 +187,6 @@ def single_pass_ws_quant_unsupported(q: torch.Tensor, k_latent, v_latent, k_rank
 
 
 @gluon.jit
-def _scale_start(g, per_group):
-    """(first column of group g's scale box, where the group's scales start in it): g * per_group rounded
-    down to a 16-byte aligned column, and the rest (see _scale_box)."""
-    first = g * per_group
-    return first // SPQ_SCALE_ALIGN * SPQ_SCALE_ALIGN, first % SPQ_SCALE_ALIGN
-
-
-@gluon.jit
-def _load_groups(meta_smem, g0, sub, NG: gl.constexpr, layout: gl.constexpr, BLOCK_S: gl.constexpr,
-                 SUB_STEP: gl.constexpr):
-    """Columns sub + g0 + [0, NG) of meta_smem (1, BLOCK_S, SB) as (BLOCK_S, NG) in ``layout``. A shared-memory
-    slice starts at a constant: one branch per possible sub (a multiple of SUB_STEP, uniform over the program)."""
-    rows = meta_smem.reshape([BLOCK_S, meta_smem.shape[2]])
-    x = rows.slice(g0, NG, dim=1).load(layout)
-    for c in gl.static_range(1, SPQ_SCALE_ALIGN // SUB_STEP):
-        if sub == c * SUB_STEP:
-            x = rows.slice(g0 + c * SUB_STEP, NG, dim=1).load(layout)
-    return x
-
-
-@gluon.jit
-def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
-                  QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr):
-    """Unpack one chunk into ``dst``: words (1, BLOCK_S, CW) int32, scales (and zero-points) of its quant
-    groups at columns sub + g0 + [0, NG) of scale_smem / zero_smem (1, BLOCK_S, SB) (sub: a run-time multiple
-    of SUB_STEP below 8, the same for the whole program; g0 constexpr); dst (1, BLOCK_S, CW * VPW)
-    fp16/bf16. Each thread takes the whole words of one quant group of a slot, so one scale per word run."""
-    VPW: gl.constexpr = 32 // BITS
-    HALF_VPW: gl.constexpr = VPW // 2
-    CW: gl.constexpr = words_smem.shape[2]
-    WPG: gl.constexpr = QG // VPW  # words per quant group
-    NG: gl.constexpr = CW // WPG
-    DTYPE: gl.constexpr = dst.dtype
-    l3: gl.constexpr = gl.BlockedLayout([1, 1, WPG], [32 // NG, NG, 1], [4, 1, 1], [2, 1, 0])
-    w2: gl.constexpr = gl.BlockedLayout([1, WPG], [32 // NG, NG], [4, 1], [1, 0])
-    words = gl.reshape(words_smem.reshape([BLOCK_S, CW]).load(w2), (BLOCK_S, NG, WPG))
-    words = gl.convert_layout(words, l3)  # the same mapping, named (a no-op)
-    s_layout: gl.constexpr = gl.SliceLayout(2, l3)
-    scale = _load_groups(scale_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP)
-    if HAS_ZERO:
-        zero = _load_groups(zero_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP)
-        offset = -(zero * scale)
-    else:
-        offset = scale * -float(1 << (BITS - 1))
-    scale = scale[:, :, None]
-    offset = offset[:, :, None]
-    if DTYPE == gl.float16:
-        MAGIC_BITS: gl.constexpr = 0x6400  # fp16 1024: mantissa step 1, so 1024 + code is exact
-        MAGIC: gl.constexpr = 1024.0
-    else:
-        MAGIC_BITS: gl.constexpr = 0x4300  # bf16 128 (codes of up to 4 bits)
-        MAGIC: gl.constexpr = 128.0
-    MASK2: gl.constexpr = ((1 << BITS) - 1) * 0x10001
-    leaves = ()
-    for half in gl.static_range(2):
-        for k in gl.static_range(HALF_VPW):
-            # code k in bits [0, 16), code k + VPW/2 in bits [16, 32) of one shifted copy of the word
-            t = ((words >> (BITS * k)) & MASK2) | (MAGIC_BITS * 0x10001)
-            if half == 1:
-                t = t >> 16
-            code = t.to(gl.int16).to(DTYPE, bitcast=True) - MAGIC
-            leaves = leaves + (code * scale + offset,)
-    # Channel c of a word is leaf c (c = half * VPW/2 + k); join c with c + n/2 level by level so that the
-    # joined axes read row-major as c.
-    LOG_VPW: gl.constexpr = 4 if BITS == 2 else (3 if BITS == 4 else 2)
-    for level in gl.static_range(LOG_VPW):
-        joined = ()
-        for c in gl.static_range((VPW >> level) // 2):
-            joined = joined + (gl.join(leaves[c], leaves[c + (VPW >> level) // 2]),)
-        leaves = joined
-    dst.reshape([BLOCK_S, CW * VPW]).store(gl.reshape(leaves[0], (BLOCK_S, CW * VPW)))
-
-
-@gluon.jit
 def _issue_words(desc_w, desc_s, desc_z, bar, w_ring, w0, s_buf, z_buf, b, row, w_col, s_col, NBOX: gl.constexpr,
                  HAS_ZERO: gl.constexpr):
     """TMA of one tile's words (NBOX boxes of one width, into w_ring buffers w0 + [0, NBOX)) and its scale /
@@ -251,17 +206,18 @@ def _issue_words(desc_w, desc_s, desc_z, bar, w_ring, w0, s_buf, z_buf, b, row, 
 def _dequant(kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbufs, kready, kempty, vready, vempty, g,
              rank, rank_v, n_blocks, RV: gl.constexpr, BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr,
              KWS: gl.constexpr, VWS: gl.constexpr, BITS: gl.constexpr, QG: gl.constexpr, HAS_ZERO: gl.constexpr,
-             K_STEP: gl.constexpr, V_STEP: gl.constexpr):
-    """One warpgroup: per step j the key tile j and the value boxes of tile j - 1, unpacked from their word
-    stages into the consumers' rings once their buffers are released (empty barriers start released, parity 1);
-    each word stage is handed back to the producer warp once read."""
+             K_STEP: gl.constexpr, V_STEP: gl.constexpr, REG_KEYS: gl.constexpr):
+    """One warpgroup: per step j the key tile j (unless REG_KEYS: the consumers unpack keys) and the value
+    boxes of tile j - 1, unpacked from their word stages into the consumers' rings once their buffers are
+    released (empty barriers start released, parity 1); each word stage is handed back to the producer warp
+    once read."""
     VB: gl.constexpr = vbufs.shape[3]
     NVB: gl.constexpr = RV // VB
     NGV: gl.constexpr = VB // QG
     _, k_sub = _scale_start(g, rank // QG)
     _, v_sub = _scale_start(g, rank_v // QG)
     for j in range(n_blocks + 1):
-        if j < n_blocks:
+        if j < n_blocks and not REG_KEYS:
             st = j % KWS
             sk = j % KST
             mbarrier.wait(kwbar.index(st), (j // KWS) & 1)
@@ -320,12 +276,14 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
                                  VB: gl.constexpr, BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr,
                                  KWS: gl.constexpr, VWS: gl.constexpr, BITS: gl.constexpr, QG: gl.constexpr,
                                  HAS_ZERO: gl.constexpr, THREAD_L: gl.constexpr, K_STEP: gl.constexpr,
-                                 V_STEP: gl.constexpr):
+                                 V_STEP: gl.constexpr, REG_KEYS: gl.constexpr):
     """Grid and partials as :func:`kernels.single_pass_ws._ws_single_pass_kernel`. kw_desc / vw_desc: TMA
     descriptors of the key / value codes (B, S, G * rank[_v] / VPW) int32, boxes (1, BLOCK_S, rank / VPW) /
     (1, BLOCK_S, VB / VPW); ks/kz_desc, vs/vz_desc: of the scales / zero-points (B, S, G * rank[_v] / QG),
     boxes (1, BLOCK_S, _scale_box) starting at the 16-byte aligned column at or below the group's first quant
-    group (kz/vz = ks/vs when symmetric); K_STEP / V_STEP: _scale_step of the key / value scales."""
+    group (kz/vz = ks/vs when symmetric); K_STEP / V_STEP: _scale_step of the key / value scales. REG_KEYS: the
+    consumers unpack the key words into their wgmmas' registers (KWS = KST word stages, one per consumer as
+    the fp16 key ring; no fp16 key ring)."""
     b, g, lo, hi, n_blocks, split0, kv_start, rows_row0, part_ptrs = sp_program(
         kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, num_slots, num_groups, batch_groups,
         chunk_len, head_splits, HG, HP, HALF, RV, BLOCK_S)
@@ -344,7 +302,8 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
         vz = vs
     k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([1, BLOCK_S, R], DTYPE)
     v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([1, BLOCK_S, VB], DTYPE)
-    kbufs = gl.allocate_shared_memory(DTYPE, [KST, 1, BLOCK_S, R], k_layout)
+    if not REG_KEYS:  # (else no fp16 key ring)
+        kbufs = gl.allocate_shared_memory(DTYPE, [KST, 1, BLOCK_S, R], k_layout)
     vbufs = gl.allocate_shared_memory(DTYPE, [VST, 1, BLOCK_S, VB], v_layout)
     rows_smem = rows_buffers(rows_desc, HP, HALF)
     p_smem = p_buffers(DTYPE, BLOCK_S)
@@ -358,18 +317,25 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
     vwempty = mbarriers(VWS)
     rows_bar = mbarriers(1).index(0)
     pos_base = pos_ptr + b.to(gl.int64) * pos_sb
-    # The consumers are the fp16 kernel's; its first two arguments (latent descriptors, unused by them) get
-    # rows_desc. Argument tuples are written out: a tuple assigned to a name turns constexprs into scalars.
+    if REG_KEYS:  # the consumers read the key word stages, with the TMA's barriers
+        gl.static_assert(KST == KWS, "one key word stage per consumer and use, as the fp16 key ring")
+        kbufs = kw
+        kready = kwbar
+        kempty = kwempty
+    _, k_sub = _scale_start(g, rank // QG)
+    # The consumers are the fp16 kernel's. Their first two arguments (latent descriptors, unused by them) get the
+    # key scales and zero-points, read when they unpack the key words themselves (REG_KEYS). Argument tuples are
+    # written out: a tuple assigned to a name turns constexprs into scalars.
     gl.warp_specialize([
-        (_consume, (rows_desc, rows_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
-                    rows_bar, b, rows_row0, 0, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
-                    split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
-        (_consume, (rows_desc, rows_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
-                    rows_bar, b, rows_row0, 0, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
-                    split0, hi, 1, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
+        (_consume, (ks, kz, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty, rows_bar, b,
+                    rows_row0, k_sub, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs, split0, hi, 0,
+                    BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, REG_KEYS, QG, HAS_ZERO, K_STEP)),
+        (_consume, (ks, kz, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty, rows_bar, b,
+                    rows_row0, k_sub, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs, split0, hi, 1,
+                    BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, REG_KEYS, QG, HAS_ZERO, K_STEP)),
         (_dequant, (kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbufs, kready, kempty, vready,
                     vempty, g, rank, rank_v, n_blocks, RV, BLOCK_S, KST, VST, KWS, VWS, BITS, QG, HAS_ZERO, K_STEP,
-                    V_STEP)),
+                    V_STEP, REG_KEYS)),
         (_word_producer, (kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, kw, ks, kz, vw, vs, vz,
                           kwbar, vwbar, kwempty, vwempty, rows_smem, rows_bar, b, rows_row0, g, rank, rank_v, lo,
                           n_blocks, HP, HALF, RV, VB, BLOCK_S, KWS, VWS, BITS, QG, HAS_ZERO)),
@@ -418,8 +384,9 @@ def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torc
         kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, positions, positions.stride(0), kv_start,
         inv_freq, *parts, num_heads, 2 * chunks, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,
         HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, VB=vbox, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
-        VST=spq_value_stages(rank_v), KWS=SPQ_KEY_WORD_STAGES, VWS=SPQ_VALUE_WORD_STAGES, BITS=bits, QG=qg,
+        VST=spq_value_stages(rank_v), KWS=spq_word_stages(bits)[0], VWS=spq_word_stages(bits)[1], BITS=bits, QG=qg,
         HAS_ZERO=has_zero, THREAD_L=SP_THREAD_L, K_STEP=_scale_step(rank, qg), V_STEP=_scale_step(rank_v, qg),
+        REG_KEYS=spq_reg_keys(bits),
         num_warps=4, maxnreg=SPQ_MAXNREG,
     )
     return parts

@@ -20,7 +20,8 @@ FOLD_SHAPES = [(128, 4, 128), (128, 1, 64), (128, 2, 256), (64, 4, 128), (64, 2,
 # The variants the GPU tests and benchmarks/fold_heads_sweep.py run (module constants), on the Llama shape
 VARIANTS = [("single_pass_ws", {"SP_THREAD_L": False}), ("single_pass_ws", {"SP_DOT_COLS": 256}),
             ("single_pass_ws", {"SP_KEY_STAGES": 4}), ("fold_scores_ws", {"WS_FOLD_COLS": 256}),
-            ("fold_scores_ws", {"WS_EARLY_TRIG": False}), ("fold_scores_ws", {"WS_STAGES": 8, "WS_FOLD_COLS": 256})]
+            ("fold_scores_ws", {"WS_EARLY_TRIG": False}), ("fold_scores_ws", {"WS_STAGES": 8, "WS_FOLD_COLS": 256}),
+            ("single_pass_ws_quant", {"SPQ_REG_KEYS": False})]
 # The quantized single-pass kernel: (head_dim, heads per group, key rank, value rank, bits, sym, quant group), the
 # shapes and codes of its GPU tests (test_single_pass_ws_quant.py; bf16 with 2/4 bits only)
 QUANT_SHAPES = [(128, 4, 128, 384, 4, False, 32), (64, 2, 64, 128, 2, False, 32), (128, 2, 256, 192, 4, True, 64),
@@ -108,16 +109,19 @@ def build_fold(head_dim: int, gs: int, rank: int, dtype: torch.dtype) -> dict:
 
 
 def build_variant(kernel: str, constants: dict) -> dict:
-    """The Llama shape (head_dim 128, 4 heads per group, ranks 128 / 384) with module constants changed."""
+    """The Llama shape (head_dim 128, 4 heads per group, ranks 128 / 384; 4-bit codes for the quantized kernel)
+    with module constants changed."""
     import importlib
 
     module = importlib.import_module(f"kernels.{kernel}")
     saved = {name: getattr(module, name) for name in constants}
     try:
-        for name, value in constants.items():
-            setattr(module, name, value)
+        for name, value in constants.items():  # a Gluon constexpr global stays one
+            setattr(module, name, type(saved[name])(value) if type(saved[name]).__name__ == "constexpr" else value)
         if kernel == "single_pass_ws":
             out = build_single_pass(128, 4, 128, 384, torch.float16)
+        elif kernel == "single_pass_ws_quant":
+            out = build_single_pass_quant(128, 4, 128, 384, 4, False, 32, torch.float16)
         else:
             out = build_fold(128, 4, 128, torch.float16)
     finally:

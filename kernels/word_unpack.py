@@ -1,0 +1,157 @@
+"""Packed-code unpacking for the quantized Gluon single-pass kernel (:mod:`kernels.single_pass_ws_quant`).
+
+Codes of 2/4/8 bits sit in int32 words, channel c of a word at bits [BITS * c, BITS * (c + 1)); each slot has one
+scale (and zero-point) per quant group of QG channels. A code becomes ``code * scale + offset`` in the latent
+dtype: OR-ed into the mantissa of a magic number (fp16 1024, bf16 128, whose mantissa step is 1) it is
+``magic + code`` exactly, so one subtraction and one FMA finish it (no int-to-float conversion).
+
+- :func:`_unpack_chunk`: a shared-memory tile of words into a shared-memory tile of fp16/bf16 (the dequant
+  warps; the consumers' wgmmas read the result);
+- :func:`_unpack_key_regs`: a key tile of 4-bit words straight into the registers of a wgmma's A operand (the
+  consumers, so the key tile needs no fp16 ring in shared memory).
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+# fp16/bf16 scales in 16 bytes: a TMA box row is at least this wide and starts at a multiple of it
+SPQ_SCALE_ALIGN = gl.constexpr(8)
+
+
+@gluon.jit
+def _scale_start(g, per_group):
+    """(first column of group g's scale box, where the group's scales start in it): g * per_group rounded
+    down to a 16-byte aligned column, and the rest (see _scale_box)."""
+    first = g * per_group
+    return first // SPQ_SCALE_ALIGN * SPQ_SCALE_ALIGN, first % SPQ_SCALE_ALIGN
+
+
+@gluon.jit
+def _load_groups(meta_smem, g0, sub, NG: gl.constexpr, layout: gl.constexpr, BLOCK_S: gl.constexpr,
+                 SUB_STEP: gl.constexpr):
+    """Columns sub + g0 + [0, NG) of meta_smem (1, BLOCK_S, SB) as (BLOCK_S, NG) in ``layout``. A shared-memory
+    slice starts at a constant: one branch per possible sub (a multiple of SUB_STEP, uniform over the program)."""
+    rows = meta_smem.reshape([BLOCK_S, meta_smem.shape[2]])
+    x = rows.slice(g0, NG, dim=1).load(layout)
+    for c in gl.static_range(1, SPQ_SCALE_ALIGN // SUB_STEP):
+        if sub == c * SUB_STEP:
+            x = rows.slice(g0 + c * SUB_STEP, NG, dim=1).load(layout)
+    return x
+
+
+@gluon.jit
+def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
+                  QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr):
+    """Unpack one chunk into ``dst``: words (1, BLOCK_S, CW) int32, scales (and zero-points) of its quant
+    groups at columns sub + g0 + [0, NG) of scale_smem / zero_smem (1, BLOCK_S, SB) (sub: a run-time multiple
+    of SUB_STEP below 8, the same for the whole program; g0 constexpr); dst (1, BLOCK_S, CW * VPW)
+    fp16/bf16. Each thread takes the whole words of one quant group of a slot, so one scale per word run."""
+    VPW: gl.constexpr = 32 // BITS
+    HALF_VPW: gl.constexpr = VPW // 2
+    CW: gl.constexpr = words_smem.shape[2]
+    WPG: gl.constexpr = QG // VPW  # words per quant group
+    NG: gl.constexpr = CW // WPG
+    DTYPE: gl.constexpr = dst.dtype
+    l3: gl.constexpr = gl.BlockedLayout([1, 1, WPG], [32 // NG, NG, 1], [4, 1, 1], [2, 1, 0])
+    w2: gl.constexpr = gl.BlockedLayout([1, WPG], [32 // NG, NG], [4, 1], [1, 0])
+    words = gl.reshape(words_smem.reshape([BLOCK_S, CW]).load(w2), (BLOCK_S, NG, WPG))
+    words = gl.convert_layout(words, l3)  # the same mapping, named (a no-op)
+    s_layout: gl.constexpr = gl.SliceLayout(2, l3)
+    scale = _load_groups(scale_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP)
+    if HAS_ZERO:
+        zero = _load_groups(zero_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP)
+        offset = -(zero * scale)
+    else:
+        offset = scale * -float(1 << (BITS - 1))
+    scale = scale[:, :, None]
+    offset = offset[:, :, None]
+    if DTYPE == gl.float16:
+        MAGIC_BITS: gl.constexpr = 0x6400  # fp16 1024: mantissa step 1, so 1024 + code is exact
+        MAGIC: gl.constexpr = 1024.0
+    else:
+        MAGIC_BITS: gl.constexpr = 0x4300  # bf16 128 (codes of up to 4 bits)
+        MAGIC: gl.constexpr = 128.0
+    MASK2: gl.constexpr = ((1 << BITS) - 1) * 0x10001
+    leaves = ()
+    for half in gl.static_range(2):
+        for k in gl.static_range(HALF_VPW):
+            # code k in bits [0, 16), code k + VPW/2 in bits [16, 32) of one shifted copy of the word
+            t = ((words >> (BITS * k)) & MASK2) | (MAGIC_BITS * 0x10001)
+            if half == 1:
+                t = t >> 16
+            code = t.to(gl.int16).to(DTYPE, bitcast=True) - MAGIC
+            leaves = leaves + (code * scale + offset,)
+    # Channel c of a word is leaf c (c = half * VPW/2 + k); join c with c + n/2 level by level so that the
+    # joined axes read row-major as c.
+    LOG_VPW: gl.constexpr = 4 if BITS == 2 else (3 if BITS == 4 else 2)
+    for level in gl.static_range(LOG_VPW):
+        joined = ()
+        for c in gl.static_range((VPW >> level) // 2):
+            joined = joined + (gl.join(leaves[c], leaves[c + (VPW >> level) // 2]),)
+        leaves = joined
+    dst.reshape([BLOCK_S, CW * VPW]).store(gl.reshape(leaves[0], (BLOCK_S, CW * VPW)))
+
+
+@gluon.constexpr_function
+def _key_word_layout(block_s, groups, words_per_group, flat=False):
+    """Layout of (slot, quant group, word of the group, lane t) for _unpack_key_regs (flat: of the words as
+    (slot, word), t replicated). Registers run over the words of a row and its row + 8, the four lanes of a quad
+    over t and the other eight over rows, warps over 16-row blocks: the A operand's layout once the two codes of
+    a byte are joined as the last axis. BLOCK_S = 64 (one m64 wgmma over 4 warps)."""
+    log_w = (groups * words_per_group).bit_length() - 1
+    if flat:
+        return gl.DistributedLinearLayout(
+            reg_bases=[[0, 1 << i] for i in range(log_w)] + [[8, 0]],
+            lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]], warp_bases=[[16, 0], [32, 0]], block_bases=[],
+            shape=[block_s, groups * words_per_group])
+    log_m = words_per_group.bit_length() - 1
+    return gl.DistributedLinearLayout(
+        reg_bases=([[0, 0, 1 << i, 0] for i in range(log_m)] + [[0, 1 << i, 0, 0] for i in range(log_w - log_m)]
+                   + [[8, 0, 0, 0]]),
+        lane_bases=[[0, 0, 0, 1], [0, 0, 0, 2], [1, 0, 0, 0], [2, 0, 0, 0], [4, 0, 0, 0]],
+        warp_bases=[[16, 0, 0, 0], [32, 0, 0, 0]], block_bases=[], shape=[block_s, groups, words_per_group, 4])
+
+
+@gluon.jit
+def _unpack_key_regs(words_smem, scale_smem, zero_smem, sub, BLOCK_S: gl.constexpr, QG: gl.constexpr,
+                     HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr, DTYPE: gl.constexpr, A_LAYOUT: gl.constexpr):
+    """A key tile of 4-bit codes as the A operand of the score wgmma: (BLOCK_S, R) in DTYPE and A_LAYOUT, the
+    DotOperandLayout (k_width 2) of an m64 wgmma over 4 warps. words_smem (1, BLOCK_S, R / 8) int32; scales (and
+    zero-points) of the slot's quant groups at columns sub + [0, R / QG) of scale_smem / zero_smem
+    (1, BLOCK_S, SB) (sub as for _unpack_chunk).
+
+    In that layout lane t of a quad holds, of each of its two rows, channels 8m + 2t and 8m + 2t + 1 for every m:
+    byte t of word m. So each thread loads its rows' words (the four lanes of a quad the same ones) and keeps
+    one byte of each: the two codes of a byte become one fp16x2 register of the operand."""
+    CW: gl.constexpr = words_smem.shape[2]  # words per slot: R / 8
+    R: gl.constexpr = CW * 8
+    MPG: gl.constexpr = QG // 8  # words per quant group
+    NG: gl.constexpr = CW // MPG
+    l4: gl.constexpr = _key_word_layout(BLOCK_S, NG, MPG)
+    w3: gl.constexpr = gl.SliceLayout(3, l4)
+    s2: gl.constexpr = gl.SliceLayout(2, w3)
+    w2: gl.constexpr = _key_word_layout(BLOCK_S, NG, MPG, flat=True)
+    words = words_smem.reshape([BLOCK_S, CW]).load(w2)
+    words = gl.convert_layout(gl.reshape(words, (BLOCK_S, NG, MPG)), w3)  # the same mapping, named
+    scale = _load_groups(scale_smem, 0, sub, NG, s2, BLOCK_S, SUB_STEP)
+    if HAS_ZERO:
+        zero = _load_groups(zero_smem, 0, sub, NG, s2, BLOCK_S, SUB_STEP)
+        offset = -(zero * scale)
+    else:
+        offset = scale * -8.0
+    scale = scale[:, :, None, None]
+    offset = offset[:, :, None, None]
+    lane = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, l4))))
+    byte = words[:, :, :, None] >> (lane * 8)[None, None, None, :]
+    if DTYPE == gl.float16:
+        MAGIC_BITS: gl.constexpr = 0x6400  # as in _unpack_chunk
+        MAGIC: gl.constexpr = 1024.0
+    else:
+        MAGIC_BITS: gl.constexpr = 0x4300
+        MAGIC: gl.constexpr = 128.0
+    t = (byte & 0xF) | ((byte & 0xF0) << 12) | (MAGIC_BITS * 0x10001)  # code 2t in bits [0, 16), 2t + 1 above
+    lo = t.to(gl.int16).to(DTYPE, bitcast=True) - MAGIC
+    hi = (t >> 16).to(gl.int16).to(DTYPE, bitcast=True) - MAGIC
+    a = gl.join(lo * scale + offset, hi * scale + offset)  # (BLOCK_S, NG, MPG, 4, 2): channel order
+    return gl.convert_layout(gl.reshape(a, (BLOCK_S, R)), A_LAYOUT)
