@@ -397,6 +397,19 @@ def sp_chunks(num_slots: int, programs_per_chunk: int, num_sms: int, num_splits:
     return slot_chunks(num_slots, SP_BLOCK_S, wanted)
 
 
+def sp_launch(rows: torch.Tensor, half: int, heads_per_group: int, fold_heads: int, num_slots: int, num_sms: int,
+              num_splits: Optional[int], parts_fn) -> tuple:
+    """What both single-pass kernels' launches share: (rows descriptor (box of sp_dot_cols rows), head_splits,
+    batch * groups, chunk_len, chunks, partials from ``parts_fn(2 * chunks)``); rows (B, G, HG * D, rank)."""
+    batch, num_groups, _, rank = rows.shape
+    cols = min(sp_dot_cols(2 * half), fold_heads * 2 * half)
+    rows_desc = nvmma_desc(rows.view(-1, rank), [cols, rank])
+    head_splits = heads_per_group // fold_heads
+    bgs = batch * num_groups
+    chunk_len, chunks = sp_chunks(num_slots, bgs * head_splits, num_sms, num_splits)
+    return rows_desc, head_splits, bgs, chunk_len, chunks, parts_fn(2 * chunks)
+
+
 def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, positions: torch.Tensor,
                    kv_start: torch.Tensor, inv_freq: torch.Tensor, num_heads: int, rank: int, rank_v: int,
                    heads_per_group: int, fold_heads: int, num_sms: int, num_splits: Optional[int], parts_fn) -> tuple:
@@ -411,14 +424,10 @@ def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, p
     batch, num_slots, _ = k_fp.shape
     num_groups = rows.shape[1]
     half = inv_freq.shape[0]
-    cols = min(sp_dot_cols(2 * half), fold_heads * 2 * half)
     lat_desc = nvmma_desc(k_fp, [1, SP_BLOCK_S, rank])
     val_desc = nvmma_desc(v_fp, [1, SP_BLOCK_S, sp_value_box(rank_v)])
-    rows_desc = nvmma_desc(rows.view(-1, rank), [cols, rank])
-    head_splits = heads_per_group // fold_heads
-    bgs = batch * num_groups
-    chunk_len, chunks = sp_chunks(num_slots, bgs * head_splits, num_sms, num_splits)
-    parts = parts_fn(2 * chunks)
+    rows_desc, head_splits, bgs, chunk_len, chunks, parts = sp_launch(rows, half, heads_per_group, fold_heads,
+                                                                      num_slots, num_sms, num_splits, parts_fn)
     _ws_single_pass_kernel[(bgs * head_splits * chunks,)](
         lat_desc, val_desc, rows_desc, positions, positions.stride(0), kv_start, inv_freq, *parts,
         num_heads, 2 * chunks, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,

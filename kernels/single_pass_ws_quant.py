@@ -49,11 +49,11 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 from .fold_scores_ws import (fold_shape_unsupported, hopper_unsupported, latent_dtype_unsupported,
-                             load_rows, mbarriers, nvmma_desc, rows_buffers, tma_aligned)
-from .word_unpack import SPQ_SCALE_ALIGN, _scale_start, _unpack_chunk
+                             load_rows, mbarriers, rows_buffers, tma_aligned)
 from .single_pass_ws import (SP_BLOCK_S, SP_KEY_STAGES, SP_NP, SP_SMEM_LIMIT, SP_THREAD_L, _consume, p_buffers,
-                             pick_fold_heads, single_pass_ws_unsupported, sp_chunks, sp_dot_cols, sp_program,
+                             pick_fold_heads, single_pass_ws_unsupported, sp_launch, sp_program,
                              sp_shape_unsupported, sp_value_box)
+from .word_unpack import SPQ_SCALE_ALIGN, _scale_start, _unpack_chunk
 
 SPQ_BITS = (2, 4, 8)
 # Whether method="auto" takes this kernel for quantized latents where it applies (else the Triton kernels):
@@ -368,23 +368,20 @@ def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torc
     vpw = 32 // bits
     has_zero = k_latent.zero is not None
     vbox = sp_value_box(rank_v)
-    cols = min(sp_dot_cols(2 * half), fold_heads * 2 * half)
     kw_desc = _plain_desc(k_latent.codes, [1, SP_BLOCK_S, rank // vpw])
     vw_desc = _plain_desc(v_latent.codes, [1, SP_BLOCK_S, vbox // vpw])
     sbk, sbv = [1, SP_BLOCK_S, _scale_box(rank, qg)], [1, SP_BLOCK_S, _scale_box(rank_v, qg)]
     ks_desc, vs_desc = _plain_desc(k_latent.scale, sbk), _plain_desc(v_latent.scale, sbv)
     kz_desc = _plain_desc(k_latent.zero, sbk) if has_zero else ks_desc
     vz_desc = _plain_desc(v_latent.zero, sbv) if has_zero else vs_desc
-    rows_desc = nvmma_desc(rows.view(-1, rank), [cols, rank])
-    head_splits = heads_per_group // fold_heads
-    bgs = batch * num_groups
-    chunk_len, chunks = sp_chunks(num_slots, bgs * head_splits, num_sms, num_splits)
-    parts = parts_fn(2 * chunks)
+    rows_desc, head_splits, bgs, chunk_len, chunks, parts = sp_launch(rows, half, heads_per_group, fold_heads,
+                                                                      num_slots, num_sms, num_splits, parts_fn)
+    kws, vws = spq_word_stages(bits)
     _ws_single_pass_quant_kernel[(bgs * head_splits * chunks,)](
         kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, positions, positions.stride(0), kv_start,
         inv_freq, *parts, num_heads, 2 * chunks, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,
         HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, VB=vbox, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
-        VST=spq_value_stages(rank_v), KWS=spq_word_stages(bits)[0], VWS=spq_word_stages(bits)[1], BITS=bits, QG=qg,
+        VST=spq_value_stages(rank_v), KWS=kws, VWS=vws, BITS=bits, QG=qg,
         HAS_ZERO=has_zero, THREAD_L=SP_THREAD_L, K_STEP=_scale_step(rank, qg), V_STEP=_scale_step(rank_v, qg),
         REG_KEYS=spq_reg_keys(bits),
         num_warps=4, maxnreg=SPQ_MAXNREG,

@@ -40,6 +40,39 @@ def _load_groups(meta_smem, g0, sub, NG: gl.constexpr, layout: gl.constexpr, BLO
     return x
 
 
+@gluon.constexpr_function
+def _magic_bits(dtype):
+    """fp16 bits of the magic number whose mantissa holds a code: fp16 1024 (mantissa step 1, so 1024 + code
+    is exact), bf16 128 (codes of up to 4 bits)."""
+    return 0x6400 if dtype == gl.float16 else 0x4300
+
+
+@gluon.constexpr_function
+def _magic_value(dtype):
+    """The magic number of _magic_bits."""
+    return 1024.0 if dtype == gl.float16 else 128.0
+
+
+@gluon.jit
+def _magic_code(t, DTYPE: gl.constexpr):
+    """The code in bits [0, 16) of int32 ``t`` (OR-ed there into _magic_bits) as a DTYPE value."""
+    return t.to(gl.int16).to(DTYPE, bitcast=True) - _magic_value(DTYPE)
+
+
+@gluon.jit
+def _scale_offset(scale_smem, zero_smem, g0, sub, NG: gl.constexpr, layout: gl.constexpr, BLOCK_S: gl.constexpr,
+                  SUB_STEP: gl.constexpr, HAS_ZERO: gl.constexpr, BITS: gl.constexpr):
+    """(scale, offset) of quant groups sub + g0 + [0, NG) of each slot, (BLOCK_S, NG) in ``layout``, so that a
+    code's value is code * scale + offset (symmetric codes: centred at 2^(BITS - 1))."""
+    scale = _load_groups(scale_smem, g0, sub, NG, layout, BLOCK_S, SUB_STEP)
+    if HAS_ZERO:
+        zero = _load_groups(zero_smem, g0, sub, NG, layout, BLOCK_S, SUB_STEP)
+        offset = -(zero * scale)
+    else:
+        offset = scale * -float(1 << (BITS - 1))
+    return scale, offset
+
+
 @gluon.jit
 def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
                   QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr):
@@ -58,20 +91,10 @@ def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.c
     words = gl.reshape(words_smem.reshape([BLOCK_S, CW]).load(w2), (BLOCK_S, NG, WPG))
     words = gl.convert_layout(words, l3)  # the same mapping, named (a no-op)
     s_layout: gl.constexpr = gl.SliceLayout(2, l3)
-    scale = _load_groups(scale_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP)
-    if HAS_ZERO:
-        zero = _load_groups(zero_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP)
-        offset = -(zero * scale)
-    else:
-        offset = scale * -float(1 << (BITS - 1))
+    scale, offset = _scale_offset(scale_smem, zero_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP, HAS_ZERO, BITS)
     scale = scale[:, :, None]
     offset = offset[:, :, None]
-    if DTYPE == gl.float16:
-        MAGIC_BITS: gl.constexpr = 0x6400  # fp16 1024: mantissa step 1, so 1024 + code is exact
-        MAGIC: gl.constexpr = 1024.0
-    else:
-        MAGIC_BITS: gl.constexpr = 0x4300  # bf16 128 (codes of up to 4 bits)
-        MAGIC: gl.constexpr = 128.0
+    MAGIC_BITS: gl.constexpr = _magic_bits(DTYPE)
     MASK2: gl.constexpr = ((1 << BITS) - 1) * 0x10001
     leaves = ()
     for half in gl.static_range(2):
@@ -80,7 +103,7 @@ def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.c
             t = ((words >> (BITS * k)) & MASK2) | (MAGIC_BITS * 0x10001)
             if half == 1:
                 t = t >> 16
-            code = t.to(gl.int16).to(DTYPE, bitcast=True) - MAGIC
+            code = _magic_code(t, DTYPE)
             leaves = leaves + (code * scale + offset,)
     # Channel c of a word is leaf c (c = half * VPW/2 + k); join c with c + n/2 level by level so that the
     # joined axes read row-major as c.
@@ -134,24 +157,14 @@ def _unpack_key_regs(words_smem, scale_smem, zero_smem, sub, BLOCK_S: gl.constex
     w2: gl.constexpr = _key_word_layout(BLOCK_S, NG, MPG, flat=True)
     words = words_smem.reshape([BLOCK_S, CW]).load(w2)
     words = gl.convert_layout(gl.reshape(words, (BLOCK_S, NG, MPG)), w3)  # the same mapping, named
-    scale = _load_groups(scale_smem, 0, sub, NG, s2, BLOCK_S, SUB_STEP)
-    if HAS_ZERO:
-        zero = _load_groups(zero_smem, 0, sub, NG, s2, BLOCK_S, SUB_STEP)
-        offset = -(zero * scale)
-    else:
-        offset = scale * -8.0
+    scale, offset = _scale_offset(scale_smem, zero_smem, 0, sub, NG, s2, BLOCK_S, SUB_STEP, HAS_ZERO, 4)
     scale = scale[:, :, None, None]
     offset = offset[:, :, None, None]
     lane = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, l4))))
     byte = words[:, :, :, None] >> (lane * 8)[None, None, None, :]
-    if DTYPE == gl.float16:
-        MAGIC_BITS: gl.constexpr = 0x6400  # as in _unpack_chunk
-        MAGIC: gl.constexpr = 1024.0
-    else:
-        MAGIC_BITS: gl.constexpr = 0x4300
-        MAGIC: gl.constexpr = 128.0
+    MAGIC_BITS: gl.constexpr = _magic_bits(DTYPE)
     t = (byte & 0xF) | ((byte & 0xF0) << 12) | (MAGIC_BITS * 0x10001)  # code 2t in bits [0, 16), 2t + 1 above
-    lo = t.to(gl.int16).to(DTYPE, bitcast=True) - MAGIC
-    hi = (t >> 16).to(gl.int16).to(DTYPE, bitcast=True) - MAGIC
+    lo = _magic_code(t, DTYPE)
+    hi = _magic_code(t >> 16, DTYPE)
     a = gl.join(lo * scale + offset, hi * scale + offset)  # (BLOCK_S, NG, MPG, 4, 2): channel order
     return gl.convert_layout(gl.reshape(a, (BLOCK_S, R)), A_LAYOUT)
