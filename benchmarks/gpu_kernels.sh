@@ -17,11 +17,14 @@
 #              kernels (--fused_kernel fold), the module step, then its GPU tests and the quantized auto-path tests
 #              (thirteenth session; its calls 1 and 6 ran an earlier part, quant_single_pass, folded into this one)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
-#   ncu        Nsight Compute (--set full) of one 64K decode call, fp16 and 4-bit: details and per-instruction stalls
-#              of its kernels (fp16 on sm_90: the Gluon single-pass kernel and the merge; 4-bit: the fold path)
-#   spq_reg_keys  4-bit: the quantized single-pass kernel with keys unpacked by its consumers (SPQ_REG_KEYS) or not,
-#              one process and Triton cache each ($SPQ_VARIANTS), run_latency_kernel.py 4-bit (SDPA in the same call),
-#              then its 4-bit GPU tests (fourteenth session)
+#   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
+#              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
+#              the merge)
+#   spq_variants  4-bit: the quantized single-pass kernel per set of its constants ($SPQ_VARIANTS, e.g.
+#              "SPQ_ROWS_PER_TILE=1,SPQ_CONSUMER_REGS=232"), one process and Triton cache each, run_latency_kernel.py
+#              4-bit (SDPA in the same call), then its GPU tests; spq_reg_keys: the same over SPQ_REG_KEYS=<each of
+#              $SPQ_VARIANTS> (fourteenth session)
+#   attention_int4  the module step with 4-bit latents only (the second line of "attention")
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
 #   tests_all  every GPU test, ten pytest processes in parallel (logs tests_*.log)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
@@ -38,6 +41,10 @@ LOG="$OUT/gpu.log"
 run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$RES/device.txt"
 OUT_SAVED=$OUT; OUT=$RES  # every part below writes under $RES
+attention_int4() {
+  run python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 8 --palu --lt_bits 4 --cuda_graph \
+      --reps 50 --output_json "$OUT/attention_int4_cudagraph.json"
+}
 K="python3 run_latency_kernel.py --total_rank 1024 --total_rank_v 3072 --num_heads 32 --head_dim 128 --group_size 4"
 for part in "$@"; do case $part in
 kernel)
@@ -48,6 +55,9 @@ kernel)
 maxbatch)
   run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 --palu --lt_bits 4 --reps 3 \
       --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
+  ;;
+attention_int4)
+  attention_int4
   ;;
 attention_quick)
   run python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 --palu --cuda_graph --reps 50 \
@@ -69,7 +79,7 @@ profile)
   run timeout 240 python3 benchmarks/profile_step.py 4096 65536 --output_json "$OUT/profile_step_fp16.json"
   ;;
 ncu)  # the counters need a Firecracker machine (gVisor refuses them); reports are large: text pages only
-  for bits in 16 4; do
+  for bits in ${NCU_BITS:-16 4}; do
     run timeout 120 ncu --profile-from-start off --clock-control none --set full \
         -k regex:"single_pass|fold_scores|softmax_v_split|merge" -o "$OUT/ncu_64k_$bits" \
         python3 benchmarks/ncu_decode.py 65536 1 $bits
@@ -84,8 +94,7 @@ kernel_quick)
 attention)
   run python3 run_latency_attention.py --prompt_len 4096 16384 65536 --batch_size 1 8 --palu --cuda_graph --reps 50 \
       --output_json "$OUT/attention_fp16_cudagraph.json"
-  run python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 8 --palu --lt_bits 4 --cuda_graph --reps 50 \
-      --output_json "$OUT/attention_int4_cudagraph.json"
+  attention_int4
   ;;
 model)
   run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --reps 10 --warmup 2 \
@@ -132,20 +141,28 @@ sp_regs)
         sp.SP_CONSUMER_REGS=$regs
   done
   ;;
-spq_reg_keys)  # 4-bit: keys unpacked by the consumers (SPQ_REG_KEYS, four heads per Llama program) or by the dequant
-  # warps (two heads per program), one process and Triton cache each, in the order of $SPQ_VARIANTS; then the
-  # quantized kernel's GPU tests
+spq_reg_keys|spq_variants)  # the quantized single-pass kernel per variant of its constants, one process and Triton
+  # cache each: spq_variants takes $SPQ_VARIANTS as NAME=VALUE[,NAME=VALUE] of kernels.single_pass_ws_quant,
+  # spq_reg_keys as values of SPQ_REG_KEYS (fourteenth session); then run_latency_kernel.py 4-bit (SDPA in the
+  # same call; SPQ_KERNEL_S=0 skips it) and the quantized kernel's GPU tests ($SPQ_TESTS; SPQ_TEST_S=0 skips them)
   i=0
-  for v in ${SPQ_VARIANTS:-1 0 1 0}; do
+  if [ "$part" = spq_reg_keys ]; then default="1 0 1 0"; else default="SPQ_ROWS_PER_TILE=0 SPQ_ROWS_PER_TILE=1"; fi
+  for v in ${SPQ_VARIANTS-$default}; do  # (set but empty: no variants)
     i=$((i + 1))
-    TRITON_CACHE_DIR="/tmp/triton_spq_$v" run timeout 120 python3 benchmarks/fold_heads_sweep.py \
-        "$OUT/spq_reg_keys_${v}_run$i.json" single_pass_ws_only "${SPQ_SHAPES:-65536,1,4;65536,8,4;4096,1,4}" \
-        "spq.SPQ_REG_KEYS=$v"
+    if [ "$part" = spq_reg_keys ]; then v="SPQ_REG_KEYS=$v"; fi
+    tag=${v//[=,]/_}
+    TRITON_CACHE_DIR="/tmp/triton_spq_$tag" run timeout 120 python3 benchmarks/fold_heads_sweep.py \
+        "$OUT/spq_${tag}_run$i.json" single_pass_ws_only "${SPQ_SHAPES:-65536,1,4;65536,8,4;4096,1,4}" \
+        "spq.${v//,/,spq.}"
   done
-  run timeout ${SPQ_KERNEL_S:-100} $K --target_seq_lens ${SPQ_KERNEL_LENS:-65536} --batch_size 1 --bits 4 \
-      --output_json "$OUT/b1_4bit.json"
-  run timeout ${SPQ_TEST_S:-240} python3 -m pytest -q -x -p no:cacheprovider -m gpu -rf \
-      tests/kernels/test_single_pass_ws_quant.py -k "${SPQ_TESTS:-4bit}"
+  if [ "${SPQ_KERNEL_S:-100}" != 0 ]; then
+    run timeout ${SPQ_KERNEL_S:-100} $K --target_seq_lens ${SPQ_KERNEL_LENS:-65536} --batch_size 1 --bits 4 \
+        --output_json "$OUT/b1_4bit.json"
+  fi
+  if [ "${SPQ_TEST_S:-240}" != 0 ]; then
+    run timeout ${SPQ_TEST_S:-240} python3 -m pytest -q -x -p no:cacheprovider -m gpu -rf \
+        tests/kernels/test_single_pass_ws_quant.py -k "${SPQ_TESTS:-4bit}"
+  fi
   ;;
 smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "gpu_shapes and 128-fp16 or autotuned" || exit 1

@@ -195,15 +195,20 @@ def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kr
 def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
              rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_ptr, kv_start, inv_freq_ptr, part_ptrs, split0,
              hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
-             KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr, KEY_CODES: gl.constexpr = False,
-             KQG: gl.constexpr = 0, KZERO: gl.constexpr = False, KSTEP: gl.constexpr = 1):
+             KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr, KEY_CODES: gl.constexpr = 0,
+             KQG: gl.constexpr = 0, KZERO: gl.constexpr = False, KSTEP: gl.constexpr = 1,
+             ROWS_PER_TILE: gl.constexpr = False):
     """One warpgroup: tiles ROLE, ROLE + 2, ... of [lo, hi); writes split split0 + ROLE of its HP heads'
     partials (m, l in log2 units; acc fp32).
 
-    KEY_CODES (the quantized kernel): kbufs is a ring of 4-bit key words (KST, 1, BLOCK_S, R / 8) whose TMA
-    completes kready, lat_desc / val_desc are its rings of scales / zero-points (quant group KQG, KZERO:
-    asymmetric; k_off: where a slot's scales start in their box, a multiple of KSTEP); the consumer unpacks
-    each key tile into the score wgmma's register operand (word_unpack._unpack_key_regs)."""
+    KEY_CODES (the quantized kernel: the key codes' bits, 0 for none): kbufs is a ring of 4- or 2-bit key words
+    (KST, 1, BLOCK_S, R * KEY_CODES / 32) whose TMA completes kready, lat_desc / val_desc are its rings of
+    scales / zero-points (quant group KQG, KZERO: asymmetric; k_off: where a slot's scales start in their box,
+    a multiple of KSTEP); the consumer unpacks each key tile into the score wgmma's register operand
+    (word_unpack._unpack_key_regs).
+
+    ROWS_PER_TILE: the folded rows' wgmma descriptors are built in each tile instead of hoisted out of the loop
+    as invariants, which the compiler keeps on the stack when registers run short (the quantized kernel)."""
     part_m_ptr, part_l_ptr, part_acc_ptr, h_stride_m, h_stride_acc = part_ptrs
     N: gl.constexpr = rows_desc.block_type.shape[0]
     HD: gl.constexpr = N // (2 * HALF)
@@ -211,7 +216,7 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
     # Tile sides from the rings, not the descriptors: the quantized kernel (single_pass_ws_quant.py) fills the
     # same fp16/bf16 rings from packed words (or, KEY_CODES, passes its ring of key words) and word descriptors.
     if KEY_CODES:
-        R: gl.constexpr = kbufs.shape[3] * 8
+        R: gl.constexpr = kbufs.shape[3] * (32 // KEY_CODES)
     else:
         R: gl.constexpr = kbufs.shape[3]
     VB: gl.constexpr = vbufs.shape[3]
@@ -259,15 +264,19 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
         valid = (slots >= kv_start) & (slots < hi)
         mbarrier.wait(kready.index(sk), (j // KST) & 1)
         if KEY_CODES:
-            tile = _unpack_key_regs(kbufs.index(sk), lat_desc.index(sk), val_desc.index(sk), k_off, BLOCK_S, KQG,
-                                    KZERO, KSTEP, vbufs.dtype, a_layout)
+            tile = _unpack_key_regs(kbufs.index(sk), lat_desc.index(sk), val_desc.index(sk), k_off, BLOCK_S,
+                                    KEY_CODES, KQG, KZERO, KSTEP, vbufs.dtype, a_layout)
             mbarrier.arrive(kempty.index(sk), count=1)  # the words are in registers
         else:
             tile = kbufs.index(sk).reshape([BLOCK_S, R])
         s_pad = gl.full((BLOCK_S, NP), float("-inf"), gl.float32, score_l)
+        if ROWS_PER_TILE:
+            kz = j >> 30  # 0 (j < 2^30), but opaque to the compiler: the descriptors are not loop invariants
+        else:
+            kz = 0
         for k in gl.static_range(NDOT):
             # (R, N) view of the k-th rows tile: the wgmma's B operand, K-major in shared memory
-            acc = warpgroup_mma(tile, rows_smem.index(k).permute((1, 0)), zero, use_acc=False, is_async=True)
+            acc = warpgroup_mma(tile, rows_smem.index(kz + k).permute((1, 0)), zero, use_acc=False, is_async=True)
             if k == 0:
                 nstart = start + 2 * BLOCK_S  # the next tile's positions, a tile ahead
                 pos_next = gl.load(pos_ptr + nstart + trig_slots, mask=nstart + trig_slots < hi, other=0)

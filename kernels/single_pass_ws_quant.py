@@ -15,20 +15,20 @@ own, so the consumers run unchanged (:func:`kernels.single_pass_ws._consume`) on
   kernel's producer: a consumer needs its keys first) and hands the word stage back;
 - two consumer warpgroups as in the fp16 kernel.
 
-With 4-bit codes (:func:`spq_reg_keys`) the consumers unpack the key words themselves, straight into the
+With 4- and 2-bit codes (:func:`spq_reg_keys`) the consumers unpack the key words themselves, straight into the
 registers of their score wgmmas' A operand (:func:`kernels.word_unpack._unpack_key_regs`), and the dequant
 warps do the values only. Why: the rings of both kernels plus the word stages do not fit beside four heads'
 folded rows (128 KB for a Llama group), and with two heads per program each tile is unpacked twice per group
-and the consumers' chain (the bound) runs twice per tile. Without the fp16 key ring four heads fit (227,488 B
-with two key word stages, one per consumer, and one value word stage). Other code widths keep the dequant
-warps for keys too, and :func:`spq_fold_heads` takes fewer heads per program where the rings do not fit.
+and the consumers' chain (the bound) runs twice per tile. Without the fp16 key ring four heads fit (227,480 B
+with two key word stages, one per consumer, and one value word stage). 8-bit codes keep the dequant warps for
+keys too, and :func:`spq_fold_heads` takes fewer heads per program where the rings do not fit.
 
-Measured (H200, 32 x 128 heads, ranks 128 / 384 per group of 4, 4 bits, SDPA over fp16 K/V in the same call):
-64K 285.6 us against 236.9 us for SDPA (0.83x; fourteenth session). In the same call, the sweep gave 278.0 vs
-334.2 us with the keys unpacked by the consumers or by the dequant warps (B=8 x 64K: 2265.9 vs 2818.7 us). The
-thirteenth session's dequant-warp build ran 332.5 us against 545.2 us for the Triton kernels (0.74x and 0.45x).
-The kernel is still slower than SDPA: the consumers run the fp16 kernel's chain, and the key unpacking sits on
-it (kernels/NOTES.md).
+Measured (H200, 32 x 128 heads, ranks 128 / 384 per group of 4, 4 bits, SDPA over fp16 K/V in the same call;
+kernels/NOTES.md): 233.2 us against 238.1 us for SDPA at 64K (1.02x, 44% of the roofline), 900.8 vs 924.5 us at
+256K, 27.3 vs 21.6 us at 4K (fifteenth session, with the rows' descriptors built per tile: SPQ_ROWS_PER_TILE).
+Before: 285.6 us at 64K with the keys unpacked by the consumers (fourteenth session), 332.5 us with the keys
+unpacked by the dequant warps and two heads per program (thirteenth), 545.2 us for the Triton kernels. 2-bit
+codes: 537.4 us at 64K (684.9 with the keys unpacked by the dequant warps), slower than 4-bit ones.
 
 Scope (:func:`single_pass_ws_quant_unsupported`): that of the fp16 kernel (fp16/bf16, n_rep == 1, equal
 power-of-two key ranks, equal value ranks; a full-precision window after the quantized slots goes through the
@@ -62,20 +62,29 @@ SPQ_BITS = (2, 4, 8)
 SPQ_AUTO = True
 SPQ_KEY_WORD_STAGES = 3  # key word stages: the TMA warp refills one as soon as the dequant warps have read it
 SPQ_VALUE_WORD_STAGES = 2  # value word stages (a whole tile's boxes each)
-# 4-bit keys unpacked by the consumers into their score wgmmas' registers (word_unpack._unpack_key_regs): no
-# fp16 key ring, so that a Llama group's four heads fit in one program, with two key word stages (one per
+# 4- and 2-bit keys unpacked by the consumers into their score wgmmas' registers (word_unpack._unpack_key_regs):
+# no fp16 key ring, so that a Llama group's four heads fit in one program, with two key word stages (one per
 # consumer, as the fp16 key ring) and one value word stage. 278.0 vs 334.2 us at 64K, 2265.9 vs 2818.7 us at
 # B=8 x 64K, 33.5 vs 34.2 us at 4K against the keys unpacked by the dequant warps, two heads per program
-# (H200, 4 bits, one call; kernels/NOTES.md, fourteenth session).
+# (H200, 4 bits, one call; kernels/NOTES.md, fourteenth session). 2 bits: 537.4 vs 684.9 us at 64K, 4251.2 vs
+# 5475.4 us at B=8 x 64K (fifteenth session).
 SPQ_REG_KEYS = True
+SPQ_REG_KEY_BITS = (2, 4)  # _unpack_key_regs: a thread's codes are whole bytes (4 bits) or nibbles (2 bits)
 SPQ_REG_KEY_WORD_STAGES = 2
 SPQ_REG_VALUE_WORD_STAGES = 1
+# The folded rows' wgmma descriptors built per tile (_consume's ROWS_PER_TILE) instead of hoisted out of the loop
+# and spilled (208 vs 624 B of stack, 109 vs 277 local loads in the 4-bit offline build; ncu counted 6.2 M spill
+# requests in one 64K call without it): 233.9 vs 281.1 us at 64K, 1828.7 vs 2298.6 us at B=8 x 64K, 28.4 vs 33.3
+# us at 4K (H200, 4 bits, one call; kernels/NOTES.md, fifteenth session). The fp16 kernel measured 2% slower with
+# it (fourteenth session), so only this kernel builds them per tile.
+SPQ_ROWS_PER_TILE = gl.constexpr(True)
 # The compiler aligns each buffer: 448-520 B over spq_shared_bytes at the built shapes (more buffers than the
 # fp16 kernel), so programs are kept this much under the limit.
 SPQ_SMEM_MARGIN = 1024
 # 13 warps in four warpgroups (two consumers, the dequant warps, the TMA warp): 128 registers per thread at
 # launch, then 224 for each consumer, 40 for the dequant warps, 24 for the TMA warp (4 x 128 in all). With the
-# keys unpacked by the consumers, 232 for them built more stack (688 vs 624 B, offline build; not timed).
+# keys unpacked by the consumers and per-tile rows descriptors, 232 for them measured the same (233.1 vs 233.9 us
+# at 64K, 1819.8 vs 1828.7 us at B=8 x 64K; fifteenth session).
 SPQ_MAXNREG = 128
 SPQ_CONSUMER_REGS = gl.constexpr(224)
 SPQ_DEQUANT_REGS = gl.constexpr(40)
@@ -101,8 +110,8 @@ def _scale_box(channels: int, quant_group: int) -> int:
 
 
 def spq_reg_keys(bits: int) -> bool:
-    """Whether the consumers unpack the key codes themselves (SPQ_REG_KEYS; 4-bit codes)."""
-    return SPQ_REG_KEYS and bits == 4
+    """Whether the consumers unpack the key codes themselves (SPQ_REG_KEYS; codes of SPQ_REG_KEY_BITS)."""
+    return SPQ_REG_KEYS and bits in SPQ_REG_KEY_BITS
 
 
 def spq_word_stages(bits: int) -> tuple[int, int]:
@@ -126,7 +135,8 @@ def spq_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt
     kword = SP_BLOCK_S * (4 * rank // vpw + meta * elt * _scale_box(rank, quant_group))
     vword = SP_BLOCK_S * (4 * rank_v // vpw + meta * elt * _scale_box(rank_v, quant_group))
     kws, vws = spq_word_stages(bits)
-    barriers = 8 * (2 * SP_KEY_STAGES + 3 * vst + 1 + kws + vws)
+    key_barriers = 0 if spq_reg_keys(bits) else 2 * SP_KEY_STAGES  # (else the word stages' barriers)
+    barriers = 8 * (key_barriers + 3 * vst + 1 + 2 * (kws + vws))
     return rows + keys + values + p + kws * kword + vws * vword + barriers
 
 
@@ -283,7 +293,7 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
     boxes (1, BLOCK_S, _scale_box) starting at the 16-byte aligned column at or below the group's first quant
     group (kz/vz = ks/vs when symmetric); K_STEP / V_STEP: _scale_step of the key / value scales. REG_KEYS: the
     consumers unpack the key words into their wgmmas' registers (KWS = KST word stages, one per consumer as
-    the fp16 key ring; no fp16 key ring)."""
+    the fp16 key ring; no fp16 key ring): the codes' bits, else 0."""
     b, g, lo, hi, n_blocks, split0, kv_start, rows_row0, part_ptrs = sp_program(
         kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, num_slots, num_groups, batch_groups,
         chunk_len, head_splits, HG, HP, HALF, RV, BLOCK_S)
@@ -307,8 +317,6 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
     vbufs = gl.allocate_shared_memory(DTYPE, [VST, 1, BLOCK_S, VB], v_layout)
     rows_smem = rows_buffers(rows_desc, HP, HALF)
     p_smem = p_buffers(DTYPE, BLOCK_S)
-    kready = mbarriers(KST)
-    kempty = mbarriers(KST)
     vready = mbarriers(2 * VST)  # per (consumer, buffer), as in the fp16 kernel
     vempty = mbarriers(VST)
     kwbar = mbarriers(KWS)
@@ -322,6 +330,9 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
         kbufs = kw
         kready = kwbar
         kempty = kwempty
+    else:
+        kready = mbarriers(KST)
+        kempty = mbarriers(KST)
     _, k_sub = _scale_start(g, rank // QG)
     # The consumers are the fp16 kernel's. Their first two arguments (latent descriptors, unused by them) get the
     # key scales and zero-points, read when they unpack the key words themselves (REG_KEYS). Argument tuples are
@@ -329,10 +340,12 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
     gl.warp_specialize([
         (_consume, (ks, kz, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty, rows_bar, b,
                     rows_row0, k_sub, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs, split0, hi, 0,
-                    BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, REG_KEYS, QG, HAS_ZERO, K_STEP)),
+                    BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, REG_KEYS, QG, HAS_ZERO, K_STEP,
+                    SPQ_ROWS_PER_TILE)),
         (_consume, (ks, kz, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty, rows_bar, b,
                     rows_row0, k_sub, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs, split0, hi, 1,
-                    BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, REG_KEYS, QG, HAS_ZERO, K_STEP)),
+                    BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, REG_KEYS, QG, HAS_ZERO, K_STEP,
+                    SPQ_ROWS_PER_TILE)),
         (_dequant, (kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbufs, kready, kempty, vready,
                     vempty, g, rank, rank_v, n_blocks, RV, BLOCK_S, KST, VST, KWS, VWS, BITS, QG, HAS_ZERO, K_STEP,
                     V_STEP, REG_KEYS)),
@@ -383,7 +396,7 @@ def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torc
         HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, VB=vbox, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
         VST=spq_value_stages(rank_v), KWS=kws, VWS=vws, BITS=bits, QG=qg,
         HAS_ZERO=has_zero, THREAD_L=SP_THREAD_L, K_STEP=_scale_step(rank, qg), V_STEP=_scale_step(rank_v, qg),
-        REG_KEYS=spq_reg_keys(bits),
+        REG_KEYS=bits if spq_reg_keys(bits) else 0,
         num_warps=4, maxnreg=SPQ_MAXNREG,
     )
     return parts

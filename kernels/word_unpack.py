@@ -7,8 +7,8 @@ dtype: OR-ed into the mantissa of a magic number (fp16 1024, bf16 128, whose man
 
 - :func:`_unpack_chunk`: a shared-memory tile of words into a shared-memory tile of fp16/bf16 (the dequant
   warps; the consumers' wgmmas read the result);
-- :func:`_unpack_key_regs`: a key tile of 4-bit words straight into the registers of a wgmma's A operand (the
-  consumers, so the key tile needs no fp16 ring in shared memory).
+- :func:`_unpack_key_regs`: a key tile of 4- or 2-bit words straight into the registers of a wgmma's A operand
+  (the consumers, so the key tile needs no fp16 ring in shared memory).
 """
 from __future__ import annotations
 
@@ -137,19 +137,22 @@ def _key_word_layout(block_s, groups, words_per_group, flat=False):
 
 
 @gluon.jit
-def _unpack_key_regs(words_smem, scale_smem, zero_smem, sub, BLOCK_S: gl.constexpr, QG: gl.constexpr,
-                     HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr, DTYPE: gl.constexpr, A_LAYOUT: gl.constexpr):
-    """A key tile of 4-bit codes as the A operand of the score wgmma: (BLOCK_S, R) in DTYPE and A_LAYOUT, the
-    DotOperandLayout (k_width 2) of an m64 wgmma over 4 warps. words_smem (1, BLOCK_S, R / 8) int32; scales (and
-    zero-points) of the slot's quant groups at columns sub + [0, R / QG) of scale_smem / zero_smem
+def _unpack_key_regs(words_smem, scale_smem, zero_smem, sub, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
+                     QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr, DTYPE: gl.constexpr,
+                     A_LAYOUT: gl.constexpr):
+    """A key tile of 4- or 2-bit codes as the A operand of the score wgmma: (BLOCK_S, R) in DTYPE and A_LAYOUT,
+    the DotOperandLayout (k_width 2) of an m64 wgmma over 4 warps. words_smem (1, BLOCK_S, R / VPW) int32;
+    scales (and zero-points) of the slot's quant groups at columns sub + [0, R / QG) of scale_smem / zero_smem
     (1, BLOCK_S, SB) (sub as for _unpack_chunk).
 
-    In that layout lane t of a quad holds, of each of its two rows, channels 8m + 2t and 8m + 2t + 1 for every m:
-    byte t of word m. So each thread loads its rows' words (the four lanes of a quad the same ones) and keeps
-    one byte of each: the two codes of a byte become one fp16x2 register of the operand."""
-    CW: gl.constexpr = words_smem.shape[2]  # words per slot: R / 8
-    R: gl.constexpr = CW * 8
-    MPG: gl.constexpr = QG // 8  # words per quant group
+    In that layout lane t of a quad holds, of each of its two rows, channels 8m + 2t and 8m + 2t + 1 for every
+    octet m. With 4 bits those are byte t of word m; with 2 bits, the 4 bits at 16 (m % 2) + 4t of word m / 2. So
+    each thread loads its rows' words (the four lanes of a quad the same ones) and keeps its bits of each: each
+    pair of codes becomes one fp16x2 register of the operand."""
+    VPW: gl.constexpr = 32 // BITS
+    CW: gl.constexpr = words_smem.shape[2]  # words per slot
+    R: gl.constexpr = CW * VPW
+    MPG: gl.constexpr = QG // VPW  # words per quant group
     NG: gl.constexpr = CW // MPG
     l4: gl.constexpr = _key_word_layout(BLOCK_S, NG, MPG)
     w3: gl.constexpr = gl.SliceLayout(3, l4)
@@ -157,14 +160,26 @@ def _unpack_key_regs(words_smem, scale_smem, zero_smem, sub, BLOCK_S: gl.constex
     w2: gl.constexpr = _key_word_layout(BLOCK_S, NG, MPG, flat=True)
     words = words_smem.reshape([BLOCK_S, CW]).load(w2)
     words = gl.convert_layout(gl.reshape(words, (BLOCK_S, NG, MPG)), w3)  # the same mapping, named
-    scale, offset = _scale_offset(scale_smem, zero_smem, 0, sub, NG, s2, BLOCK_S, SUB_STEP, HAS_ZERO, 4)
+    scale, offset = _scale_offset(scale_smem, zero_smem, 0, sub, NG, s2, BLOCK_S, SUB_STEP, HAS_ZERO, BITS)
     scale = scale[:, :, None, None]
     offset = offset[:, :, None, None]
     lane = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, l4))))
-    byte = words[:, :, :, None] >> (lane * 8)[None, None, None, :]
-    MAGIC_BITS: gl.constexpr = _magic_bits(DTYPE)
-    t = (byte & 0xF) | ((byte & 0xF0) << 12) | (MAGIC_BITS * 0x10001)  # code 2t in bits [0, 16), 2t + 1 above
+    x = words[:, :, :, None] >> (lane * (2 * BITS))[None, None, None, :]  # this lane's bits at the bottom
+    MAGIC: gl.constexpr = _magic_bits(DTYPE) * 0x10001
+    if BITS == 4:
+        t = (x & 0xF) | ((x & 0xF0) << 12) | MAGIC  # code 2t of the byte in bits [0, 16), code 2t + 1 above
+        a = _code_pair(t, scale, offset, DTYPE)  # (BLOCK_S, NG, MPG, 4, 2): channel order
+    else:
+        t0 = (x & 0x3) | ((x & 0xC) << 14) | MAGIC  # octet 2w: bits [0, 4) of x
+        t1 = ((x >> 16) & 0x3) | ((x >> 2) & 0x30000) | MAGIC  # octet 2w + 1: bits [16, 20) of x
+        pairs = gl.join(_code_pair(t0, scale, offset, DTYPE), _code_pair(t1, scale, offset, DTYPE))
+        a = gl.permute(pairs, (0, 1, 2, 5, 3, 4))  # (BLOCK_S, NG, MPG, octet, 4, 2): channel order
+    return gl.convert_layout(gl.reshape(a, (BLOCK_S, R)), A_LAYOUT)
+
+
+@gluon.jit
+def _code_pair(t, scale, offset, DTYPE: gl.constexpr):
+    """The two codes OR-ed into the magic number's halves of int32 ``t`` as values, joined as a last axis."""
     lo = _magic_code(t, DTYPE)
     hi = _magic_code(t >> 16, DTYPE)
-    a = gl.join(lo * scale + offset, hi * scale + offset)  # (BLOCK_S, NG, MPG, 4, 2): channel order
-    return gl.convert_layout(gl.reshape(a, (BLOCK_S, R)), A_LAYOUT)
+    return gl.join(lo * scale + offset, hi * scale + offset)

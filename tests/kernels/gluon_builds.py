@@ -25,7 +25,7 @@ VARIANTS = [("single_pass_ws", {"SP_THREAD_L": False}), ("single_pass_ws", {"SP_
 # The quantized single-pass kernel: (head_dim, heads per group, key rank, value rank, bits, sym, quant group), the
 # shapes and codes of its GPU tests (test_single_pass_ws_quant.py; bf16 with 2/4 bits only)
 QUANT_SHAPES = [(128, 4, 128, 384, 4, False, 32), (64, 2, 64, 128, 2, False, 32), (128, 2, 256, 192, 4, True, 64),
-                (64, 8, 64, 512, 8, False, 32)]
+                (64, 8, 64, 512, 8, False, 32), (128, 4, 128, 384, 2, False, 32)]
 BATCH, GROUPS, SLOTS = 2, 2, 1000  # the build depends on shapes only through constexprs and alignment
 
 
