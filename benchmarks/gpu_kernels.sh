@@ -41,9 +41,13 @@ LOG="$OUT/gpu.log"
 run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$RES/device.txt"
 OUT_SAVED=$OUT; OUT=$RES  # every part below writes under $RES
-attention_int4() {
-  run python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 8 --palu --lt_bits 4 --cuda_graph \
-      --reps 50 --output_json "$OUT/attention_int4_cudagraph.json"
+attention_int4() {  # [time limit in s]
+  run ${1:+timeout $1} python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 8 --palu --lt_bits 4 \
+      --cuda_graph --reps 50 --output_json "$OUT/attention_int4_cudagraph.json"
+}
+maxbatch_int4() {
+  run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 --palu --lt_bits 4 --reps 3 \
+      --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
 }
 K="python3 run_latency_kernel.py --total_rank 1024 --total_rank_v 3072 --num_heads 32 --head_dim 128 --group_size 4"
 for part in "$@"; do case $part in
@@ -53,8 +57,7 @@ kernel)
   run $K --target_seq_lens 16384 65536 --batch_size 1 --bits 4 --output_json "$OUT/b1_4bit.json"
   ;;
 maxbatch)
-  run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 --palu --lt_bits 4 --reps 3 \
-      --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
+  maxbatch_int4
   ;;
 attention_int4)
   attention_int4
@@ -99,8 +102,7 @@ attention)
 model)
   run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --reps 10 --warmup 2 \
       --output_json "$OUT/model_fp16.json"
-  run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 --palu --lt_bits 4 --reps 3 \
-      --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
+  maxbatch_int4
   ;;
 single_pass)
   for i in 1 2 3 4 5; do
@@ -120,8 +122,7 @@ quant_auto)
   run timeout 100 $K --target_seq_lens 65536 --batch_size 8 --bits 4 --output_json "$OUT/b8_4bit.json"
   run timeout 100 $K --target_seq_lens 4096 65536 --batch_size 1 --bits 4 --fused_kernel fold \
       --output_json "$OUT/b1_4bit_fold.json"
-  run timeout 150 python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 8 --palu --lt_bits 4 \
-      --cuda_graph --reps 50 --output_json "$OUT/attention_int4_cudagraph.json"
+  attention_int4 150
   T="timeout 280 python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
   Q=tests/kernels/test_single_pass_ws_quant.py
   $T $Q -k "gpu_single_pass_ws_quant and fp16" > "$OUT/tests_quant_fp16.log" 2>&1 &

@@ -50,9 +50,9 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from .fold_scores_ws import (fold_shape_unsupported, hopper_unsupported, latent_dtype_unsupported,
                              load_rows, mbarriers, rows_buffers, tma_aligned)
-from .single_pass_ws import (SP_BLOCK_S, SP_KEY_STAGES, SP_NP, SP_SMEM_LIMIT, SP_THREAD_L, _consume, p_buffers,
-                             pick_fold_heads, single_pass_ws_unsupported, sp_launch, sp_program,
-                             sp_shape_unsupported, sp_value_box)
+from .single_pass_ws import (SP_BLOCK_S, SP_KEY_STAGES, SP_SMEM_LIMIT, SP_THREAD_L, _consume, p_buffers,
+                             pick_fold_heads, single_pass_ws_unsupported, sp_launch, sp_program, sp_shape_unsupported,
+                             sp_shared_bytes, sp_value_box, sp_value_stages)
 from .word_unpack import SPQ_SCALE_ALIGN, _scale_start, _unpack_chunk
 
 SPQ_BITS = (2, 4, 8)
@@ -91,11 +91,6 @@ SPQ_DEQUANT_REGS = gl.constexpr(40)
 SPQ_PRODUCER_REGS = gl.constexpr(24)
 
 
-def spq_value_stages(rank_v: int) -> int:
-    """fp16 value boxes in the consumers' ring: a tile's boxes plus one (as the fp16 kernel)."""
-    return rank_v // sp_value_box(rank_v) + 1
-
-
 def _scale_step(channels: int, quant_group: int) -> int:
     """Scale columns between the possible starts of a group's scales within a 16-byte aligned box start."""
     return math.gcd(channels // quant_group, SPQ_SCALE_ALIGN.value)
@@ -123,21 +118,17 @@ def spq_word_stages(bits: int) -> tuple[int, int]:
 
 def spq_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt: int, bits: int,
                      quant_group: int, has_zero: bool) -> int:
-    """Shared memory of one program: folded rows, the fp16 key (unless spq_reg_keys) and value rings, P, the
-    word stages, barriers."""
+    """Shared memory of one program: the fp16 kernel's (folded rows, key and value rings, P, their barriers) less
+    the key ring where the consumers unpack the keys (spq_reg_keys), plus the word stages and their barriers."""
     vpw = 32 // bits
     meta = 2 if has_zero else 1
-    rows = fold_heads * head_dim * rank * elt
-    keys = 0 if spq_reg_keys(bits) else SP_KEY_STAGES * SP_BLOCK_S * rank * elt
-    vst = spq_value_stages(rank_v)
-    values = vst * SP_BLOCK_S * sp_value_box(rank_v) * elt
-    p = 2 * SP_BLOCK_S * SP_NP.value * elt
+    shared = sp_shared_bytes(fold_heads, head_dim, rank, rank_v, elt)
+    if spq_reg_keys(bits):  # no fp16 key ring, nor its ready and empty barriers
+        shared -= SP_KEY_STAGES * (SP_BLOCK_S * rank * elt + 2 * 8)
     kword = SP_BLOCK_S * (4 * rank // vpw + meta * elt * _scale_box(rank, quant_group))
     vword = SP_BLOCK_S * (4 * rank_v // vpw + meta * elt * _scale_box(rank_v, quant_group))
     kws, vws = spq_word_stages(bits)
-    key_barriers = 0 if spq_reg_keys(bits) else 2 * SP_KEY_STAGES  # (else the word stages' barriers)
-    barriers = 8 * (key_barriers + 3 * vst + 1 + 2 * (kws + vws))
-    return rows + keys + values + p + kws * kword + vws * vword + barriers
+    return shared + kws * kword + vws * vword + 2 * 8 * (kws + vws)  # a ready and an empty barrier per stage
 
 
 def spq_fold_heads(heads_per_group: int, head_dim: int, rank: int, rank_v: int, elt: int, bits: int,
@@ -394,7 +385,7 @@ def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torc
         kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, positions, positions.stride(0), kv_start,
         inv_freq, *parts, num_heads, 2 * chunks, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,
         HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, VB=vbox, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
-        VST=spq_value_stages(rank_v), KWS=kws, VWS=vws, BITS=bits, QG=qg,
+        VST=sp_value_stages(rank_v), KWS=kws, VWS=vws, BITS=bits, QG=qg,
         HAS_ZERO=has_zero, THREAD_L=SP_THREAD_L, K_STEP=_scale_step(rank, qg), V_STEP=_scale_step(rank_v, qg),
         REG_KEYS=bits if spq_reg_keys(bits) else 0,
         num_warps=4, maxnreg=SPQ_MAXNREG,
