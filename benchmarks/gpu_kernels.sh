@@ -16,6 +16,9 @@
 #              GPU test as a smoke test, 4-bit kernel timings with it (B=1 4K-256K, B=8 64K) and with the Triton
 #              kernels (--fused_kernel fold), the module step, then its GPU tests and the quantized auto-path tests
 #              (thirteenth session; its calls 1 and 6 ran an earlier part, quant_single_pass, folded into this one)
+#   quant_gpu  the quantized kernel's GPU tests (its file in four processes, the quantized auto-path tests, the
+#              backends agreeing), then run_latency_kernel.py per width in $QUANT_BITS (default "4 2": B=1 at 4K, 64K,
+#              256K; B=8 at 64K) (sixteenth session)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
 #              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
@@ -133,6 +136,23 @@ quant_auto)
   $T tests/test_backends_agree.py -k generate > "$OUT/tests_quant_generate.log" 2>&1 &
   wait
   for f in "$OUT"/tests_quant_*.log; do echo "== $f"; tail -n 3 "$f"; done | tee -a "$LOG"
+  ;;
+quant_gpu)
+  T="timeout ${QUANT_TEST_S:-300} python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
+  Q=tests/kernels/test_single_pass_ws_quant.py
+  $T $Q -k "gpu_single_pass_ws_quant and fp16 and (2bit or 8bit)" > "$OUT/tests_quant_fp16_a.log" 2>&1 &
+  $T $Q -k "gpu_single_pass_ws_quant and fp16 and 4bit" > "$OUT/tests_quant_fp16_b.log" 2>&1 &
+  $T $Q -k "gpu_single_pass_ws_quant and bf16" > "$OUT/tests_quant_bf16.log" 2>&1 &
+  $T $Q -k "options or launches or auto_follows" > "$OUT/tests_quant_options.log" 2>&1 &
+  $T tests/kernels/test_latent_attention.py -k "gpu_quantized or gpu_options" > "$OUT/tests_quant_auto.log" 2>&1 &
+  $T tests/test_backends_agree.py -k "not generate" > "$OUT/tests_quant_backends.log" 2>&1 &
+  wait
+  for f in "$OUT"/tests_quant_*.log; do echo "== $f"; tail -n 3 "$f"; done | tee -a "$LOG"
+  for bits in ${QUANT_BITS:-4 2}; do
+    run timeout 150 $K --target_seq_lens 4096 65536 262144 --batch_size 1 --bits $bits \
+        --output_json "$OUT/b1_${bits}bit.json"
+    run timeout 100 $K --target_seq_lens 65536 --batch_size 8 --bits $bits --output_json "$OUT/b8_${bits}bit.json"
+  done
   ;;
 sp_regs)
   i=0

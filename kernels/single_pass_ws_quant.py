@@ -24,11 +24,12 @@ with two key word stages, one per consumer, and one value word stage). 8-bit cod
 keys too, and :func:`spq_fold_heads` takes fewer heads per program where the rings do not fit.
 
 Measured (H200, 32 x 128 heads, ranks 128 / 384 per group of 4, 4 bits, SDPA over fp16 K/V in the same call;
-kernels/NOTES.md): 233.2 us against 238.1 us for SDPA at 64K (1.02x, 44% of the roofline), 900.8 vs 924.5 us at
-256K, 27.3 vs 21.6 us at 4K (fifteenth session, with the rows' descriptors built per tile: SPQ_ROWS_PER_TILE).
-Before: 285.6 us at 64K with the keys unpacked by the consumers (fourteenth session), 332.5 us with the keys
+kernels/NOTES.md): 222.6 us against 238.1 us for SDPA at 64K (1.07x, 47% of the roofline), 850.7 vs 922.6 us at
+256K, 26.6 vs 21.6 us at 4K (sixteenth session, with the value boxes unpacked in halves: SPQ_VALUE_PARTS).
+Fifteenth session, with the rows' descriptors built per tile (SPQ_ROWS_PER_TILE): 233.2 us. Before: 285.6 us at 64K with the keys unpacked by the consumers (fourteenth session), 332.5 us with the keys
 unpacked by the dequant warps and two heads per program (thirteenth), 545.2 us for the Triton kernels. 2-bit
-codes: 537.4 us at 64K (684.9 with the keys unpacked by the dequant warps), slower than 4-bit ones.
+codes: 227.6 us at 64K (1.04x) with 56 registers for the dequant warps (spq_registers); 537.4 us before the
+halves (fifteenth session), 684.9 with the keys unpacked by the dequant warps.
 
 Scope (:func:`single_pass_ws_quant_unsupported`): that of the fp16 kernel (fp16/bf16, n_rep == 1, equal
 power-of-two key ranks, equal value ranks; a full-precision window after the quantized slots goes through the
@@ -78,17 +79,28 @@ SPQ_REG_VALUE_WORD_STAGES = 1
 # us at 4K (H200, 4 bits, one call; kernels/NOTES.md, fifteenth session). The fp16 kernel measured 2% slower with
 # it (fourteenth session), so only this kernel builds them per tile.
 SPQ_ROWS_PER_TILE = gl.constexpr(True)
+# The dequant warps unpack each value box in this many parts of BLOCK_S / parts slots: half a box's codes live in
+# their 40 or 56 registers at a time (local loads in the offline build's dequant partition: 2 bits 147 -> 84, 0
+# with 56 registers; 4 bits 27 -> 0). 220.7 vs 232.1 us at 64K, 1700.4 vs 1797.5 us at B=8 x 64K, 4 bits; 2 bits
+# (with 56 registers) 225.0 vs 538.9 us and 1697.2 vs 4293.0 us (H200, one call; kernels/NOTES.md, sixteenth
+# session). Four parts spill more (590 local loads at 2 bits): the unrolled parts' addresses outlive a part.
+SPQ_VALUE_PARTS = gl.constexpr(2)
 # The compiler aligns each buffer: 448-520 B over spq_shared_bytes at the built shapes (more buffers than the
 # fp16 kernel), so programs are kept this much under the limit.
 SPQ_SMEM_MARGIN = 1024
 # 13 warps in four warpgroups (two consumers, the dequant warps, the TMA warp): 128 registers per thread at
-# launch, then 224 for each consumer, 40 for the dequant warps, 24 for the TMA warp (4 x 128 in all). With the
-# keys unpacked by the consumers and per-tile rows descriptors, 232 for them measured the same (233.1 vs 233.9 us
-# at 64K, 1819.8 vs 1828.7 us at B=8 x 64K; fifteenth session).
+# launch, then per warpgroup at most 4 x 128 in all (setmaxnreg moves registers between warpgroups). 4 and 8 bits:
+# 224 for each consumer, 40 for the dequant warps, 24 for the TMA warp; with the keys unpacked by the consumers and
+# per-tile rows descriptors, 232 for the consumers measured the same (233.1 vs 233.9 us at 64K, 1819.8 vs 1828.7
+# us at B=8 x 64K; fifteenth session). 2 bits: a word holds twice the codes, and the dequant warps need 56 to
+# unpack half a value box without spilling (225.0 vs 373.8 us at 64K with 40, two value parts; sixteenth
+# session); 56 and 224 x 2 would be over the 512.
 SPQ_MAXNREG = 128
-SPQ_CONSUMER_REGS = gl.constexpr(224)
-SPQ_DEQUANT_REGS = gl.constexpr(40)
-SPQ_PRODUCER_REGS = gl.constexpr(24)
+SPQ_CONSUMER_REGS = 224
+SPQ_DEQUANT_REGS = 40
+SPQ_PRODUCER_REGS = 24
+SPQ_2BIT_CONSUMER_REGS = 216
+SPQ_2BIT_DEQUANT_REGS = 56
 
 
 def _scale_step(channels: int, quant_group: int) -> int:
@@ -107,6 +119,20 @@ def _scale_box(channels: int, quant_group: int) -> int:
 def spq_reg_keys(bits: int) -> bool:
     """Whether the consumers unpack the key codes themselves (SPQ_REG_KEYS; codes of SPQ_REG_KEY_BITS)."""
     return SPQ_REG_KEYS and bits in SPQ_REG_KEY_BITS
+
+
+def spq_registers(bits: int) -> tuple[int, int, int]:
+    """Registers per thread of the consumers, the dequant warps and the TMA warp after setmaxnreg, for ``bits``-bit
+    codes. Two consumer warpgroups, one dequant warpgroup and the TMA warp's warpgroup share the 4 x SPQ_MAXNREG
+    that the launch gives four warpgroups."""
+    if bits == 2:
+        regs = SPQ_2BIT_CONSUMER_REGS, SPQ_2BIT_DEQUANT_REGS, SPQ_PRODUCER_REGS
+    else:
+        regs = SPQ_CONSUMER_REGS, SPQ_DEQUANT_REGS, SPQ_PRODUCER_REGS
+    if 2 * regs[0] + regs[1] + regs[2] > 4 * SPQ_MAXNREG or any(r % 8 for r in regs):
+        raise ValueError(f"register split {regs} for {bits}-bit codes: setmaxnreg needs multiples of 8 whose sum "
+                         f"(consumers twice) is at most {4 * SPQ_MAXNREG}")
+    return regs
 
 
 def spq_word_stages(bits: int) -> tuple[int, int]:
@@ -217,6 +243,7 @@ def _dequant(kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbuf
     NGV: gl.constexpr = VB // QG
     _, k_sub = _scale_start(g, rank // QG)
     _, v_sub = _scale_start(g, rank_v // QG)
+    PS: gl.constexpr = BLOCK_S // SPQ_VALUE_PARTS
     for j in range(n_blocks + 1):
         if j < n_blocks and not REG_KEYS:
             st = j % KWS
@@ -236,8 +263,9 @@ def _dequant(kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbuf
                 box = jv * NVB + k
                 sb = box % VST
                 mbarrier.wait(vempty.index(sb), ((box // VST) & 1) ^ 1)
-                _unpack_chunk(vw.index(sv * NVB + k), vs.index(sv), vz.index(sv), k * NGV, v_sub, vbufs.index(sb),
-                              BLOCK_S, BITS, QG, HAS_ZERO, V_STEP)
+                for h in gl.static_range(SPQ_VALUE_PARTS):
+                    _unpack_chunk(vw.index(sv * NVB + k), vs.index(sv), vz.index(sv), k * NGV, v_sub,
+                                  vbufs.index(sb), PS, BITS, QG, HAS_ZERO, V_STEP, h * PS)
                 fence_async_shared()
                 mbarrier.arrive(vready.index((jv % 2) * VST + sb), count=1)  # tile jv's consumer's barrier
             mbarrier.arrive(vwempty.index(sv), count=1)
@@ -277,14 +305,15 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
                                  VB: gl.constexpr, BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr,
                                  KWS: gl.constexpr, VWS: gl.constexpr, BITS: gl.constexpr, QG: gl.constexpr,
                                  HAS_ZERO: gl.constexpr, THREAD_L: gl.constexpr, K_STEP: gl.constexpr,
-                                 V_STEP: gl.constexpr, REG_KEYS: gl.constexpr):
+                                 V_STEP: gl.constexpr, REG_KEYS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                                 DEQUANT_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     """Grid and partials as :func:`kernels.single_pass_ws._ws_single_pass_kernel`. kw_desc / vw_desc: TMA
     descriptors of the key / value codes (B, S, G * rank[_v] / VPW) int32, boxes (1, BLOCK_S, rank / VPW) /
     (1, BLOCK_S, VB / VPW); ks/kz_desc, vs/vz_desc: of the scales / zero-points (B, S, G * rank[_v] / QG),
     boxes (1, BLOCK_S, _scale_box) starting at the 16-byte aligned column at or below the group's first quant
     group (kz/vz = ks/vs when symmetric); K_STEP / V_STEP: _scale_step of the key / value scales. REG_KEYS: the
     consumers unpack the key words into their wgmmas' registers (KWS = KST word stages, one per consumer as
-    the fp16 key ring; no fp16 key ring): the codes' bits, else 0."""
+    the fp16 key ring; no fp16 key ring): the codes' bits, else 0. *_REGS: :func:`spq_registers`."""
     b, g, lo, hi, n_blocks, split0, kv_start, rows_row0, part_ptrs = sp_program(
         kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, num_slots, num_groups, batch_groups,
         chunk_len, head_splits, HG, HP, HALF, RV, BLOCK_S)
@@ -343,7 +372,7 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
         (_word_producer, (kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, kw, ks, kz, vw, vs, vz,
                           kwbar, vwbar, kwempty, vwempty, rows_smem, rows_bar, b, rows_row0, g, rank, rank_v, lo,
                           n_blocks, HP, HALF, RV, VB, BLOCK_S, KWS, VWS, BITS, QG, HAS_ZERO)),
-    ], [4, 4, 1], [SPQ_CONSUMER_REGS, SPQ_DEQUANT_REGS, SPQ_PRODUCER_REGS])
+    ], [4, 4, 1], [CONSUMER_REGS, DEQUANT_REGS, PRODUCER_REGS])
 
 
 def _plain_desc(t: torch.Tensor, block: list):
@@ -381,13 +410,14 @@ def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torc
     rows_desc, head_splits, bgs, chunk_len, chunks, parts = sp_launch(rows, half, heads_per_group, fold_heads,
                                                                       num_slots, num_sms, num_splits, parts_fn)
     kws, vws = spq_word_stages(bits)
+    consumer_regs, dequant_regs, producer_regs = spq_registers(bits)
     _ws_single_pass_quant_kernel[(bgs * head_splits * chunks,)](
         kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, positions, positions.stride(0), kv_start,
         inv_freq, *parts, num_heads, 2 * chunks, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,
         HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, VB=vbox, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
         VST=sp_value_stages(rank_v), KWS=kws, VWS=vws, BITS=bits, QG=qg,
         HAS_ZERO=has_zero, THREAD_L=SP_THREAD_L, K_STEP=_scale_step(rank, qg), V_STEP=_scale_step(rank_v, qg),
-        REG_KEYS=bits if spq_reg_keys(bits) else 0,
-        num_warps=4, maxnreg=SPQ_MAXNREG,
+        REG_KEYS=bits if spq_reg_keys(bits) else 0, CONSUMER_REGS=consumer_regs, DEQUANT_REGS=dequant_regs,
+        PRODUCER_REGS=producer_regs, num_warps=4, maxnreg=SPQ_MAXNREG,
     )
     return parts

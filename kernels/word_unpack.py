@@ -29,10 +29,10 @@ def _scale_start(g, per_group):
 
 @gluon.jit
 def _load_groups(meta_smem, g0, sub, NG: gl.constexpr, layout: gl.constexpr, BLOCK_S: gl.constexpr,
-                 SUB_STEP: gl.constexpr):
+                 SUB_STEP: gl.constexpr, ROW0: gl.constexpr = 0):
     """Columns sub + g0 + [0, NG) of meta_smem (1, BLOCK_S, SB) as (BLOCK_S, NG) in ``layout``. A shared-memory
     slice starts at a constant: one branch per possible sub (a multiple of SUB_STEP, uniform over the program)."""
-    rows = meta_smem.reshape([BLOCK_S, meta_smem.shape[2]])
+    rows = meta_smem.reshape([meta_smem.shape[1], meta_smem.shape[2]]).slice(ROW0, BLOCK_S, dim=0)
     x = rows.slice(g0, NG, dim=1).load(layout)
     for c in gl.static_range(1, SPQ_SCALE_ALIGN // SUB_STEP):
         if sub == c * SUB_STEP:
@@ -61,12 +61,12 @@ def _magic_code(t, DTYPE: gl.constexpr):
 
 @gluon.jit
 def _scale_offset(scale_smem, zero_smem, g0, sub, NG: gl.constexpr, layout: gl.constexpr, BLOCK_S: gl.constexpr,
-                  SUB_STEP: gl.constexpr, HAS_ZERO: gl.constexpr, BITS: gl.constexpr):
+                  SUB_STEP: gl.constexpr, HAS_ZERO: gl.constexpr, BITS: gl.constexpr, ROW0: gl.constexpr = 0):
     """(scale, offset) of quant groups sub + g0 + [0, NG) of each slot, (BLOCK_S, NG) in ``layout``, so that a
     code's value is code * scale + offset (symmetric codes: centred at 2^(BITS - 1))."""
-    scale = _load_groups(scale_smem, g0, sub, NG, layout, BLOCK_S, SUB_STEP)
+    scale = _load_groups(scale_smem, g0, sub, NG, layout, BLOCK_S, SUB_STEP, ROW0)
     if HAS_ZERO:
-        zero = _load_groups(zero_smem, g0, sub, NG, layout, BLOCK_S, SUB_STEP)
+        zero = _load_groups(zero_smem, g0, sub, NG, layout, BLOCK_S, SUB_STEP, ROW0)
         offset = -(zero * scale)
     else:
         offset = scale * -float(1 << (BITS - 1))
@@ -75,7 +75,7 @@ def _scale_offset(scale_smem, zero_smem, g0, sub, NG: gl.constexpr, layout: gl.c
 
 @gluon.jit
 def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
-                  QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr):
+                  QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr, ROW0: gl.constexpr = 0):
     """Unpack one chunk into ``dst``: words (1, BLOCK_S, CW) int32, scales (and zero-points) of its quant
     groups at columns sub + g0 + [0, NG) of scale_smem / zero_smem (1, BLOCK_S, SB) (sub: a run-time multiple
     of SUB_STEP below 8, the same for the whole program; g0 constexpr); dst (1, BLOCK_S, CW * VPW)
@@ -88,10 +88,12 @@ def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.c
     DTYPE: gl.constexpr = dst.dtype
     l3: gl.constexpr = gl.BlockedLayout([1, 1, WPG], [32 // NG, NG, 1], [4, 1, 1], [2, 1, 0])
     w2: gl.constexpr = gl.BlockedLayout([1, WPG], [32 // NG, NG], [4, 1], [1, 0])
-    words = gl.reshape(words_smem.reshape([BLOCK_S, CW]).load(w2), (BLOCK_S, NG, WPG))
+    FULL: gl.constexpr = words_smem.shape[1]
+    words = gl.reshape(words_smem.reshape([FULL, CW]).slice(ROW0, BLOCK_S, dim=0).load(w2), (BLOCK_S, NG, WPG))
     words = gl.convert_layout(words, l3)  # the same mapping, named (a no-op)
     s_layout: gl.constexpr = gl.SliceLayout(2, l3)
-    scale, offset = _scale_offset(scale_smem, zero_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP, HAS_ZERO, BITS)
+    scale, offset = _scale_offset(scale_smem, zero_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP, HAS_ZERO, BITS,
+                                  ROW0)
     scale = scale[:, :, None]
     offset = offset[:, :, None]
     MAGIC_BITS: gl.constexpr = _magic_bits(DTYPE)
@@ -113,7 +115,7 @@ def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.c
         for c in gl.static_range((VPW >> level) // 2):
             joined = joined + (gl.join(leaves[c], leaves[c + (VPW >> level) // 2]),)
         leaves = joined
-    dst.reshape([BLOCK_S, CW * VPW]).store(gl.reshape(leaves[0], (BLOCK_S, CW * VPW)))
+    dst.reshape([FULL, CW * VPW]).slice(ROW0, BLOCK_S, dim=0).store(gl.reshape(leaves[0], (BLOCK_S, CW * VPW)))
 
 
 @gluon.constexpr_function

@@ -55,6 +55,19 @@ def test_8bit_wide_keys_do_not_fit():
         spq.spq_fold_heads(2, 128, 256, 192, 2, 8, 32, True)
 
 
+def test_register_split_per_code_width(monkeypatch):
+    """setmaxnreg's split of the launch's 4 x 128 registers per thread: 2-bit codes give the dequant warps more
+    (they unpack twice the codes per word), every width fits, and a split over the budget is refused by name."""
+    splits = {bits: spq.spq_registers(bits) for bits in spq.SPQ_BITS}
+    assert splits[2][1] > splits[4][1] and splits[4] == splits[8]
+    for consumer, dequant, producer in splits.values():
+        assert 2 * consumer + dequant + producer <= 4 * spq.SPQ_MAXNREG
+    monkeypatch.setattr(spq, "SPQ_2BIT_DEQUANT_REGS", 64)
+    with pytest.raises(ValueError, match="at most 512"):
+        spq.spq_registers(2)
+    assert spq.spq_registers(4) == splits[4]
+
+
 def _reason(case: Case, n_rep: int = 1, block_s=None) -> str:
     p = make_inputs(case, torch.device("cpu"))
     return spq.single_pass_ws_quant_unsupported(p["q"], p["k_latent"], p["v_latent"], list(case.k_ranks),
