@@ -83,7 +83,8 @@ VARIANT_SETS = {
 
 def _target(name: str) -> tuple:
     """(module, attribute) of a variant constant: "ws.X" is kernels.fold_scores_ws.X, "sp.X"
-    kernels.single_pass_ws.X, "spq.X" kernels.single_pass_ws_quant.X, else kernels.latent_attention."""
+    kernels.single_pass_ws.X, "spq.X" kernels.single_pass_ws_quant.X, "wu.X" kernels.word_unpack.X (the quantized
+    kernel's unpacking), else kernels.latent_attention."""
     if name.startswith("ws."):
         import kernels.fold_scores_ws as ws
         return ws, name[3:]
@@ -93,6 +94,9 @@ def _target(name: str) -> tuple:
     if name.startswith("spq."):
         import kernels.single_pass_ws_quant as spq
         return spq, name[4:]
+    if name.startswith("wu."):
+        import kernels.word_unpack as wu
+        return wu, name[3:]
     return la, name
 
 
@@ -106,7 +110,7 @@ def _set_process_constants(spec: str) -> dict:
             raise SystemExit(f"module constants are NAME=VALUE (e.g. sp.SP_CONSUMER_REGS=240), got {item!r}")
         module, attr = _target(name)
         if not hasattr(module, attr):
-            raise SystemExit(f"{name}: {module.__name__} has no constant {attr} (prefixes: ws., sp., spq., or none "
+            raise SystemExit(f"{name}: {module.__name__} has no constant {attr} (prefixes: ws., sp., spq., wu., or none "
                              "for kernels.latent_attention)")
         old, done[name] = getattr(module, attr), ast.literal_eval(text)
         setattr(module, attr, type(old)(done[name]) if type(old).__name__ == "constexpr" else done[name])

@@ -24,9 +24,9 @@
 #              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
 #              the merge)
 #   spq_variants  4-bit: the quantized single-pass kernel per set of its constants ($SPQ_VARIANTS, e.g.
-#              "SPQ_ROWS_PER_TILE=1,SPQ_CONSUMER_REGS=232"), one process and Triton cache each, run_latency_kernel.py
-#              4-bit (SDPA in the same call), then its GPU tests; spq_reg_keys: the same over SPQ_REG_KEYS=<each of
-#              $SPQ_VARIANTS> (fourteenth session)
+#              "SPQ_ROWS_PER_TILE=1,SPQ_CONSUMER_REGS=232"; wu.NAME=V for kernels.word_unpack), one process and
+#              Triton cache each, run_latency_kernel.py 4-bit (SDPA in the same call), then its GPU tests;
+#              spq_reg_keys: the same over SPQ_REG_KEYS=<each of $SPQ_VARIANTS> (fourteenth session)
 #   attention_int4  the module step with 4-bit latents only (the second line of "attention")
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
 #   tests_all  every GPU test, ten pytest processes in parallel (logs tests_*.log)
@@ -171,10 +171,12 @@ spq_reg_keys|spq_variants)  # the quantized single-pass kernel per variant of it
   for v in ${SPQ_VARIANTS-$default}; do  # (set but empty: no variants)
     i=$((i + 1))
     if [ "$part" = spq_reg_keys ]; then v="SPQ_REG_KEYS=$v"; fi
-    tag=${v//[=,]/_}
+    tag=${v//[=,.]/_}
+    consts=""  # NAME=V of kernels.single_pass_ws_quant, or a prefixed one (wu.NAME=V: kernels.word_unpack)
+    for c in ${v//,/ }; do case ${c%%=*} in *.*) consts+=",$c" ;; *) consts+=",spq.$c" ;; esac; done
     TRITON_CACHE_DIR="/tmp/triton_spq_$tag" run timeout 120 python3 benchmarks/fold_heads_sweep.py \
         "$OUT/spq_${tag}_run$i.json" single_pass_ws_only "${SPQ_SHAPES:-65536,1,4;65536,8,4;4096,1,4}" \
-        "spq.${v//,/,spq.}"
+        "${consts#,}"
   done
   if [ "${SPQ_KERNEL_S:-100}" != 0 ]; then
     run timeout ${SPQ_KERNEL_S:-100} $K --target_seq_lens ${SPQ_KERNEL_LENS:-65536} --batch_size 1 --bits 4 \

@@ -26,3 +26,11 @@ def test_constexpr_constant_stays_a_constexpr(monkeypatch):
     assert done == {"spq.SPQ_ROWS_PER_TILE": False, "spq.SPQ_REG_KEYS": False}
     assert type(spq.SPQ_ROWS_PER_TILE).__name__ == "constexpr" and spq.SPQ_ROWS_PER_TILE.value is False
     assert spq.SPQ_REG_KEYS is False
+
+
+def test_word_unpack_constants_are_reachable(monkeypatch):
+    from kernels import word_unpack as wu
+
+    monkeypatch.setattr(wu, "SPQ_SCALE_WHERE", wu.SPQ_SCALE_WHERE)
+    assert fold_heads_sweep._set_process_constants("wu.SPQ_SCALE_WHERE=True") == {"wu.SPQ_SCALE_WHERE": True}
+    assert type(wu.SPQ_SCALE_WHERE).__name__ == "constexpr" and wu.SPQ_SCALE_WHERE.value is True
