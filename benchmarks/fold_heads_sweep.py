@@ -110,8 +110,8 @@ def _set_process_constants(spec: str) -> dict:
             raise SystemExit(f"module constants are NAME=VALUE (e.g. sp.SP_CONSUMER_REGS=240), got {item!r}")
         module, attr = _target(name)
         if not hasattr(module, attr):
-            raise SystemExit(f"{name}: {module.__name__} has no constant {attr} (prefixes: ws., sp., spq., wu., or none "
-                             "for kernels.latent_attention)")
+            raise SystemExit(f"{name}: {module.__name__} has no constant {attr} (prefixes: ws., sp., spq., wu., "
+                             "or none for kernels.latent_attention)")
         old, done[name] = getattr(module, attr), ast.literal_eval(text)
         setattr(module, attr, type(old)(done[name]) if type(old).__name__ == "constexpr" else done[name])
     return done

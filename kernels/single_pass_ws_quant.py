@@ -26,8 +26,9 @@ keys too, and :func:`spq_fold_heads` takes fewer heads per program where the rin
 Measured (H200, 32 x 128 heads, ranks 128 / 384 per group of 4, 4 bits, SDPA over fp16 K/V in the same call;
 kernels/NOTES.md): 222.6 us against 238.1 us for SDPA at 64K (1.07x, 47% of the roofline), 850.7 vs 922.6 us at
 256K, 26.6 vs 21.6 us at 4K (sixteenth session, with the value boxes unpacked in halves: SPQ_VALUE_PARTS).
-Fifteenth session, with the rows' descriptors built per tile (SPQ_ROWS_PER_TILE): 233.2 us. Before: 285.6 us at 64K with the keys unpacked by the consumers (fourteenth session), 332.5 us with the keys
-unpacked by the dequant warps and two heads per program (thirteenth), 545.2 us for the Triton kernels. 2-bit
+Fifteenth session, with the rows' descriptors built per tile (SPQ_ROWS_PER_TILE): 233.2 us. Before: 285.6 us at
+64K with the keys unpacked by the consumers (fourteenth session), 332.5 us with the keys unpacked by the dequant
+warps and two heads per program (thirteenth), 545.2 us for the Triton kernels. 2-bit
 codes: 227.6 us at 64K (1.04x) with 56 registers for the dequant warps (spq_registers); 537.4 us before the
 halves (fifteenth session), 684.9 with the keys unpacked by the dequant warps.
 
@@ -83,7 +84,7 @@ SPQ_ROWS_PER_TILE = gl.constexpr(True)
 # their 40 or 56 registers at a time (local loads in the offline build's dequant partition: 2 bits 147 -> 84, 0
 # with 56 registers; 4 bits 27 -> 0). 220.7 vs 232.1 us at 64K, 1700.4 vs 1797.5 us at B=8 x 64K, 4 bits; 2 bits
 # (with 56 registers) 225.0 vs 538.9 us and 1697.2 vs 4293.0 us (H200, one call; kernels/NOTES.md, sixteenth
-# session). Four parts spill more (590 local loads at 2 bits): the unrolled parts' addresses outlive a part.
+# session). Four parts spill more offline (590 local loads at 2 bits).
 SPQ_VALUE_PARTS = gl.constexpr(2)
 # The compiler aligns each buffer: 448-520 B over spq_shared_bytes at the built shapes (more buffers than the
 # fp16 kernel), so programs are kept this much under the limit.
@@ -94,7 +95,7 @@ SPQ_SMEM_MARGIN = 1024
 # per-tile rows descriptors, 232 for the consumers measured the same (233.1 vs 233.9 us at 64K, 1819.8 vs 1828.7
 # us at B=8 x 64K; fifteenth session). 2 bits: a word holds twice the codes, and the dequant warps need 56 to
 # unpack half a value box without spilling (225.0 vs 373.8 us at 64K with 40, two value parts; sixteenth
-# session); 56 and 224 x 2 would be over the 512.
+# session); 56 with 2 x 224 and 24 would be 528.
 SPQ_MAXNREG = 128
 SPQ_CONSUMER_REGS = 224
 SPQ_DEQUANT_REGS = 40
