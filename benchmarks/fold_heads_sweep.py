@@ -26,6 +26,7 @@ import torch
 import kernels.latent_attention as la
 from kernels import latent_decode_attention
 from kernels.bench import L2_ROTATE_BYTES, KernelBenchConfig, _bench, fused_traffic, kernel_breakdown, make_problem
+from kernels.offline_build import set_constant
 
 SHAPES = [(4096, 1, 16), (8192, 1, 16), (16384, 1, 16), (32768, 1, 16), (65536, 1, 16), (262144, 1, 16),
           (65536, 8, 16), (16384, 8, 16), (65536, 1, 4), (4096, 1, 4)]
@@ -112,8 +113,8 @@ def _set_process_constants(spec: str) -> dict:
         if not hasattr(module, attr):
             raise SystemExit(f"{name}: {module.__name__} has no constant {attr} (prefixes: ws., sp., spq., wu., "
                              "or none for kernels.latent_attention)")
-        old, done[name] = getattr(module, attr), ast.literal_eval(text)
-        setattr(module, attr, type(old)(done[name]) if type(old).__name__ == "constexpr" else done[name])
+        done[name] = ast.literal_eval(text)
+        set_constant(module, attr, done[name])
     return done
 
 

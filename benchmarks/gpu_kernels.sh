@@ -52,6 +52,22 @@ maxbatch_int4() {
   run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 --palu --lt_bits 4 --reps 3 \
       --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
 }
+quant_tests() {  # <time limit in s> [generate]: the quantized kernel's GPU tests (its file in four processes),
+  # the quantized auto-path tests and the backends agreeing (with "generate": their generate test too), in parallel
+  local T="timeout $1 python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
+  local Q=tests/kernels/test_single_pass_ws_quant.py
+  $T $Q -k "gpu_single_pass_ws_quant and fp16 and (2bit or 8bit)" > "$OUT/tests_quant_fp16_a.log" 2>&1 &
+  $T $Q -k "gpu_single_pass_ws_quant and fp16 and 4bit" > "$OUT/tests_quant_fp16_b.log" 2>&1 &
+  $T $Q -k "gpu_single_pass_ws_quant and bf16" > "$OUT/tests_quant_bf16.log" 2>&1 &
+  $T $Q -k "options or launches or auto_follows" > "$OUT/tests_quant_options.log" 2>&1 &
+  $T tests/kernels/test_latent_attention.py -k "gpu_quantized or gpu_options" > "$OUT/tests_quant_auto.log" 2>&1 &
+  $T tests/test_backends_agree.py -k "not generate" > "$OUT/tests_quant_backends.log" 2>&1 &
+  if [ "${2:-}" = generate ]; then
+    $T tests/test_backends_agree.py -k generate > "$OUT/tests_quant_generate.log" 2>&1 &
+  fi
+  wait
+  for f in "$OUT"/tests_quant_*.log; do echo "== $f"; tail -n 3 "$f"; done | tee -a "$LOG"
+}
 K="python3 run_latency_kernel.py --total_rank 1024 --total_rank_v 3072 --num_heads 32 --head_dim 128 --group_size 4"
 for part in "$@"; do case $part in
 kernel)
@@ -126,28 +142,10 @@ quant_auto)
   run timeout 100 $K --target_seq_lens 4096 65536 --batch_size 1 --bits 4 --fused_kernel fold \
       --output_json "$OUT/b1_4bit_fold.json"
   attention_int4 150
-  T="timeout 280 python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
-  Q=tests/kernels/test_single_pass_ws_quant.py
-  $T $Q -k "gpu_single_pass_ws_quant and fp16" > "$OUT/tests_quant_fp16.log" 2>&1 &
-  $T $Q -k "gpu_single_pass_ws_quant and bf16" > "$OUT/tests_quant_bf16.log" 2>&1 &
-  $T $Q -k "options or launches or auto_follows" > "$OUT/tests_quant_options.log" 2>&1 &
-  $T tests/kernels/test_latent_attention.py -k "gpu_quantized or gpu_options" > "$OUT/tests_quant_auto.log" 2>&1 &
-  $T tests/test_backends_agree.py -k "not generate" > "$OUT/tests_quant_backends.log" 2>&1 &
-  $T tests/test_backends_agree.py -k generate > "$OUT/tests_quant_generate.log" 2>&1 &
-  wait
-  for f in "$OUT"/tests_quant_*.log; do echo "== $f"; tail -n 3 "$f"; done | tee -a "$LOG"
+  quant_tests 280 generate
   ;;
 quant_gpu)
-  T="timeout ${QUANT_TEST_S:-300} python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
-  Q=tests/kernels/test_single_pass_ws_quant.py
-  $T $Q -k "gpu_single_pass_ws_quant and fp16 and (2bit or 8bit)" > "$OUT/tests_quant_fp16_a.log" 2>&1 &
-  $T $Q -k "gpu_single_pass_ws_quant and fp16 and 4bit" > "$OUT/tests_quant_fp16_b.log" 2>&1 &
-  $T $Q -k "gpu_single_pass_ws_quant and bf16" > "$OUT/tests_quant_bf16.log" 2>&1 &
-  $T $Q -k "options or launches or auto_follows" > "$OUT/tests_quant_options.log" 2>&1 &
-  $T tests/kernels/test_latent_attention.py -k "gpu_quantized or gpu_options" > "$OUT/tests_quant_auto.log" 2>&1 &
-  $T tests/test_backends_agree.py -k "not generate" > "$OUT/tests_quant_backends.log" 2>&1 &
-  wait
-  for f in "$OUT"/tests_quant_*.log; do echo "== $f"; tail -n 3 "$f"; done | tee -a "$LOG"
+  quant_tests ${QUANT_TEST_S:-300}
   for bits in ${QUANT_BITS:-4 2}; do
     run timeout 150 $K --target_seq_lens 4096 65536 262144 --batch_size 1 --bits $bits \
         --output_json "$OUT/b1_${bits}bit.json"

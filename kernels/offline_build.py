@@ -71,6 +71,13 @@ def compile_only(capability: int = 90, warp_size: int = 32) -> Iterator[list]:
         driver._active = previous
 
 
+def set_constant(module, name: str, value) -> None:
+    """Set a kernel module's constant for a variant (offline builds, benchmarks/fold_heads_sweep.py): a Gluon
+    ``gl.constexpr`` global stays one, since a kernel reads it as a compile-time value."""
+    old = getattr(module, name)
+    setattr(module, name, type(old)(value) if type(old).__name__ == "constexpr" else value)
+
+
 _FIELDS = ("REG", "STACK", "SHARED", "LOCAL")
 
 

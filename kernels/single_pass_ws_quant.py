@@ -95,7 +95,9 @@ SPQ_SMEM_MARGIN = 1024
 # per-tile rows descriptors, 232 for the consumers measured the same (233.1 vs 233.9 us at 64K, 1819.8 vs 1828.7
 # us at B=8 x 64K; fifteenth session). 2 bits: a word holds twice the codes, and the dequant warps need 56 to
 # unpack half a value box without spilling (225.0 vs 373.8 us at 64K with 40, two value parts; sixteenth
-# session); 56 with 2 x 224 and 24 would be 528.
+# session). spq_registers keeps 2 x consumers + dequant + TMA warp within 4 x 128, so 56 comes with 216 per
+# consumer. That sum is stricter than what runs: 232 / 40 / 24 (528) ran in the fifteenth session; counted per warp
+# (4 + 4 + 4 + 1 of the 16 launched) it is 2040 of 2048 registers. 224 / 56 was not tried.
 SPQ_MAXNREG = 128
 SPQ_CONSUMER_REGS = 224
 SPQ_DEQUANT_REGS = 40

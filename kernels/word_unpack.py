@@ -38,7 +38,8 @@ def _scale_start(g, per_group):
 def _load_groups(meta_smem, g0, sub, NG: gl.constexpr, layout: gl.constexpr, BLOCK_S: gl.constexpr,
                  SUB_STEP: gl.constexpr, ROW0: gl.constexpr = 0):
     """Columns sub + g0 + [0, NG) of meta_smem (1, BLOCK_S, SB) as (BLOCK_S, NG) in ``layout``. A shared-memory
-    slice starts at a constant: one branch per possible sub (a multiple of SUB_STEP, uniform over the program)."""
+    slice starts at a constant: one candidate per possible sub (a multiple of SUB_STEP, uniform over the
+    program), picked by a branch or, with SPQ_SCALE_WHERE, by gl.where over every candidate's load."""
     rows = meta_smem.reshape([meta_smem.shape[1], meta_smem.shape[2]]).slice(ROW0, BLOCK_S, dim=0)
     x = rows.slice(g0, NG, dim=1).load(layout)
     for c in gl.static_range(1, SPQ_SCALE_ALIGN // SUB_STEP):

@@ -113,11 +113,13 @@ def build_variant(kernel: str, constants: dict) -> dict:
     with module constants changed."""
     import importlib
 
+    from kernels.offline_build import set_constant
+
     module = importlib.import_module(f"kernels.{kernel}")
     saved = {name: getattr(module, name) for name in constants}
     try:
-        for name, value in constants.items():  # a Gluon constexpr global stays one
-            setattr(module, name, type(saved[name])(value) if type(saved[name]).__name__ == "constexpr" else value)
+        for name, value in constants.items():
+            set_constant(module, name, value)
         if kernel == "single_pass_ws":
             out = build_single_pass(128, 4, 128, 384, torch.float16)
         elif kernel == "single_pass_ws_quant":
