@@ -6,10 +6,11 @@ time (torch profiler); "tiles": stages and slots per tile of the default program
 channels per value-kernel program. The data behind choose_fold_heads, FOLD_STAGES, value_cols="auto"
 and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass kernel's variants;
 "ws": the warp-specialized Gluon score kernel (kernels.fold_scores_ws) against the Triton one;
-"single_pass_ws": the Gluon single-pass kernel (kernels.single_pass_ws) and its variants against the fold path.
+"single_pass_ws": the Gluon single-pass kernel (kernels.single_pass_ws) and its variants against the fold path;
+"splits": the single-pass kernels' slot splits at short contexts; "fold_rows": rank columns per fold-rows program.
 Usage (CUDA machine, repo root):
   PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json \
-      [heads|tiles|value_cols|default|reconstruction|single_pass|ws|single_pass_ws] [seq,batch,bits;...] \
+      [heads|tiles|value_cols|default|reconstruction|single_pass|ws|single_pass_ws|splits|fold_rows] [seq,batch,bits;...] \
       [NAME=VALUE,...]
 The last argument sets module constants (names as in VARIANT_SETS, e.g. sp.SP_CONSUMER_REGS=240) for the
 whole process before anything compiles: a Gluon kernel refuses a global that changes after its first
@@ -69,7 +70,21 @@ VARIANT_SETS = {
         "dot_cols=256": (dict(method="single_pass", warp_specialized=True), {"sp.SP_DOT_COLS": 256}),
         "fold_heads=2": (dict(method="single_pass", warp_specialized=True, fold_heads=2), {}),
     },
+    "fold_rows": {  # rank columns per fold-rows program (FOLD_ROWS_RANK_BLOCK) under the default decode path
+        "auto": ({}, {}),
+        **{f"fold_rows_block={n}": ({}, {"FOLD_ROWS_RANK_BLOCK": n}) for n in (32, 64)},
+    },
     "single_pass_ws_only": {"single_pass_ws": (dict(method="single_pass", warp_specialized=True), {})},
+    "splits": {  # the single-pass kernels' slot splits (two per chunk) against sp_chunks' one program per SM
+        "auto": (dict(method="single_pass", warp_specialized=True), {}),
+        **{f"num_splits={n}": (dict(method="single_pass", warp_specialized=True, num_splits=n), {})
+           for n in (8, 16, 64)},
+        "fold_heads=2": (dict(method="single_pass", warp_specialized=True, fold_heads=2), {}),
+    },
+    "fold_rows": {  # rank columns per fold-rows program (FOLD_ROWS_RANK_BLOCK) under the default decode path
+        "auto": ({}, {}),
+        **{f"fold_rows_block={n}": ({}, {"FOLD_ROWS_RANK_BLOCK": n}) for n in (32, 64)},
+    },
     "default": {"auto": ({}, {})},  # the shipped configuration alone (A/B runs of two source trees)
     "reconstruction": {"rope_qk": (dict(method="rope_qk"), {})},  # the GQA path alone, likewise
     "tiles": {  # the Triton score kernel, two heads per program: latent tiles in flight and slots per tile
@@ -133,6 +148,8 @@ def main() -> int:
                            (4096, 8, 16)],
         "reconstruction": [(4096, 1, 16), (65536, 1, 16), (65536, 1, 4)],
         "single_pass_ws_only": [(65536, 1, 16), (65536, 8, 16)],
+        "splits": [(4096, 1, 16), (4096, 1, 4), (16384, 1, 16), (16384, 1, 4), (4096, 8, 16)],
+        "fold_rows": [(4096, 1, 16), (4096, 1, 4), (16384, 1, 16), (65536, 1, 16), (4096, 8, 16)],
         "tiles": [(4096, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (65536, 1, 4)],
         "value_cols": [(4096, 1, 4), (65536, 1, 4), (65536, 8, 4), (4096, 1, 16), (65536, 1, 16), (65536, 8, 16)],
     }[variant_set]

@@ -7,6 +7,8 @@
 #   sweep      benchmarks/fold_heads_sweep.py: fold heads per program / warps vs reconstruction, per shape
 #   sweep_tiles  the same script: latent tiles in flight and slots per tile of the default fold program
 #   sweep_cols   the same script: value channels per value-kernel program (quantized and fp latents)
+#   sweep_splits  the same script: the single-pass kernels' slot splits (and two heads per program) at 4K and 16K
+#   sweep_fold_rows  the same script: rank columns per fold-rows program (FOLD_ROWS_RANK_BLOCK), 4K-64K
 #   sweep_single_pass  the same script: the single-pass kernel's variants (heads, block, stages, warps) vs the default
 #   single_pass  before the Gluon single-pass kernel becomes the default (SP_AUTO): its GPU tests five times (its
 #              race was intermittent), the named decode paths against torch, kernel and module timings with it
@@ -94,6 +96,12 @@ sweep_cols)
 sweep_single_pass)
   run timeout 400 python3 benchmarks/fold_heads_sweep.py "$OUT/single_pass_sweep.json" single_pass
   ;;
+sweep_splits)
+  run timeout ${SPLITS_S:-200} python3 benchmarks/fold_heads_sweep.py "$OUT/sweep_splits.json" splits
+  ;;
+sweep_fold_rows)
+  run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/sweep_fold_rows.json" fold_rows
+  ;;
 sweep_tiles)
   run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/fold_tiles_sweep.json" tiles
   ;;
@@ -172,7 +180,7 @@ spq_reg_keys|spq_variants)  # the quantized single-pass kernel per variant of it
     tag=${v//[=,.]/_}
     consts=""  # NAME=V of kernels.single_pass_ws_quant, or a prefixed one (wu.NAME=V: kernels.word_unpack)
     for c in ${v//,/ }; do case ${c%%=*} in *.*) consts+=",$c" ;; *) consts+=",spq.$c" ;; esac; done
-    TRITON_CACHE_DIR="/tmp/triton_spq_$tag" run timeout 120 python3 benchmarks/fold_heads_sweep.py \
+    TRITON_CACHE_DIR="/tmp/triton_spq_$tag" run timeout ${SPQ_VARIANT_S:-120} python3 benchmarks/fold_heads_sweep.py \
         "$OUT/spq_${tag}_run$i.json" single_pass_ws_only "${SPQ_SHAPES:-65536,1,4;65536,8,4;4096,1,4}" \
         "${consts#,}"
   done

@@ -88,9 +88,10 @@ def _fold_rows_kernel(
     q_ptr, q_sb, q_sh, up_ptr, up_sg, up_sr, k_offsets_ptr, bias_ptr, rows_ptr, rows_sb, rows_sg,
     brows_ptr, brows_sb, brows_sg, score_scale, num_groups,
     HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, HG: tl.constexpr, N_REP: tl.constexpr,
-    RK_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVE: tl.constexpr = False,
+    RK_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVE: tl.constexpr = False, RK_BLOCK: tl.constexpr = 0,
 ):
-    """Grid (B * G * HG,): the folded rows of one query head (b, g, local head t), written to
+    """Grid (B * G * HG, RK_PAD / RK_BLOCK): the folded rows of one query head (b, g, local head t), columns
+    [pid1 * RK_BLOCK, + RK_BLOCK) (RK_BLOCK 0: all RK_PAD in one program), written to
     rows[b, g, t * 2 * HALF_PAD + c * HALF_PAD + i, :RK_PAD] = Mc[i] (c = 0) or Ms[i] (c = 1) in the
     query's dtype (zero past the head's D/2 frequencies and the group's rank), or with INTERLEAVE to
     row t * 2 * HALF_PAD + 2 * i + c (:mod:`kernels.fold_scores_ws`); with a key bias, its
@@ -107,7 +108,8 @@ def _fold_rows_kernel(
     jl = t // N_REP  # local KV head read by local query head t
     k_off = tl.load(k_offsets_ptr + g)
     k_rank = tl.load(k_offsets_ptr + g + 1) - k_off
-    r_idx = tl.arange(0, RK_PAD)
+    RB: tl.constexpr = RK_BLOCK if RK_BLOCK else RK_PAD
+    r_idx = tl.program_id(1) * RB + tl.arange(0, RB)
     half_idx = tl.arange(0, HALF_PAD)
     half_mask = half_idx < HALF
     q_row = q_ptr + b * q_sb + (g * HG + t).to(tl.int64) * q_sh
@@ -127,13 +129,14 @@ def _fold_rows_kernel(
     tl.store(out, (q1[:, None] * u1 + q2[:, None] * u2).to(DTYPE))  # Mc = q1 U[i] + q2 U[i + D/2]
     tl.store(out + ms_step, (q2[:, None] * u1 - q1[:, None] * u2).to(DTYPE))  # Ms = q2 U[i] - q1 U[i + D/2]
     tl.static_assert(not (INTERLEAVE and HAS_BIAS), "interleaved rows are built for the bias-free Gluon kernel")
-    if HAS_BIAS:  # the key bias rotates too: the same fold of q with the bias vector
+    if HAS_BIAS:  # the key bias rotates too: the same fold of q with the bias vector (by the first rank block)
         bias = bias_ptr + (g * GS + jl) * HEAD_DIM + half_idx
         b1 = tl.load(bias, mask=half_mask, other=0.0).to(tl.float32)
         b2 = tl.load(bias + HALF, mask=half_mask, other=0.0).to(tl.float32)
         bout = brows_ptr + b * brows_sb + g * brows_sg + t * 2 * HALF_PAD + half_idx
-        tl.store(bout, q1 * b1 + q2 * b2)
-        tl.store(bout + HALF_PAD, q2 * b1 - q1 * b2)
+        first = (half_idx >= 0) & (tl.program_id(1) == 0)  # (HALF_PAD,): all or none
+        tl.store(bout, q1 * b1 + q2 * b2, mask=first)
+        tl.store(bout + HALF_PAD, q2 * b1 - q1 * b2, mask=first)
 
 
 @triton.jit

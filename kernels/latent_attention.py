@@ -722,6 +722,10 @@ def latent_decode_attention(
 # Fold path: folded-query score kernel, then the value kernel.
 # ------------------------------------------------------------------------------------------------
 
+# Rank columns per fold-rows program (0: the whole padded rank). Its grid is one program per query head, 32
+# at the Llama shape and batch 1, which leaves most SMs idle: 3.5 of the 27.9 us of a 4K fp16 decode call (H200,
+# seventeenth session). A block of 32 gives four programs per head; not timed yet (gpu_kernels.sh sweep_fold_rows).
+FOLD_ROWS_RANK_BLOCK = 0
 FOLD_BLOCK_S = 64  # score kernel: slots per dot (wgmma M)
 FOLD_SMEM_BUDGET = 160 * 1024  # score kernel: folded matrices + latent stages (choose_fold_heads measured within it)
 
@@ -807,13 +811,21 @@ def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, ha
     if has_bias:
         brows = torch.empty(batch, num_groups, hg * 2 * half_pad, dtype=torch.float32, device=q.device)
     brows_strides = (brows.stride(0), brows.stride(1)) if has_bias else (0, 0)
-    _fold_rows_kernel[(batch * num_groups * hg,)](
+    rk_block = fold_rows_rank_block(rk_pad)
+    _fold_rows_kernel[(batch * num_groups * hg, rk_pad // (rk_block or rk_pad))](
         q, q.stride(0), q.stride(1), k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if has_bias else q,
         rows, rows.stride(0), rows.stride(1), brows, *brows_strides, float(sm_scale) * LOG2E * float(rope_scale),
         num_groups, HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, HAS_BIAS=has_bias,
-        INTERLEAVE=interleave, num_warps=4,
+        INTERLEAVE=interleave, RK_BLOCK=rk_block, num_warps=4,
     )
     return rows, brows, brows_strides
+
+
+def fold_rows_rank_block(rk_pad: int) -> int:
+    """Rank columns per _fold_rows_kernel program: 0 (all rk_pad in one) unless FOLD_ROWS_RANK_BLOCK divides
+    rk_pad into more than one block."""
+    block = FOLD_ROWS_RANK_BLOCK
+    return block if block and block < rk_pad and rk_pad % block == 0 else 0
 
 
 def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
@@ -982,7 +994,10 @@ def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv
         heads_fp = sp_fold_heads(gs, head_dim, rank, rank_v, elt, fold_heads)
         # A small window after quantized slots: a few splits (each launch fills the GPU by itself otherwise)
         splits_fp = num_splits if not n_q else min(8, triton.cdiv(n_fp, 64) * 2)
-        parts.append(ws_single_pass(rows, k_latent.fp, v_latent.fp, positions[:, n_q:], kv_start - n_q, inv_freq,
+        # kv_start is shifted only behind quantized slots: "kv_start - 0" would be one more kernel in every fp16
+        # decode step (1.2 us of a 27.9 us step at 4K on an H200, seventeenth session's sweep_splits breakdown)
+        fp_start = kv_start - n_q if n_q else kv_start
+        parts.append(ws_single_pass(rows, k_latent.fp, v_latent.fp, positions[:, n_q:], fp_start, inv_freq,
                                     num_heads, rank, rank_v, gs, heads_fp, num_sms, splits_fp, parts_fn))
     if len(parts) == 1:
         return _merge(*parts[0], out_dtype)

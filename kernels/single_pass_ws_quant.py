@@ -24,13 +24,14 @@ with two key word stages, one per consumer, and one value word stage). 8-bit cod
 keys too, and :func:`spq_fold_heads` takes fewer heads per program where the rings do not fit.
 
 Measured (H200, 32 x 128 heads, ranks 128 / 384 per group of 4, 4 bits, SDPA over fp16 K/V in the same call;
-kernels/NOTES.md): 222.6 us against 238.1 us for SDPA at 64K (1.07x, 47% of the roofline), 850.7 vs 922.6 us at
-256K, 26.6 vs 21.6 us at 4K (sixteenth session, with the value boxes unpacked in halves: SPQ_VALUE_PARTS).
-Fifteenth session, with the rows' descriptors built per tile (SPQ_ROWS_PER_TILE): 233.2 us. Before: 285.6 us at
+kernels/NOTES.md): 212.6 us against 237.9 us for SDPA at 64K (1.12x, 49% of the roofline), 817.3 vs 923.8 us at
+256K, 25.5 vs 21.7 us at 4K (seventeenth session, with the scale slices picked by gl.where: SPQ_SCALE_WHERE).
+Sixteenth session, with the value boxes unpacked in halves (SPQ_VALUE_PARTS): 222.6 us. Fifteenth session,
+with the rows' descriptors built per tile (SPQ_ROWS_PER_TILE): 233.2 us. Before: 285.6 us at
 64K with the keys unpacked by the consumers (fourteenth session), 332.5 us with the keys unpacked by the dequant
 warps and two heads per program (thirteenth), 545.2 us for the Triton kernels. 2-bit
-codes: 227.6 us at 64K (1.04x) with 56 registers for the dequant warps (spq_registers); 537.4 us before the
-halves (fifteenth session), 684.9 with the keys unpacked by the dequant warps.
+codes: 216.8 us at 64K (1.10x; 227.6 us before SPQ_SCALE_WHERE) with 56 registers for the dequant warps
+(spq_registers); 537.4 us before the halves (fifteenth session), 684.9 with the keys unpacked by the dequant warps.
 
 Scope (:func:`single_pass_ws_quant_unsupported`): that of the fp16 kernel (fp16/bf16, n_rep == 1, equal
 power-of-two key ranks, equal value ranks; a full-precision window after the quantized slots goes through the

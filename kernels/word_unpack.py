@@ -20,10 +20,11 @@ SPQ_SCALE_ALIGN = gl.constexpr(8)
 # _load_groups picks the slice for `sub` with gl.where over loaded values instead of an `if` per candidate. The
 # `if` becomes predicated moves between candidate addresses that the compiler hoists out of the tile loop and
 # spills: offline (4-bit Llama build) each consumer partition has 40 local loads with the `if`, 10 with where
-# (stack 168 -> 48 B; 2 bits 200 -> 80 B). Every candidate slice lies inside the scale box (_scale_box), so the
-# extra loads read the box only. Measured once: 212.4 vs 221.4 us at 64K, 4 bits (H200, sixteenth session); its
-# options GPU tests passed, the rest of the quantized kernel's GPU tests have not run with it, so it stays off.
-SPQ_SCALE_WHERE = gl.constexpr(False)
+# (stack 168 -> 48 B; 2 bits 200 -> 80 B), and ncu counts 0.12 M spill requests per 64K call instead of 1.20 M.
+# Every candidate slice lies inside the scale box (_scale_box), so the extra loads read the box only. H200, one
+# process each (seventeenth session): 211.5 vs 219.6 us at 64K with 4 bits, 217.6 vs 226.6 us with 2 bits, about
+# 4% at batch 8 too. False keeps the `if` (for A/B runs: fold_heads_sweep's wu.SPQ_SCALE_WHERE=0).
+SPQ_SCALE_WHERE = gl.constexpr(True)
 
 
 @gluon.jit

@@ -138,6 +138,24 @@ def test_interpreter_fold_heads_per_program(device, fold_heads, n_rep, bias, one
     check(case, device, num_splits=2, method="fold", fold_heads=fold_heads)
 
 
+@pytest.mark.parametrize("block", [16, 32])
+def test_interpreter_fold_rows_in_rank_blocks(device, block, monkeypatch):
+    """FOLD_ROWS_RANK_BLOCK splits _fold_rows_kernel's rank columns over programs: the same rows (unequal
+    ranks, padded to 64) and the same key-bias fold (written by the first block only), and the same output."""
+    import kernels.latent_attention as la
+    case = Case(num_heads=8, k_ranks=(40, 64), v_ranks=(32, 48), head_dim=64, group_size=2, bias=True,
+                dtype=torch.float32)
+    inputs = make_inputs(case, device)
+    args = (inputs["q"], inputs["k_up"], inputs["k_offsets"], inputs["k_bias"], inputs["sm_scale"],
+            inputs["rope_scale"], inputs["head_group_size"], 2, 32, 64)
+    whole, whole_bias, _ = la._folded_rows(*args)
+    monkeypatch.setattr(la, "FOLD_ROWS_RANK_BLOCK", block)
+    assert la.fold_rows_rank_block(64) == block and la.fold_rows_rank_block(block) == 0
+    blocked, blocked_bias, _ = la._folded_rows(*args)
+    assert torch.equal(blocked, whole) and torch.equal(blocked_bias, whole_bias)
+    check(case, device, method="fold")
+
+
 def test_fold_heads_per_dot():
     """The most heads (dividing the program's) whose folded rows fit one FOLD_DOT_COLS-wide dot."""
     from kernels.latent_attention import FOLD_DOT_COLS, fold_heads_per_dot
