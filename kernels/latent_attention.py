@@ -608,7 +608,8 @@ def latent_decode_attention(
     assert positions.shape == (batch, num_slots) and positions.dtype == torch.int32 and positions.stride(1) == 1, (
         f"positions must be (B, S) = {(batch, num_slots)} int32, got {tuple(positions.shape)} {positions.dtype}"
     )
-    assert kv_start.shape == (batch,) and kv_start.dtype == torch.int32, "kv_start must be (B,) int32"
+    assert kv_start.shape == (batch,) and kv_start.dtype == torch.int32 and kv_start.is_contiguous(), (
+        "kv_start must be a contiguous (B,) int32 tensor (the kernels read kv_start[b] at offset b)")
     assert inv_freq.shape == (head_dim // 2,) and inv_freq.dtype == torch.float32, "inv_freq must be (D/2,) fp32"
     if k_bias is not None:
         assert k_bias.shape == (num_kv_heads * head_dim,) and k_bias.is_contiguous(), "k_bias must be (H_kv*D,)"

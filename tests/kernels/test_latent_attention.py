@@ -372,6 +372,15 @@ def test_bad_shapes_raise(device):
         latent_decode_attention(**inputs)
 
 
+def test_strided_kv_start_is_refused(device):
+    """The kernels read kv_start[b] at offset b: a strided view would give other sequences' starts."""
+    inputs = make_inputs(Case(dtype=torch.float32), device)
+    inputs["kv_start"] = torch.stack([inputs["kv_start"], inputs["kv_start"]], dim=1)[:, 0]
+    assert not inputs["kv_start"].is_contiguous()
+    with pytest.raises(AssertionError, match="contiguous"):
+        latent_decode_attention(**inputs)
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU: the full parametrization, compiled.
 # ---------------------------------------------------------------------------------------------
