@@ -70,10 +70,6 @@ VARIANT_SETS = {
         "dot_cols=256": (dict(method="single_pass", warp_specialized=True), {"sp.SP_DOT_COLS": 256}),
         "fold_heads=2": (dict(method="single_pass", warp_specialized=True, fold_heads=2), {}),
     },
-    "fold_rows": {  # rank columns per fold-rows program (FOLD_ROWS_RANK_BLOCK) under the default decode path
-        "auto": ({}, {}),
-        **{f"fold_rows_block={n}": ({}, {"FOLD_ROWS_RANK_BLOCK": n}) for n in (32, 64)},
-    },
     "single_pass_ws_only": {"single_pass_ws": (dict(method="single_pass", warp_specialized=True), {})},
     "splits": {  # the single-pass kernels' slot splits (two per chunk) against sp_chunks' one program per SM
         "auto": (dict(method="single_pass", warp_specialized=True), {}),
