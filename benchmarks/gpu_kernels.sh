@@ -27,7 +27,8 @@
 #              the merge)
 #   spq_variants  4-bit: the quantized single-pass kernel per set of its constants ($SPQ_VARIANTS, e.g.
 #              "SPQ_ROWS_PER_TILE=1,SPQ_CONSUMER_REGS=232"; wu.NAME=V for kernels.word_unpack), one process and
-#              Triton cache each, run_latency_kernel.py 4-bit (SDPA in the same call), then its GPU tests;
+#              Triton cache each ($SPQ_VARIANT_S s each, default 120; shapes $SPQ_SHAPES), run_latency_kernel.py
+#              4-bit (SDPA in the same call), then its GPU tests;
 #              spq_reg_keys: the same over SPQ_REG_KEYS=<each of $SPQ_VARIANTS> (fourteenth session)
 #   attention_int4  the module step with 4-bit latents only (the second line of "attention")
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
@@ -97,7 +98,7 @@ sweep_single_pass)
   run timeout 400 python3 benchmarks/fold_heads_sweep.py "$OUT/single_pass_sweep.json" single_pass
   ;;
 sweep_splits)
-  run timeout ${SPLITS_S:-200} python3 benchmarks/fold_heads_sweep.py "$OUT/sweep_splits.json" splits
+  run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/sweep_splits.json" splits
   ;;
 sweep_fold_rows)
   run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/sweep_fold_rows.json" fold_rows

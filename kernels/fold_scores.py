@@ -88,10 +88,10 @@ def _fold_rows_kernel(
     q_ptr, q_sb, q_sh, up_ptr, up_sg, up_sr, k_offsets_ptr, bias_ptr, rows_ptr, rows_sb, rows_sg,
     brows_ptr, brows_sb, brows_sg, score_scale, num_groups,
     HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, HG: tl.constexpr, N_REP: tl.constexpr,
-    RK_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVE: tl.constexpr = False, RK_BLOCK: tl.constexpr = 0,
+    RK_PAD: tl.constexpr, RK_BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVE: tl.constexpr = False,
 ):
     """Grid (B * G * HG, RK_PAD / RK_BLOCK): the folded rows of one query head (b, g, local head t), columns
-    [pid1 * RK_BLOCK, + RK_BLOCK) (RK_BLOCK 0: all RK_PAD in one program), written to
+    [pid1 * RK_BLOCK, + RK_BLOCK), written to
     rows[b, g, t * 2 * HALF_PAD + c * HALF_PAD + i, :RK_PAD] = Mc[i] (c = 0) or Ms[i] (c = 1) in the
     query's dtype (zero past the head's D/2 frequencies and the group's rank), or with INTERLEAVE to
     row t * 2 * HALF_PAD + 2 * i + c (:mod:`kernels.fold_scores_ws`); with a key bias, its
@@ -108,8 +108,7 @@ def _fold_rows_kernel(
     jl = t // N_REP  # local KV head read by local query head t
     k_off = tl.load(k_offsets_ptr + g)
     k_rank = tl.load(k_offsets_ptr + g + 1) - k_off
-    RB: tl.constexpr = RK_BLOCK if RK_BLOCK else RK_PAD
-    r_idx = tl.program_id(1) * RB + tl.arange(0, RB)
+    r_idx = tl.program_id(1) * RK_BLOCK + tl.arange(0, RK_BLOCK)
     half_idx = tl.arange(0, HALF_PAD)
     half_mask = half_idx < HALF
     q_row = q_ptr + b * q_sb + (g * HG + t).to(tl.int64) * q_sh

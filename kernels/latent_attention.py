@@ -813,20 +813,20 @@ def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, ha
         brows = torch.empty(batch, num_groups, hg * 2 * half_pad, dtype=torch.float32, device=q.device)
     brows_strides = (brows.stride(0), brows.stride(1)) if has_bias else (0, 0)
     rk_block = fold_rows_rank_block(rk_pad)
-    _fold_rows_kernel[(batch * num_groups * hg, rk_pad // (rk_block or rk_pad))](
+    _fold_rows_kernel[(batch * num_groups * hg, rk_pad // rk_block)](
         q, q.stride(0), q.stride(1), k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if has_bias else q,
         rows, rows.stride(0), rows.stride(1), brows, *brows_strides, float(sm_scale) * LOG2E * float(rope_scale),
-        num_groups, HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, HAS_BIAS=has_bias,
-        INTERLEAVE=interleave, RK_BLOCK=rk_block, num_warps=4,
+        num_groups, HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, RK_BLOCK=rk_block,
+        HAS_BIAS=has_bias, INTERLEAVE=interleave, num_warps=4,
     )
     return rows, brows, brows_strides
 
 
 def fold_rows_rank_block(rk_pad: int) -> int:
-    """Rank columns per _fold_rows_kernel program: 0 (all rk_pad in one) unless FOLD_ROWS_RANK_BLOCK divides
-    rk_pad into more than one block."""
+    """Rank columns per _fold_rows_kernel program: FOLD_ROWS_RANK_BLOCK where it divides rk_pad into more than one
+    block, else all rk_pad."""
     block = FOLD_ROWS_RANK_BLOCK
-    return block if block and block < rk_pad and rk_pad % block == 0 else 0
+    return block if block and block < rk_pad and rk_pad % block == 0 else rk_pad
 
 
 def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,

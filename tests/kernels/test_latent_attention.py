@@ -150,7 +150,7 @@ def test_interpreter_fold_rows_in_rank_blocks(device, block, monkeypatch):
             inputs["rope_scale"], inputs["head_group_size"], 2, 32, 64)
     whole, whole_bias, _ = la._folded_rows(*args)
     monkeypatch.setattr(la, "FOLD_ROWS_RANK_BLOCK", block)
-    assert la.fold_rows_rank_block(64) == block and la.fold_rows_rank_block(block) == 0
+    assert la.fold_rows_rank_block(64) == block and la.fold_rows_rank_block(block) == block  # one block: unsplit
     blocked, blocked_bias, _ = la._folded_rows(*args)
     assert torch.equal(blocked, whole) and torch.equal(blocked_bias, whole_bias)
     check(case, device, method="fold")
