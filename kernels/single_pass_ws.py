@@ -54,8 +54,8 @@ SP_DOT_COLS = 128
 SP_NP = gl.constexpr(8)  # heads padded to the value wgmma's N
 SP_MAX_RANK_V = 512  # value accumulators: rank_v / 16 registers per thread
 SP_SMEM_LIMIT = 232448  # sm_90's largest shared memory per block (227 KB)
-# sp_shared_bytes leaves out the compiler's alignment of the buffers: 280 B for the Llama shape (231840 B
-# compiled against 231560 estimated), so programs are kept this much under the limit.
+# sp_shared_bytes leaves out the compiler's alignment of the buffers: 296 B for the Llama shape (232048 B
+# compiled against 231752 estimated), so programs are kept this much under the limit.
 SP_SMEM_MARGIN = 512
 # Registers per thread of the second consumer; the first gets 3 * 168 - 248 - 24 = 232. 248 measured 1.4-2.4%
 # faster than 232 in six same-call pairs at 64K, B=1 and 8 (240 like 232, 224 slower; twelfth session).
@@ -72,6 +72,35 @@ SP_AUTO = True
 # instead of a cross-warp sum (shared memory and barriers) per tile: 198.6 vs 205.9 us at 64K, 1530.2 vs
 # 1581.2 us at B=8 x 64K (28.4 vs 27.7 us at 4K, within noise).
 SP_THREAD_L = True
+# The next four cut the consumers' warpgroup barriers (BAR.SYNC) per tile from 13 to 5 in the Llama build (sm_90,
+# offline) and its stack from 288 to 264 B (the 4-bit kernel's from 48 to 8 B). Timed together, one process each
+# (H200, 32 x 128 heads, ranks 128 / 384 per group of 4; kernels/NOTES.md, eighteenth session), fp16: 194.3 and
+# 195.9 against 203.5 and 207.9 us at 64K, 1480.3 and 1492.0 against 1563.8 and 1575.3 us at B=8 x 64K, 26.2 and
+# 27.1 against 27.2 and 27.3 us at 4K; without SP_LAZY_MAX 199.1, 1533.2, 26.6. 4 bits: 211.8 and 214.3 against
+# 212.5 and 216.0 at 64K, 1674.5 against 1659.4 and 1673.0 at B=8 (the same within noise).
+# The padded (slot, head) softmax tiles (scores, P, l) in the value accumulator's layout, where the four lanes of a
+# quad own two of the NP columns each, instead of the score layout, where each lane holds all NP (the quad's sums
+# broadcast): the running max then has the value accumulators' column layout (no alpha conversion through shared
+# memory and its two warpgroup barriers per tile) and each thread computes a quarter of the exponentials.
+SP_P_SPLIT = gl.constexpr(True)
+# A consumer releases its tile's value boxes with one arrive on its own empty barrier, instead of one arrive per
+# box buffer: each arrive is one thread's, behind a barrier of the warpgroup (three per tile at rank_v 384).
+# The filler (producer warp or dequant warps) then waits, per box, for the release of the tile that last held its
+# buffer (value_buffer_free).
+SP_TILE_RELEASE = gl.constexpr(True)
+# The fp16 kernel's producer completes one ready barrier per tile (its consumer's) with all of the tile's value
+# boxes, instead of one per (consumer, box buffer): the consumer waits once per tile, not once per box (each wait
+# but the first behind a barrier of the warpgroup), and starts its value wgmmas when the last box has landed.
+# _consume tells the two apart by the ready barriers' count (2 against 2 * VST >= 4); the quantized kernel's
+# dequant warps keep one per box.
+SP_TILE_READY = gl.constexpr(True)
+# Lazy softmax rescaling (needs SP_P_SPLIT): P of a tile is taken against the running max m_i, and each warp's
+# maxima go to shared memory under the P store's barrier, instead of a cross-warp max (two more barriers of the
+# warpgroup) before P. Only when a column's tile max exceeds m_i by more than SP_LAZY_SLACK (log2 units: P stays
+# below 2^SP_LAZY_SLACK in fp16) are m_i, l, the accumulators and P redone against the new max (a branch taken
+# by every thread alike: all read the same maxima). The result is the same softmax with another reference max.
+SP_LAZY_MAX = gl.constexpr(True)
+SP_LAZY_SLACK = gl.constexpr(8.0)
 
 
 def sp_value_box(rank_v: int) -> int:
@@ -84,13 +113,19 @@ def sp_value_stages(rank_v: int) -> int:
     return rank_v // sp_value_box(rank_v) + 1
 
 
-def sp_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt: int) -> int:
-    """Shared memory of one program: folded rows, key and value rings, the two P buffers, barriers."""
+def sp_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt: int,
+                    tile_ready: Optional[bool] = None) -> int:
+    """Shared memory of one program: folded rows, key and value rings, the two P buffers (and under SP_LAZY_MAX
+    the consumers' warp maxima), barriers. ``tile_ready``: one value ready barrier per consumer (default
+    SP_TILE_READY; the quantized kernel's dequant warps keep one per box buffer)."""
     rows = fold_heads * head_dim * rank * elt
     keys = SP_KEY_STAGES * SP_BLOCK_S * rank * elt
     vst = sp_value_stages(rank_v)
     values = vst * SP_BLOCK_S * sp_value_box(rank_v) * elt
-    return rows + keys + values + 2 * SP_BLOCK_S * SP_NP.value * elt + 8 * (2 * SP_KEY_STAGES + 3 * vst + 1)
+    p_bufs = 2 * SP_BLOCK_S * SP_NP.value * elt + (2 * 4 * SP_NP.value * 4 if SP_LAZY_MAX.value else 0)
+    ready = 2 if (SP_TILE_READY.value if tile_ready is None else tile_ready) else 2 * vst
+    empty = 2 if SP_TILE_RELEASE.value else vst
+    return rows + keys + values + p_bufs + 8 * (2 * SP_KEY_STAGES + ready + empty + 1)
 
 
 def sp_dot_cols(head_dim: int) -> int:
@@ -163,6 +198,30 @@ def single_pass_ws_unsupported(q: torch.Tensor, k_latent, v_latent, k_ranks: lis
 
 
 @gluon.jit
+def value_empty_barriers(VST: gl.constexpr):
+    """The value ring's empty barriers: one per consumer under SP_TILE_RELEASE, else one per box buffer."""
+    if SP_TILE_RELEASE:
+        return mbarriers(2)
+    else:
+        return mbarriers(VST)
+
+
+@gluon.jit
+def value_buffer_free(vempty, box, VST: gl.constexpr, NVB: gl.constexpr):
+    """Wait until the ring buffer of value box ``box`` (tile box // NVB, buffer box % VST) is free.
+
+    SP_TILE_RELEASE: the box VST earlier in the same buffer belongs to tile t, released by consumer t % 2 in its
+    phase t // 2. One phase ahead at most: that consumer's next release (tile t + 2) needs this box, or a later
+    one of tile t + 2, loaded first (VST = NVB + 1 puts box in tile t + 1 or at the start of t + 2). Otherwise
+    the buffer's own barrier; both start released (no wait for the first VST boxes, parity 1)."""
+    if SP_TILE_RELEASE:
+        t = gl.maximum(box - VST, 0) // NVB  # (clamped: the first VST boxes skip the wait)
+        mbarrier.wait(vempty.index(t % 2), (t // 2) & 1, pred=box >= VST)
+    else:
+        mbarrier.wait(vempty.index(box % VST), ((box // VST) & 1) ^ 1)
+
+
+@gluon.jit
 def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
               rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_ptr, kv_start, inv_freq_ptr, part_ptrs, split0,
               hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
@@ -184,9 +243,17 @@ def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kr
             for k in gl.static_range(NVB):
                 box = jv * NVB + k
                 sb = box % VST
-                mbarrier.wait(vempty.index(sb), ((box // VST) & 1) ^ 1)
-                ready = vready.index((jv % 2) * VST + sb)  # the ready barrier of tile jv's consumer
-                mbarrier.expect(ready, val_desc.block_type.nbytes)
+                value_buffer_free(vempty, box, VST, NVB)
+                if SP_TILE_READY:
+                    # Tile jv's consumer's barrier, armed once for the whole tile. Not before the first box's
+                    # buffer is free: that wait means the consumer finished tile jv - 2, so it has waited on the
+                    # barrier's previous phase (an arrive while that phase's bytes are in flight would count in it).
+                    ready = vready.index(jv % 2)
+                    if k == 0:
+                        mbarrier.expect(ready, NVB * val_desc.block_type.nbytes)
+                else:
+                    ready = vready.index((jv % 2) * VST + sb)  # the ready barrier of tile jv's consumer
+                    mbarrier.expect(ready, val_desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(val_desc, [b, lo + jv * BLOCK_S, v_off + k * VB], ready,
                                                 vbufs.index(sb))
 
@@ -222,6 +289,7 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
     VB: gl.constexpr = vbufs.shape[3]
     NVB: gl.constexpr = RV // VB
     NP: gl.constexpr = SP_NP
+    TILE_READY: gl.constexpr = vready.shape[0] == 2  # one ready barrier per consumer (SP_TILE_READY)
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, NP, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
@@ -230,21 +298,36 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
     zc, _ = gl.split(gl.reshape(zero, (BLOCK_S, HD, HALF, 2)))
     l3: gl.constexpr = zc.type.layout
     trig_l: gl.constexpr = gl.SliceLayout(1, l3)  # (slot, frequency)
-    score_l: gl.constexpr = gl.SliceLayout(2, l3)  # (slot, head) and the padded (slot, NP)
+    score_l: gl.constexpr = gl.SliceLayout(2, l3)  # (slot, head)
+    if SP_P_SPLIT:
+        pad_l: gl.constexpr = o_layout  # the padded (slot, NP) tiles, see SP_P_SPLIT
+    else:
+        pad_l: gl.constexpr = score_l
     cols_l: gl.constexpr = gl.SliceLayout(0, score_l)
+    pcols_l: gl.constexpr = gl.SliceLayout(0, pad_l)
     ocol_l: gl.constexpr = gl.SliceLayout(0, o_layout)
     freq = gl.arange(0, HALF, layout=gl.SliceLayout(0, trig_l))
     inv_freq = gl.load(inv_freq_ptr + freq)
     trig_slots = gl.arange(0, BLOCK_S, layout=gl.SliceLayout(1, trig_l))
-    out_slots = gl.arange(0, BLOCK_S, layout=gl.SliceLayout(1, score_l))
+    out_slots = gl.arange(0, BLOCK_S, layout=gl.SliceLayout(1, pad_l))
     heads = gl.arange(0, HD, layout=cols_l)
-    cols = gl.arange(0, NP, layout=cols_l)
-    p_buf = p_smem.index(ROLE)
-    m_i = gl.full((NP,), float("-inf"), gl.float32, cols_l)
-    if THREAD_L:
-        l_t = gl.zeros((BLOCK_S, NP), gl.float32, score_l)  # per thread: its slots' share of l
+    cols = gl.arange(0, NP, layout=pcols_l)
+    p_all, m_all = p_smem
+    p_buf = p_all.index(ROLE)
+    if SP_LAZY_MAX:
+        m_buf = m_all.slice(ROLE * 4, 4)  # (4 warps, NP)
     else:
-        l_i = gl.zeros((NP,), gl.float32, cols_l)
+        m_buf = p_buf  # (unused)
+    # (warp, padded head), each thread the maxima of all four warps for its two columns: the max over warps then
+    # has SliceLayout(0, o_layout) (lanes 0-1 pick the column pair, no warp dimension)
+    wmax_layout: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[1, 0], [2, 0], [0, 1]], lane_bases=[[0, 2], [0, 4], [0, 0], [0, 0], [0, 0]],
+        warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[4, NP])
+    m_i = gl.full((NP,), float("-inf"), gl.float32, pcols_l)
+    if THREAD_L:
+        l_t = gl.zeros((BLOCK_S, NP), gl.float32, pad_l)  # per thread: its slots' share of l
+    else:
+        l_i = gl.zeros((NP,), gl.float32, pcols_l)
     accs = ()
     for k in gl.static_range(NVB):
         accs = accs + (gl.zeros((VB, NP), gl.float32, o_layout),)
@@ -269,7 +352,7 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
             mbarrier.arrive(kempty.index(sk), count=1)  # the words are in registers
         else:
             tile = kbufs.index(sk).reshape([BLOCK_S, R])
-        s_pad = gl.full((BLOCK_S, NP), float("-inf"), gl.float32, score_l)
+        s_pad = gl.full((BLOCK_S, NP), float("-inf"), gl.float32, pad_l)
         if ROWS_PER_TILE:
             kz = j >> 30  # 0 (j < 2^30), but opaque to the compiler: the descriptors are not loop invariants
         else:
@@ -287,30 +370,69 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
             yc, ys = gl.split(gl.reshape(acc, (BLOCK_S, HD, HALF, 2)))
             sc = gl.sum(yc * c[:, None, :] + ys * sn[:, None, :], axis=2)  # (BLOCK_S, HD), log2 units
             for h in gl.static_range(HD):
-                s_h = gl.sum(gl.where(heads[None, :] == h, sc, 0.0), axis=1)
+                s_h = gl.convert_layout(gl.sum(gl.where(heads[None, :] == h, sc, 0.0), axis=1),
+                                        gl.SliceLayout(1, pad_l))  # the same rows per thread: no data moves
                 s_pad = gl.where(cols[None, :] == k * HD + h, s_h[:, None], s_pad)
         s_pad = gl.where(valid[:, None], s_pad, float("-inf"))
-        # Online softmax per padded column; padding and masked slots stay -inf (p = 0).
-        m_new = gl.maximum(m_i, gl.max(s_pad, axis=0))
-        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = gl.exp2(m_i - m_safe)
-        p = gl.exp2(s_pad - m_safe[None, :])
-        if THREAD_L:
-            l_t = l_t * alpha[None, :] + p
+        if SP_LAZY_MAX:
+            p = gl.exp2(s_pad - gl.where(m_i == float("-inf"), 0.0, m_i)[None, :])
+            p_buf.store(p.to(vbufs.dtype))
+            m_buf.store(gl.max(gl.reshape(s_pad, (4, BLOCK_S // 4, NP)), axis=1))
+            fence_async_shared()
+            gl.thread_barrier()  # P and every warp's maxima written
+            m_tile = gl.convert_layout(gl.max(m_buf.load(wmax_layout), axis=0), pcols_l)
+            if gl.max(gl.where(m_tile > m_i + SP_LAZY_SLACK, 1, 0), axis=0) > 0:
+                m_new = gl.maximum(m_i, m_tile)
+                m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = gl.exp2(m_i - m_safe)
+                p = gl.exp2(s_pad - m_safe[None, :])
+                if THREAD_L:
+                    l_t = l_t * alpha[None, :] + p
+                else:
+                    l_i = l_i * alpha + gl.sum(p, axis=0)
+                m_i = m_new
+                alpha_o = gl.convert_layout(alpha, ocol_l)
+                rescaled = ()
+                for k in gl.static_range(NVB):
+                    rescaled = rescaled + (accs[k] * alpha_o[None, :],)
+                accs = rescaled
+                gl.thread_barrier()  # P is rewritten: no warp still on the store above
+                p_buf.store(p.to(vbufs.dtype))
+                fence_async_shared()
+                gl.thread_barrier()
+            else:
+                if THREAD_L:
+                    l_t = l_t + p
+                else:
+                    l_i = l_i + gl.sum(p, axis=0)
         else:
-            l_i = l_i * alpha + gl.sum(p, axis=0)
-        m_i = m_new
-        alpha_o = gl.convert_layout(alpha, ocol_l)
-        p_buf.store(p.to(vbufs.dtype))
-        fence_async_shared()
-        gl.thread_barrier()  # every warp's rows of P written before the warpgroup's wgmmas read them
+            # Online softmax per padded column; padding and masked slots stay -inf (p = 0).
+            m_new = gl.maximum(m_i, gl.max(s_pad, axis=0))
+            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = gl.exp2(m_i - m_safe)
+            p = gl.exp2(s_pad - m_safe[None, :])
+            if THREAD_L:
+                l_t = l_t * alpha[None, :] + p
+            else:
+                l_i = l_i * alpha + gl.sum(p, axis=0)
+            m_i = m_new
+            alpha_o = gl.convert_layout(alpha, ocol_l)  # a no-op under SP_P_SPLIT
+            p_buf.store(p.to(vbufs.dtype))
+            fence_async_shared()
+            gl.thread_barrier()  # every warp's rows of P written before the warpgroup's wgmmas read them
         new = ()
+        if TILE_READY:
+            mbarrier.wait(vready.index(ROLE), (j // 2) & 1)  # this consumer's (j // 2)-th tile
         for k in gl.static_range(NVB):
             sb = (j * NVB + k) % VST
-            mbarrier.wait(vready.index(ROLE * VST + sb), (vphase >> sb) & 1)
-            vphase = vphase ^ (1 << sb)
-            a = warpgroup_mma(vbufs.index(sb).reshape([BLOCK_S, VB]).permute((1, 0)), p_buf,
-                              accs[k] * alpha_o[None, :], is_async=True)
+            if not TILE_READY:
+                mbarrier.wait(vready.index(ROLE * VST + sb), (vphase >> sb) & 1)
+                vphase = vphase ^ (1 << sb)
+            if SP_LAZY_MAX:
+                prior = accs[k]  # rescaled above when the max moved
+            else:
+                prior = accs[k] * alpha_o[None, :]
+            a = warpgroup_mma(vbufs.index(sb).reshape([BLOCK_S, VB]).permute((1, 0)), p_buf, prior, is_async=True)
             new = new + (a,)
         # All boxes are released after the last wgmma: releasing each after its own wait (wgmma waits with
         # NVB - 1 - k outstanding) measured the same (198.6 vs 199.8 us at 64K, 1530.2 vs 1528.7 at B=8 x 64K),
@@ -320,8 +442,11 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
             accs = (waited,)  # the wait returns a lone tensor for one dependency
         else:
             accs = waited
-        for k in gl.static_range(NVB):
-            mbarrier.arrive(vempty.index((j * NVB + k) % VST), count=1)
+        if SP_TILE_RELEASE:
+            mbarrier.arrive(vempty.index(ROLE), count=1)
+        else:
+            for k in gl.static_range(NVB):
+                mbarrier.arrive(vempty.index((j * NVB + k) % VST), count=1)
         pos = pos_next
     if THREAD_L:
         l_i = gl.sum(l_t, axis=0)
@@ -353,9 +478,15 @@ def sp_program(kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, nu
 
 @gluon.jit
 def p_buffers(dtype: gl.constexpr, BLOCK_S: gl.constexpr):
-    """P of each consumer, (2, BLOCK_S, NP): the value wgmmas' B operand."""
+    """(P of each consumer (2, BLOCK_S, NP), the value wgmmas' B operand; under SP_LAZY_MAX the consumers' warp
+    column maxima (2 * 4, NP) fp32, else P again): the consumers' ``p_smem`` argument."""
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_S, SP_NP], gl.float16)
-    return gl.allocate_shared_memory(dtype, [2, BLOCK_S, SP_NP], p_layout)
+    p_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_S, SP_NP], p_layout)
+    if SP_LAZY_MAX:  # and each consumer's per-warp column maxima (2 * 4 warps, NP) fp32
+        m_layout: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+        return p_smem, gl.allocate_shared_memory(gl.float32, [2 * 4, SP_NP], m_layout)
+    else:
+        return p_smem, p_smem
 
 
 @gluon.jit
@@ -378,8 +509,8 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
     kready = mbarriers(KST)
     kempty = mbarriers(KST)
     # value boxes: one ready barrier per (consumer, buffer), one empty barrier per buffer (see _consume)
-    vready = mbarriers(2 * VST)
-    vempty = mbarriers(VST)
+    vready = mbarriers(2 if SP_TILE_READY else 2 * VST)
+    vempty = value_empty_barriers(VST)
     rows_bar = mbarriers(1).index(0)
     pos_base = pos_ptr + b.to(gl.int64) * pos_sb
     k_off = g * rank
@@ -410,6 +541,8 @@ def sp_launch(rows: torch.Tensor, half: int, heads_per_group: int, fold_heads: i
               num_splits: Optional[int], parts_fn) -> tuple:
     """What both single-pass kernels' launches share: (rows descriptor (box of sp_dot_cols rows), head_splits,
     batch * groups, chunk_len, chunks, partials from ``parts_fn(2 * chunks)``); rows (B, G, HG * D, rank)."""
+    if SP_LAZY_MAX.value and not SP_P_SPLIT.value:
+        raise ValueError("SP_LAZY_MAX needs SP_P_SPLIT: the warps' maxima are read in the value accumulators' columns")
     batch, num_groups, _, rank = rows.shape
     cols = min(sp_dot_cols(2 * half), fold_heads * 2 * half)
     rows_desc = nvmma_desc(rows.view(-1, rank), [cols, rank])

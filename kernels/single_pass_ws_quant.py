@@ -55,7 +55,8 @@ from .fold_scores_ws import (fold_shape_unsupported, hopper_unsupported, latent_
                              load_rows, mbarriers, rows_buffers, tma_aligned)
 from .single_pass_ws import (SP_BLOCK_S, SP_KEY_STAGES, SP_SMEM_LIMIT, SP_THREAD_L, _consume, p_buffers,
                              pick_fold_heads, single_pass_ws_unsupported, sp_launch, sp_program, sp_shape_unsupported,
-                             sp_shared_bytes, sp_value_box, sp_value_stages)
+                             sp_shared_bytes, sp_value_box, sp_value_stages, value_buffer_free,
+                             value_empty_barriers)
 from .word_unpack import SPQ_SCALE_ALIGN, _scale_start, _unpack_chunk
 
 SPQ_BITS = (2, 4, 8)
@@ -152,7 +153,7 @@ def spq_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt
     the key ring where the consumers unpack the keys (spq_reg_keys), plus the word stages and their barriers."""
     vpw = 32 // bits
     meta = 2 if has_zero else 1
-    shared = sp_shared_bytes(fold_heads, head_dim, rank, rank_v, elt)
+    shared = sp_shared_bytes(fold_heads, head_dim, rank, rank_v, elt, tile_ready=False)
     if spq_reg_keys(bits):  # no fp16 key ring, nor its ready and empty barriers
         shared -= SP_KEY_STAGES * (SP_BLOCK_S * rank * elt + 2 * 8)
     kword = SP_BLOCK_S * (4 * rank // vpw + meta * elt * _scale_box(rank, quant_group))
@@ -266,7 +267,7 @@ def _dequant(kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbuf
             for k in gl.static_range(NVB):
                 box = jv * NVB + k
                 sb = box % VST
-                mbarrier.wait(vempty.index(sb), ((box // VST) & 1) ^ 1)
+                value_buffer_free(vempty, box, VST, NVB)
                 for h in gl.static_range(SPQ_VALUE_PARTS):
                     _unpack_chunk(vw.index(sv * NVB + k), vs.index(sv), vz.index(sv), k * NGV, v_sub,
                                   vbufs.index(sb), PS, BITS, QG, HAS_ZERO, V_STEP, h * PS)
@@ -342,7 +343,7 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
     rows_smem = rows_buffers(rows_desc, HP, HALF)
     p_smem = p_buffers(DTYPE, BLOCK_S)
     vready = mbarriers(2 * VST)  # per (consumer, buffer), as in the fp16 kernel
-    vempty = mbarriers(VST)
+    vempty = value_empty_barriers(VST)
     kwbar = mbarriers(KWS)
     vwbar = mbarriers(VWS)
     kwempty = mbarriers(KWS)

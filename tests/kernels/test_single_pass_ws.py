@@ -21,8 +21,11 @@ LLAMA = Case(num_heads=32, num_kv_heads=32, head_dim=128, group_size=4, k_ranks=
 
 
 def test_shared_memory_and_heads_per_program():
-    # Llama-2-7B at 50%: 128 KB of rows + 2 key tiles (32 KB) + 4 value boxes (64 KB) + P + barriers
-    assert sp.sp_shared_bytes(4, 128, 128, 384, 2) == 231560
+    # Llama-2-7B at 50%: 128 KB of rows + 2 key tiles (32 KB) + 4 value boxes (64 KB) + P (2 KB) + the warps'
+    # maxima (256 B, SP_LAZY_MAX) + 9 barriers (2 + 2 key, 2 value ready and 2 empty per consumer, rows)
+    assert sp.sp_shared_bytes(4, 128, 128, 384, 2) == 131072 + 32768 + 65536 + 2048 + 256 + 9 * 8
+    # the quantized kernel's dequant warps keep a ready barrier per (consumer, box buffer): 8 instead of 2
+    assert sp.sp_shared_bytes(4, 128, 128, 384, 2, tile_ready=False) == sp.sp_shared_bytes(4, 128, 128, 384, 2) + 48
     assert sp.sp_shared_bytes(4, 128, 128, 384, 2) <= sp.SP_SMEM_LIMIT - sp.SP_SMEM_MARGIN
     assert sp.sp_fold_heads(4, 128, 128, 384, 2) == 4
     assert sp.sp_value_box(384) == 128 and sp.sp_value_stages(384) == 4
@@ -34,6 +37,16 @@ def test_shared_memory_and_heads_per_program():
         sp.sp_fold_heads(4, 128, 128, 384, 2, requested=3)
     with pytest.raises(ValueError, match="fold_heads=4"):
         sp.sp_fold_heads(4, 128, 128, 512, 2, requested=4)
+
+
+def test_lazy_max_needs_the_split_softmax_layout(monkeypatch):
+    # the lazy rescaling reads the warps' maxima in the value accumulators' columns (SP_P_SPLIT's layout)
+    from kernels.offline_build import set_constant
+    monkeypatch.setattr(sp, "SP_P_SPLIT", sp.SP_P_SPLIT)
+    set_constant(sp, "SP_P_SPLIT", False)
+    rows = torch.zeros(1, 8, 512, 128, dtype=torch.float16)
+    with pytest.raises(ValueError, match="SP_LAZY_MAX needs SP_P_SPLIT"):
+        sp.sp_launch(rows, 64, 4, 4, 3000, 132, None, lambda n: None)
 
 
 def test_heads_fill_whole_score_wgmmas():
