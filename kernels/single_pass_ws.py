@@ -259,6 +259,24 @@ def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kr
 
 
 @gluon.jit
+def _against_max(s_pad, m_i, m_new):
+    """(alpha, p) of the online softmax moving from max m_i to m_new (NP,): alpha = 2^(m_i - m_new), p = 2^(s_pad -
+    m_new) (BLOCK_S, NP), log2 units; a column still at -inf (padding, every slot masked) takes 0 as its max."""
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    return gl.exp2(m_i - m_safe), gl.exp2(s_pad - m_safe[None, :])
+
+
+@gluon.jit
+def _add_to_l(l_s, p, alpha, THREAD_L: gl.constexpr):
+    """The denominator after a tile: l * alpha + the tile's p, kept per thread (BLOCK_S, NP) under THREAD_L, else
+    summed over the slots (NP,)."""
+    if THREAD_L:
+        return l_s * alpha[None, :] + p
+    else:
+        return l_s * alpha + gl.sum(p, axis=0)
+
+
+@gluon.jit
 def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
              rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_ptr, kv_start, inv_freq_ptr, part_ptrs, split0,
              hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
@@ -325,9 +343,9 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
         warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[4, NP])
     m_i = gl.full((NP,), float("-inf"), gl.float32, pcols_l)
     if THREAD_L:
-        l_t = gl.zeros((BLOCK_S, NP), gl.float32, pad_l)  # per thread: its slots' share of l
+        l_s = gl.zeros((BLOCK_S, NP), gl.float32, pad_l)  # per thread: its slots' share of l
     else:
-        l_i = gl.zeros((NP,), gl.float32, pcols_l)
+        l_s = gl.zeros((NP,), gl.float32, pcols_l)
     accs = ()
     for k in gl.static_range(NVB):
         accs = accs + (gl.zeros((VB, NP), gl.float32, o_layout),)
@@ -383,13 +401,8 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
             m_tile = gl.convert_layout(gl.max(m_buf.load(wmax_layout), axis=0), pcols_l)
             if gl.max(gl.where(m_tile > m_i + SP_LAZY_SLACK, 1, 0), axis=0) > 0:
                 m_new = gl.maximum(m_i, m_tile)
-                m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-                alpha = gl.exp2(m_i - m_safe)
-                p = gl.exp2(s_pad - m_safe[None, :])
-                if THREAD_L:
-                    l_t = l_t * alpha[None, :] + p
-                else:
-                    l_i = l_i * alpha + gl.sum(p, axis=0)
+                alpha, p = _against_max(s_pad, m_i, m_new)
+                l_s = _add_to_l(l_s, p, alpha, THREAD_L)
                 m_i = m_new
                 alpha_o = gl.convert_layout(alpha, ocol_l)
                 rescaled = ()
@@ -401,20 +414,12 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
                 fence_async_shared()
                 gl.thread_barrier()
             else:
-                if THREAD_L:
-                    l_t = l_t + p
-                else:
-                    l_i = l_i + gl.sum(p, axis=0)
+                l_s = _add_to_l(l_s, p, gl.full((NP,), 1.0, gl.float32, pcols_l), THREAD_L)
         else:
             # Online softmax per padded column; padding and masked slots stay -inf (p = 0).
             m_new = gl.maximum(m_i, gl.max(s_pad, axis=0))
-            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = gl.exp2(m_i - m_safe)
-            p = gl.exp2(s_pad - m_safe[None, :])
-            if THREAD_L:
-                l_t = l_t * alpha[None, :] + p
-            else:
-                l_i = l_i * alpha + gl.sum(p, axis=0)
+            alpha, p = _against_max(s_pad, m_i, m_new)
+            l_s = _add_to_l(l_s, p, alpha, THREAD_L)
             m_i = m_new
             alpha_o = gl.convert_layout(alpha, ocol_l)  # a no-op under SP_P_SPLIT
             p_buf.store(p.to(vbufs.dtype))
@@ -449,7 +454,9 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
                 mbarrier.arrive(vempty.index((j * NVB + k) % VST), count=1)
         pos = pos_next
     if THREAD_L:
-        l_i = gl.sum(l_t, axis=0)
+        l_i = gl.sum(l_s, axis=0)
+    else:
+        l_i = l_s
     split = split0 + ROLE
     gl.store(part_m_ptr + cols * h_stride_m + split, m_i, mask=cols < HP)
     gl.store(part_l_ptr + cols * h_stride_m + split, l_i, mask=cols < HP)
