@@ -31,9 +31,8 @@
 #              4-bit (SDPA in the same call), then its GPU tests;
 #              spq_reg_keys: the same over SPQ_REG_KEYS=<each of $SPQ_VARIANTS> (fourteenth session)
 #   variant_tests  the single-pass kernels' GPU tests (fp16 file; quantized: fp16 at two shapes, options, launches;
-#              backends agreeing)
-#              with module constants $VARIANT_CONSTS set (benchmarks/pytest_constants.py; own Triton cache), in
-#              parallel under $VARIANT_TEST_S s (default 280)
+#              backends agreeing) with module constants $VARIANT_CONSTS set (benchmarks/pytest_constants.py; a
+#              Triton cache of their own), in parallel under $VARIANT_TEST_S s (default 280)
 #   attention_int4  the module step with 4-bit latents only (the second line of "attention")
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
 #   tests_all  every GPU test, ten pytest processes in parallel (logs tests_*.log; $TESTS_ALL_S s each, default 540;
@@ -50,6 +49,16 @@ RES=${RES:-/tmp/palu_res}
 mkdir -p "$OUT" "$RES"
 LOG="$OUT/gpu.log"
 run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; }
+gpu_pytest() {  # <time limit in s>: sets P to a GPU pytest command, under $VARIANT_CONSTS when set (then with a
+  # Triton cache of those constants: a Gluon build keyed on another value of a constexpr global must not be reused)
+  if [ -n "${VARIANT_CONSTS:-}" ]; then
+    P="env TRITON_CACHE_DIR=/tmp/triton_variant_${VARIANT_CONSTS//[=,.]/_} timeout $1 python3"
+    P="$P benchmarks/pytest_constants.py $VARIANT_CONSTS --"
+  else
+    P="timeout $1 python3 -m pytest"
+  fi
+  P="$P -q -p no:cacheprovider -m gpu -rf"
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$RES/device.txt"
 OUT_SAVED=$OUT; OUT=$RES  # every part below writes under $RES
 attention_int4() {  # [time limit in s]
@@ -200,16 +209,14 @@ spq_reg_keys|spq_variants)  # the quantized single-pass kernel per variant of it
   fi
   ;;
 variant_tests)
-  C=${VARIANT_CONSTS:?set VARIANT_CONSTS to NAME=VALUE[,NAME=VALUE] (e.g. sp.SP_P_SPLIT=True)}
-  P="timeout ${VARIANT_TEST_S:-280} python3 benchmarks/pytest_constants.py $C -- -q -p no:cacheprovider -m gpu -rf"
-  export TRITON_CACHE_DIR="/tmp/triton_variant_${C//[=,.]/_}"
+  : "${VARIANT_CONSTS:?set VARIANT_CONSTS to NAME=VALUE[,NAME=VALUE] (e.g. sp.SP_P_SPLIT=True)}"
+  gpu_pytest ${VARIANT_TEST_S:-280}
   $P tests/kernels/test_single_pass_ws.py > "$OUT/variant_tests_sp.log" 2>&1 &
   Q=tests/kernels/test_single_pass_ws_quant.py
   $P $Q -k "fp16 and (128-4-128-384 or 64-2-64-128)" > "$OUT/variant_tests_spq_shapes.log" 2>&1 &
   $P $Q -k "options or launches" > "$OUT/variant_tests_spq_options.log" 2>&1 &
   $P tests/test_backends_agree.py -k "64-1 or generate" > "$OUT/variant_tests_backends.log" 2>&1 &
   wait
-  unset TRITON_CACHE_DIR
   tail -n 3 "$OUT"/variant_tests_*.log | tee -a "$LOG"
   ;;
 smoke)
@@ -217,12 +224,8 @@ smoke)
   ;;
 tests_all)  # all GPU tests as ten pytest processes at once (compilation is CPU-bound): 161 in ~250 s (H200, 16 cores,
   # ninth session, seven processes; the single-pass kernel's and the named decode paths' are new since)
-  T="timeout ${TESTS_ALL_S:-540} python3 -m pytest"
-  if [ -n "${VARIANT_CONSTS:-}" ]; then  # the tests of a variant (benchmarks/pytest_constants.py), own Triton cache
-    T="timeout ${TESTS_ALL_S:-540} python3 benchmarks/pytest_constants.py $VARIANT_CONSTS --"
-    export TRITON_CACHE_DIR="/tmp/triton_variant_all_${VARIANT_CONSTS//[=,.]/_}"
-  fi
-  T="$T -q -p no:cacheprovider -m gpu -rf --durations=5"
+  gpu_pytest ${TESTS_ALL_S:-540}
+  T="$P --durations=5"
   L=tests/kernels/test_latent_attention.py
   $T $L -k "gpu_shapes and fp16" > "$OUT/tests_shapes_fp16.log" 2>&1 &
   $T $L -k "gpu_shapes and bf16" > "$OUT/tests_shapes_bf16.log" 2>&1 &

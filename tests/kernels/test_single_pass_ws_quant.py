@@ -27,8 +27,8 @@ SMALL = Case(num_heads=8, num_kv_heads=8, head_dim=64, group_size=2, k_ranks=(64
 
 def test_shared_memory_and_heads_per_program(monkeypatch):
     # Llama-2-7B at 50%, 4 bits, keys unpacked by the consumers (SPQ_REG_KEYS): four heads' rows (128 KB), the
-    # fp16 value ring (64 KB), P and the warps' maxima, two key word stages (4 KB of words + 2 x 1 KB of scales and zeros) and one
-    # value word stage (12 + 2 x 2 KB): one program per group
+    # fp16 value ring (64 KB), P and the warps' maxima, two key word stages (4 KB of words + 2 x 1 KB of scales
+    # and zeros) and one value word stage (12 + 2 x 2 KB): one program per group
     assert spq.spq_reg_keys(4) and spq.spq_reg_keys(2) and not spq.spq_reg_keys(8)
     assert spq.spq_shared_bytes(4, 128, 128, 384, 2, 4, 32, True) == 227720
     assert spq.spq_fold_heads(4, 128, 128, 384, 2, 4, 32, True) == 4
