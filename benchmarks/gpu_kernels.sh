@@ -35,8 +35,11 @@
 #              Triton cache of their own), in parallel under $VARIANT_TEST_S s (default 280)
 #   attention_int4  the module step with 4-bit latents only (the second line of "attention")
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
-#   tests_all  every GPU test, ten pytest processes in parallel (logs tests_*.log; $TESTS_ALL_S s each, default 540;
+#   tests_all  every GPU test, thirteen pytest processes in parallel (logs tests_*.log; $TESTS_ALL_S s each, default 540;
 #              with $VARIANT_CONSTS set, under those module constants as variant_tests)
+#   tests_single_pass  the GPU tests of both single-pass kernels, the backends agreeing (generate() too) and the
+#              named decode paths, eight processes at once ($TESTS_ALL_S s each, default 400; $VARIANT_CONSTS as
+#              tests_all)
 #   tests      the GPU tests of the decode kernels (tests/kernels/test_latent_attention.py)
 #   tests2     the other GPU tests (quantization kernel, launch heuristics, backend agreement)
 #   tests3     generate() on the GPU: latent cache vs simulated (full-size) cache, same tokens
@@ -69,14 +72,18 @@ maxbatch_int4() {
   run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 --palu --lt_bits 4 --reps 3 \
       --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
 }
+quant_file_tests() {  # <pytest command> <log prefix>: the quantized kernel's test file in four processes, in the
+  # background (in one it took more than 430 s on an H200, eighteenth session)
+  local Q=tests/kernels/test_single_pass_ws_quant.py
+  $1 $Q -k "gpu_single_pass_ws_quant and fp16 and (2bit or 8bit)" > "$OUT/$2_fp16_a.log" 2>&1 &
+  $1 $Q -k "gpu_single_pass_ws_quant and fp16 and 4bit" > "$OUT/$2_fp16_b.log" 2>&1 &
+  $1 $Q -k "gpu_single_pass_ws_quant and bf16" > "$OUT/$2_bf16.log" 2>&1 &
+  $1 $Q -k "options or launches or auto_follows" > "$OUT/$2_options.log" 2>&1 &
+}
 quant_tests() {  # <time limit in s> [generate]: the quantized kernel's GPU tests (its file in four processes),
   # the quantized auto-path tests and the backends agreeing (with "generate": their generate test too), in parallel
   local T="timeout $1 python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=5"
-  local Q=tests/kernels/test_single_pass_ws_quant.py
-  $T $Q -k "gpu_single_pass_ws_quant and fp16 and (2bit or 8bit)" > "$OUT/tests_quant_fp16_a.log" 2>&1 &
-  $T $Q -k "gpu_single_pass_ws_quant and fp16 and 4bit" > "$OUT/tests_quant_fp16_b.log" 2>&1 &
-  $T $Q -k "gpu_single_pass_ws_quant and bf16" > "$OUT/tests_quant_bf16.log" 2>&1 &
-  $T $Q -k "options or launches or auto_follows" > "$OUT/tests_quant_options.log" 2>&1 &
+  quant_file_tests "$T" tests_quant
   $T tests/kernels/test_latent_attention.py -k "gpu_quantized or gpu_options" > "$OUT/tests_quant_auto.log" 2>&1 &
   $T tests/test_backends_agree.py -k "not generate" > "$OUT/tests_quant_backends.log" 2>&1 &
   if [ "${2:-}" = generate ]; then
@@ -237,9 +244,21 @@ tests_all)  # all GPU tests as ten pytest processes at once (compilation is CPU-
   $T tests/kernels/test_fold_scores_ws.py > "$OUT/tests_gluon.log" 2>&1 &
   $T tests/kernels/test_single_pass_ws.py > "$OUT/tests_gluon_single_pass.log" 2>&1 &
   $T tests/test_backends_agree.py -k named_decode_path > "$OUT/tests_backends_named.log" 2>&1 &
-  $T tests/kernels/test_single_pass_ws_quant.py > "$OUT/tests_gluon_single_pass_quant.log" 2>&1 &
+  quant_file_tests "$T" tests_gluon_single_pass_quant
   wait
   for f in "$OUT"/tests_*.log; do echo "== $f"; tail -n 2 "$f"; done | tee -a "$LOG"
+  ;;
+tests_single_pass)  # the GPU tests of both single-pass kernels and of the paths that take them (backends agreeing,
+  # generate(), named decode paths), eight pytest processes at once ($TESTS_ALL_S s each; $VARIANT_CONSTS as tests_all)
+  gpu_pytest ${TESTS_ALL_S:-400}
+  T="$P --durations=5"
+  $T tests/kernels/test_single_pass_ws.py > "$OUT/tests_sp_fp16.log" 2>&1 &
+  quant_file_tests "$T" tests_sp_quant
+  $T tests/test_backends_agree.py -k "64-1" > "$OUT/tests_sp_backends_a.log" 2>&1 &  # (one process: > 330 s)
+  $T tests/test_backends_agree.py -k "not 64-1 and not named_decode_path" > "$OUT/tests_sp_backends_b.log" 2>&1 &
+  $T tests/test_backends_agree.py -k named_decode_path > "$OUT/tests_sp_backends_named.log" 2>&1 &
+  wait
+  for f in "$OUT"/tests_sp_*.log; do echo "== $f"; tail -n 2 "$f"; done | tee -a "$LOG"
   ;;
 tests)  # the latent-attention sweep alone took more than 330 s on an H200 (fourth session): two parts
   run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_latent_attention.py -rf --durations=10

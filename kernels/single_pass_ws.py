@@ -47,10 +47,15 @@ SP_BLOCK_S = 64  # slots per tile: the score wgmma's M and the value wgmma's K
 # Key tiles in the ring (16 KB each at R = 128). Even: tile j's buffer j % 2 then serves one consumer only,
 # so its ready barrier never runs two phases ahead of a waiter (see _consume on the value boxes).
 SP_KEY_STAGES = 2
-# Folded rows per score wgmma: 128 measured faster than 256 (H200, 32 x 128 heads, ranks 128 / 384 per group
-# of 4, four heads per program: 216.4 vs 230.5 us at 64K, 860 vs 894 us at 256K, 1684 vs 1803 us at B=8 x 64K;
-# kernels/NOTES.md, tenth session): a 64-column accumulator per wgmma leaves registers for the value state.
-SP_DOT_COLS = 128
+# Folded rows per score wgmma. 128 measured faster than 256 (H200, 32 x 128 heads, ranks 128 / 384 per group of 4,
+# four heads per program: 216.4 vs 230.5 us at 64K, 1684 vs 1803 us at B=8 x 64K; tenth session): a smaller
+# accumulator leaves registers for the value state. 64 (half a head, SP_SPLIT_HEADS) with SP_SCORE_PIPE and
+# SP_ROWS_PER_TILE: 178.8 vs 189.4 us at 64K, 1360.5 vs 1457.2 us at B=8 x 64K, 25.7 vs 26.3 us at 4K (one call,
+# one process each; kernels/NOTES.md, nineteenth session); 128 with the same two: 177.1, 1358.1, 26.2. 64 keeps
+# each accumulator at 32 registers for every head_dim (head_dim 256 would need 128 per accumulator at 128 rows).
+SP_DOT_COLS = 64
+# Whether a head's folded rows may span several score wgmmas (SP_DOT_COLS smaller than head_dim; see sp_dot_cols).
+SP_SPLIT_HEADS = True
 SP_NP = gl.constexpr(8)  # heads padded to the value wgmma's N
 SP_MAX_RANK_V = 512  # value accumulators: rank_v / 16 registers per thread
 SP_SMEM_LIMIT = 232448  # sm_90's largest shared memory per block (227 KB)
@@ -101,6 +106,17 @@ SP_TILE_READY = gl.constexpr(True)
 # by every thread alike: all read the same maxima). The result is the same softmax with another reference max.
 SP_LAZY_MAX = gl.constexpr(True)
 SP_LAZY_SLACK = gl.constexpr(8.0)
+# A consumer issues the score wgmma of its next rows tile before it waits for the current one, so that the tensor
+# cores run while it takes the RoPE products of the one before (two accumulators live: at SP_DOT_COLS = 64 the
+# registers of one 128-row accumulator). Without it each wgmma is waited at once, and a consumer's MMAs overlap
+# only the other consumer's work (ncu, twelfth session: tensor pipe 43% busy). With SP_DOT_COLS = 64 and
+# SP_ROWS_PER_TILE, without it: 180.2 us at 64K, 1378.7 us at B=8 x 64K, 25.3 us at 4K (against 178.8, 1360.5,
+# 25.7 with it; nineteenth session). The quantized kernel has its own switch (SPQ_SCORE_PIPE).
+SP_SCORE_PIPE = True
+# The fp16 consumers' ROWS_PER_TILE (see _consume; SPQ_ROWS_PER_TILE in the quantized kernel). Hoisted out of the
+# loop, the eight 64-row tiles' descriptors go to the stack: 504 B and 126 local loads in the Llama build (sm_90,
+# offline), 96 B and 37 built per tile (264 B and 54 at the former default, 128 rows hoisted, no SP_SCORE_PIPE).
+SP_ROWS_PER_TILE = True
 
 
 def sp_value_box(rank_v: int) -> int:
@@ -129,7 +145,10 @@ def sp_shared_bytes(fold_heads: int, head_dim: int, rank: int, rank_v: int, elt:
 
 
 def sp_dot_cols(head_dim: int) -> int:
-    """Folded rows per score wgmma (its N): SP_DOT_COLS, or one head's rows when a head has more."""
+    """Folded rows per score wgmma (its N): SP_DOT_COLS, or one head's rows when a head has more (under
+    SP_SPLIT_HEADS, SP_DOT_COLS if it divides them: a head's scores then summed over head_dim / SP_DOT_COLS)."""
+    if SP_SPLIT_HEADS and SP_DOT_COLS < head_dim and head_dim % SP_DOT_COLS == 0:
+        return SP_DOT_COLS
     return max(SP_DOT_COLS, head_dim)
 
 
@@ -282,7 +301,7 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
              hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
              KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr, KEY_CODES: gl.constexpr = 0,
              KQG: gl.constexpr = 0, KZERO: gl.constexpr = False, KSTEP: gl.constexpr = 1,
-             ROWS_PER_TILE: gl.constexpr = False):
+             ROWS_PER_TILE: gl.constexpr = False, SCORE_PIPE: gl.constexpr = False):
     """One warpgroup: tiles ROLE, ROLE + 2, ... of [lo, hi); writes split split0 + ROLE of its HP heads'
     partials (m, l in log2 units; acc fp32).
 
@@ -293,11 +312,16 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
     (word_unpack._unpack_key_regs).
 
     ROWS_PER_TILE: the folded rows' wgmma descriptors are built in each tile instead of hoisted out of the loop
-    as invariants, which the compiler keeps on the stack when registers run short (the quantized kernel)."""
+    as invariants, which the compiler keeps on the stack when registers run short (SP_ROWS_PER_TILE, and always
+    in the quantized kernel). SCORE_PIPE: each score wgmma is issued before the one before it is waited (two
+    accumulators live; SP_SCORE_PIPE / SPQ_SCORE_PIPE)."""
     part_m_ptr, part_l_ptr, part_acc_ptr, h_stride_m, h_stride_acc = part_ptrs
     N: gl.constexpr = rows_desc.block_type.shape[0]
-    HD: gl.constexpr = N // (2 * HALF)
-    NDOT: gl.constexpr = HP // HD
+    # A rows tile holds HD whole heads, or (CPH > 1) the FC frequencies of one head's CPH-th part (sp_dot_cols)
+    CPH: gl.constexpr = (2 * HALF + N - 1) // N
+    HD: gl.constexpr = (N * CPH) // (2 * HALF)
+    FC: gl.constexpr = HALF // CPH
+    NDOT: gl.constexpr = (HP * 2 * HALF) // N
     # Tile sides from the rings, not the descriptors: the quantized kernel (single_pass_ws_quant.py) fills the
     # same fp16/bf16 rings from packed words (or, KEY_CODES, passes its ring of key words) and word descriptors.
     if KEY_CODES:
@@ -313,7 +337,7 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     zero = gl.zeros((BLOCK_S, N), gl.float32, s_layout)
     # The accumulator seen as (slot, head, frequency) cos and sin terms (a free split: column pairs per thread).
-    zc, _ = gl.split(gl.reshape(zero, (BLOCK_S, HD, HALF, 2)))
+    zc, _ = gl.split(gl.reshape(zero, (BLOCK_S, HD, FC, 2)))
     l3: gl.constexpr = zc.type.layout
     trig_l: gl.constexpr = gl.SliceLayout(1, l3)  # (slot, frequency)
     score_l: gl.constexpr = gl.SliceLayout(2, l3)  # (slot, head)
@@ -324,8 +348,10 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
     cols_l: gl.constexpr = gl.SliceLayout(0, score_l)
     pcols_l: gl.constexpr = gl.SliceLayout(0, pad_l)
     ocol_l: gl.constexpr = gl.SliceLayout(0, o_layout)
-    freq = gl.arange(0, HALF, layout=gl.SliceLayout(0, trig_l))
-    inv_freq = gl.load(inv_freq_ptr + freq)
+    freq = gl.arange(0, FC, layout=gl.SliceLayout(0, trig_l))
+    inv_freqs = ()
+    for f in gl.static_range(CPH):
+        inv_freqs = inv_freqs + (gl.load(inv_freq_ptr + f * FC + freq),)
     trig_slots = gl.arange(0, BLOCK_S, layout=gl.SliceLayout(1, trig_l))
     out_slots = gl.arange(0, BLOCK_S, layout=gl.SliceLayout(1, pad_l))
     heads = gl.arange(0, HD, layout=cols_l)
@@ -370,27 +396,49 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
             mbarrier.arrive(kempty.index(sk), count=1)  # the words are in registers
         else:
             tile = kbufs.index(sk).reshape([BLOCK_S, R])
-        s_pad = gl.full((BLOCK_S, NP), float("-inf"), gl.float32, pad_l)
+        if CPH == 1:
+            s_pad = gl.full((BLOCK_S, NP), float("-inf"), gl.float32, pad_l)
+        else:  # a head's parts are summed; the padded columns get -inf after the last
+            s_pad = gl.zeros((BLOCK_S, NP), gl.float32, pad_l)
         if ROWS_PER_TILE:
             kz = j >> 30  # 0 (j < 2^30), but opaque to the compiler: the descriptors are not loop invariants
         else:
             kz = 0
+        # (R, N) view of the k-th rows tile: the wgmma's B operand, K-major in shared memory
+        acc = warpgroup_mma(tile, rows_smem.index(kz).permute((1, 0)), zero, use_acc=False, is_async=True)
+        nstart = start + 2 * BLOCK_S  # the next tile's positions, a tile ahead
+        pos_next = gl.load(pos_ptr + nstart + trig_slots, mask=nstart + trig_slots < hi, other=0)
+        trigs = ()  # (cos, sin) per frequency part, under the first wgmma
+        for f in gl.static_range(CPH):
+            trigs = trigs + (_cos_sin(pos.to(gl.float32)[:, None] * inv_freqs[f][None, :]),)
         for k in gl.static_range(NDOT):
-            # (R, N) view of the k-th rows tile: the wgmma's B operand, K-major in shared memory
-            acc = warpgroup_mma(tile, rows_smem.index(kz + k).permute((1, 0)), zero, use_acc=False, is_async=True)
-            if k == 0:
-                nstart = start + 2 * BLOCK_S  # the next tile's positions, a tile ahead
-                pos_next = gl.load(pos_ptr + nstart + trig_slots, mask=nstart + trig_slots < hi, other=0)
-                c, sn = _cos_sin(pos.to(gl.float32)[:, None] * inv_freq[None, :])  # under the first wgmma
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+            if SCORE_PIPE and k + 1 < NDOT:
+                acc_next = warpgroup_mma(tile, rows_smem.index(kz + k + 1).permute((1, 0)), zero, use_acc=False,
+                                         is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+            else:
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
             if k == NDOT - 1 and not KEY_CODES:
                 mbarrier.arrive(kempty.index(sk), count=1)  # the key tile is read
-            yc, ys = gl.split(gl.reshape(acc, (BLOCK_S, HD, HALF, 2)))
+            c, sn = trigs[k % CPH]
+            yc, ys = gl.split(gl.reshape(acc, (BLOCK_S, HD, FC, 2)))
             sc = gl.sum(yc * c[:, None, :] + ys * sn[:, None, :], axis=2)  # (BLOCK_S, HD), log2 units
             for h in gl.static_range(HD):
                 s_h = gl.convert_layout(gl.sum(gl.where(heads[None, :] == h, sc, 0.0), axis=1),
                                         gl.SliceLayout(1, pad_l))  # the same rows per thread: no data moves
-                s_pad = gl.where(cols[None, :] == k * HD + h, s_h[:, None], s_pad)
+                col = (k // CPH) * HD + h
+                if CPH == 1:
+                    s_pad = gl.where(cols[None, :] == col, s_h[:, None], s_pad)
+                else:
+                    s_pad = gl.where(cols[None, :] == col, s_pad + s_h[:, None], s_pad)
+            if k + 1 < NDOT:
+                if SCORE_PIPE:
+                    acc = acc_next
+                else:
+                    acc = warpgroup_mma(tile, rows_smem.index(kz + k + 1).permute((1, 0)), zero, use_acc=False,
+                                        is_async=True)
+        if CPH > 1:
+            s_pad = gl.where(cols[None, :] < HP, s_pad, float("-inf"))
         s_pad = gl.where(valid[:, None], s_pad, float("-inf"))
         if SP_LAZY_MAX:
             p = gl.exp2(s_pad - gl.where(m_i == float("-inf"), 0.0, m_i)[None, :])
@@ -503,7 +551,8 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
                            part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, rank, rank_v, num_slots,
                            num_groups, batch_groups, chunk_len, head_splits,
                            HG: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
-                           BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr):
+                           BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr,
+                           ROWS_PER_TILE: gl.constexpr, SCORE_PIPE: gl.constexpr):
     """Grid (B * G * head_splits * chunks,): program p covers local heads h0 + [0, HP) of (b, g) over slots
     [chunk * chunk_len, +chunk_len) (chunk slowest); part_*: (B, H, num_splits = 2 * chunks[, RV]) fp32.
     lat_desc / val_desc: TMA descriptors of the key / value latents (B, S, G * rank[_v]), boxes
@@ -529,10 +578,12 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
     gl.warp_specialize([
         (_consume, (lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
                     rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
-                    split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
+                    split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, 0, 0, False, 1, ROWS_PER_TILE,
+                    SCORE_PIPE)),
         (_consume, (lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
                     rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
-                    split0, hi, 1, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
+                    split0, hi, 1, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, 0, 0, False, 1, ROWS_PER_TILE,
+                    SCORE_PIPE)),
         (_producer, (lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
                      rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
                      split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
@@ -583,7 +634,7 @@ def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, p
         lat_desc, val_desc, rows_desc, positions, positions.stride(0), kv_start, inv_freq, *parts,
         num_heads, 2 * chunks, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,
         HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
-        VST=sp_value_stages(rank_v), THREAD_L=SP_THREAD_L,
+        VST=sp_value_stages(rank_v), THREAD_L=SP_THREAD_L, ROWS_PER_TILE=SP_ROWS_PER_TILE, SCORE_PIPE=SP_SCORE_PIPE,
         num_warps=4, maxnreg=SP_MAXNREG,
     )
     return parts

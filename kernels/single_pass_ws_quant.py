@@ -82,6 +82,10 @@ SPQ_REG_VALUE_WORD_STAGES = 1
 # us at 4K (H200, 4 bits, one call; kernels/NOTES.md, fifteenth session). The fp16 kernel measured 2% slower with
 # it (fourteenth session), so only this kernel builds them per tile.
 SPQ_ROWS_PER_TILE = gl.constexpr(True)
+# The fp16 kernel's SP_SCORE_PIPE for these consumers. Off: with it the 4-bit kernel measured 219.7 vs 213.1 us at
+# 64K and 1788.6 vs 1662.5 us at B=8 x 64K (64-row score wgmmas; with 128 rows 337.5 us at 64K: 198 local loads per
+# consumer in the offline build, against 10 and 1). H200, one call, one process each; nineteenth session.
+SPQ_SCORE_PIPE = False
 # The dequant warps unpack each value box in this many parts of BLOCK_S / parts slots: half a box's codes live in
 # their 40 or 56 registers at a time (local loads in the offline build's dequant partition: 2 bits 147 -> 84, 0
 # with 56 registers; 4 bits 27 -> 0). 220.7 vs 232.1 us at 64K, 1700.4 vs 1797.5 us at B=8 x 64K, 4 bits; 2 bits
@@ -311,7 +315,7 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
                                  KWS: gl.constexpr, VWS: gl.constexpr, BITS: gl.constexpr, QG: gl.constexpr,
                                  HAS_ZERO: gl.constexpr, THREAD_L: gl.constexpr, K_STEP: gl.constexpr,
                                  V_STEP: gl.constexpr, REG_KEYS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                                 DEQUANT_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+                                 DEQUANT_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, SCORE_PIPE: gl.constexpr):
     """Grid and partials as :func:`kernels.single_pass_ws._ws_single_pass_kernel`. kw_desc / vw_desc: TMA
     descriptors of the key / value codes (B, S, G * rank[_v] / VPW) int32, boxes (1, BLOCK_S, rank / VPW) /
     (1, BLOCK_S, VB / VPW); ks/kz_desc, vs/vz_desc: of the scales / zero-points (B, S, G * rank[_v] / QG),
@@ -366,11 +370,11 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
         (_consume, (ks, kz, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty, rows_bar, b,
                     rows_row0, k_sub, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs, split0, hi, 0,
                     BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, REG_KEYS, QG, HAS_ZERO, K_STEP,
-                    SPQ_ROWS_PER_TILE)),
+                    SPQ_ROWS_PER_TILE, SCORE_PIPE)),
         (_consume, (ks, kz, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty, rows_bar, b,
                     rows_row0, k_sub, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs, split0, hi, 1,
                     BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, REG_KEYS, QG, HAS_ZERO, K_STEP,
-                    SPQ_ROWS_PER_TILE)),
+                    SPQ_ROWS_PER_TILE, SCORE_PIPE)),
         (_dequant, (kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbufs, kready, kempty, vready,
                     vempty, g, rank, rank_v, n_blocks, RV, BLOCK_S, KST, VST, KWS, VWS, BITS, QG, HAS_ZERO, K_STEP,
                     V_STEP, REG_KEYS)),
@@ -423,6 +427,6 @@ def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torc
         VST=sp_value_stages(rank_v), KWS=kws, VWS=vws, BITS=bits, QG=qg,
         HAS_ZERO=has_zero, THREAD_L=SP_THREAD_L, K_STEP=_scale_step(rank, qg), V_STEP=_scale_step(rank_v, qg),
         REG_KEYS=bits if spq_reg_keys(bits) else 0, CONSUMER_REGS=consumer_regs, DEQUANT_REGS=dequant_regs,
-        PRODUCER_REGS=producer_regs, num_warps=4, maxnreg=SPQ_MAXNREG,
+        PRODUCER_REGS=producer_regs, SCORE_PIPE=SPQ_SCORE_PIPE, num_warps=4, maxnreg=SPQ_MAXNREG,
     )
     return parts

@@ -19,6 +19,8 @@ FOLD_SHAPES = [(128, 4, 128), (128, 1, 64), (128, 2, 256), (64, 4, 128), (64, 2,
                (16, 8, 16)]
 # The variants the GPU tests and benchmarks/fold_heads_sweep.py run (module constants), on the Llama shape
 VARIANTS = [("single_pass_ws", {"SP_THREAD_L": False}), ("single_pass_ws", {"SP_DOT_COLS": 256}),
+            ("single_pass_ws", {"SP_DOT_COLS": 128, "SP_SCORE_PIPE": False, "SP_ROWS_PER_TILE": False}),
+            ("single_pass_ws_quant", {"SPQ_SCORE_PIPE": True}),
             ("single_pass_ws", {"SP_KEY_STAGES": 4}), ("fold_scores_ws", {"WS_FOLD_COLS": 256}),
             ("fold_scores_ws", {"WS_EARLY_TRIG": False}), ("fold_scores_ws", {"WS_STAGES": 8, "WS_FOLD_COLS": 256}),
             ("single_pass_ws_quant", {"SPQ_REG_KEYS": False})]
@@ -115,11 +117,14 @@ def build_variant(kernel: str, constants: dict) -> dict:
 
     from kernels.offline_build import set_constant
 
-    module = importlib.import_module(f"kernels.{kernel}")
-    saved = {name: getattr(module, name) for name in constants}
+    def target(name: str) -> tuple:  # NAME of the kernel's module, or module.NAME of another kernels module
+        where, _, attr = name.rpartition(".")
+        return importlib.import_module(f"kernels.{where or kernel}"), attr
+
+    saved = {name: getattr(*target(name)) for name in constants}
     try:
         for name, value in constants.items():
-            set_constant(module, name, value)
+            set_constant(*target(name), value)
         if kernel == "single_pass_ws":
             out = build_single_pass(128, 4, 128, 384, torch.float16)
         elif kernel == "single_pass_ws_quant":
@@ -128,7 +133,7 @@ def build_variant(kernel: str, constants: dict) -> dict:
             out = build_fold(128, 4, 128, torch.float16)
     finally:
         for name, value in saved.items():
-            setattr(module, name, value)
+            setattr(*target(name), value)
     return {**out, "variant": constants}
 
 

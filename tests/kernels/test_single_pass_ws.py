@@ -49,12 +49,21 @@ def test_lazy_max_needs_the_split_softmax_layout(monkeypatch):
         sp.sp_launch(rows, 64, 4, 4, 3000, 132, None, lambda n: None)
 
 
-def test_heads_fill_whole_score_wgmmas():
-    # head_dim 64: 128 folded rows per wgmma, so three heads (192 rows) would leave a partial wgmma
+def test_heads_fill_whole_score_wgmmas(monkeypatch):
+    # 128 folded rows per wgmma, whole heads: at head_dim 64 three heads (192 rows) would leave a partial wgmma
+    monkeypatch.setattr(sp, "SP_DOT_COLS", 128)
+    monkeypatch.setattr(sp, "SP_SPLIT_HEADS", False)
     assert sp.sp_dot_cols(64) == 128 and sp.sp_dot_cols(256) == 256
     assert sp.sp_fold_heads(3, 64, 64, 128, 2) == 1
     assert sp.sp_fold_heads(2, 64, 64, 128, 2) == 2
     assert sp.sp_fold_heads(8, 64, 16, 64, 2) == 8
+    monkeypatch.setattr(sp, "SP_DOT_COLS", 64)
+    assert [sp.sp_dot_cols(d) for d in (16, 64, 128, 256)] == [64, 64, 128, 256]
+    monkeypatch.setattr(sp, "SP_SPLIT_HEADS", True)  # a part of a head per wgmma where 64 rows divide it
+    assert [sp.sp_dot_cols(d) for d in (16, 64, 128, 256)] == [64, 64, 64, 64]
+    assert sp.sp_fold_heads(3, 64, 64, 128, 2) == 3  # a head per wgmma
+    monkeypatch.setattr(sp, "SP_DOT_COLS", 96)
+    assert [sp.sp_dot_cols(d) for d in (64, 128)] == [96, 128]
 
 
 def test_chunks_fill_the_sms_or_follow_num_splits():
@@ -219,10 +228,14 @@ def test_gpu_single_pass_ws_launches(launch):
 
 @pytest.mark.gpu
 @hopper
-@pytest.mark.parametrize("variant", [dict(SP_THREAD_L=False), dict(SP_DOT_COLS=256)],
+@pytest.mark.parametrize("variant", [dict(SP_THREAD_L=False), dict(SP_DOT_COLS=256),
+                                     dict(SP_DOT_COLS=128, SP_SCORE_PIPE=False, SP_ROWS_PER_TILE=False),
+                                     dict(SP_SPLIT_HEADS=False)],
                          ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
 def test_gpu_single_pass_ws_variants(variant, monkeypatch):
-    """The measured variants: l summed across warps per tile, 256-row score wgmmas."""
+    """The measured variants: l summed across warps per tile, 256-row score wgmmas, the eighteenth session's
+    default (128-row score wgmmas each waited at once, their descriptors hoisted out of the loop), and whole heads
+    per score wgmma (128 rows at head_dim 128, both issued before the first is waited)."""
     for name, value in variant.items():
         monkeypatch.setattr(sp, name, value)
     for num_slots in (37, 4099):
