@@ -10,8 +10,8 @@ and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass
 "splits": the single-pass kernels' slot splits at short contexts; "fold_rows": rank columns per fold-rows program.
 Usage (CUDA machine, repo root):
   PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json \
-      [heads|tiles|value_cols|default|reconstruction|single_pass|ws|single_pass_ws|splits|fold_rows] [seq,batch,bits;...] \
-      [NAME=VALUE,...]
+      [heads|tiles|value_cols|default|reconstruction|single_pass|ws|single_pass_ws|splits|fold_rows] \
+      [seq,batch,bits;...] [NAME=VALUE,...]
 The last argument sets module constants (names as in VARIANT_SETS, e.g. sp.SP_CONSUMER_REGS=240) for the
 whole process before anything compiles: a Gluon kernel refuses a global that changes after its first
 build in a process ("Global variable changed"), so such variants need one process each.

@@ -35,8 +35,8 @@
 #              Triton cache of their own), in parallel under $VARIANT_TEST_S s (default 280)
 #   attention_int4  the module step with 4-bit latents only (the second line of "attention")
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
-#   tests_all  every GPU test, thirteen pytest processes in parallel (logs tests_*.log; $TESTS_ALL_S s each, default 540;
-#              with $VARIANT_CONSTS set, under those module constants as variant_tests)
+#   tests_all  every GPU test, thirteen pytest processes in parallel (logs tests_*.log; $TESTS_ALL_S s each, default
+#              540; with $VARIANT_CONSTS set, under those module constants as variant_tests)
 #   tests_single_pass  the GPU tests of both single-pass kernels, the backends agreeing (generate() too) and the
 #              named decode paths, eight processes at once ($TESTS_ALL_S s each, default 400; $VARIANT_CONSTS as
 #              tests_all)
@@ -229,8 +229,8 @@ variant_tests)
 smoke)
   run timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/kernels -k "gpu_shapes and 128-fp16 or autotuned" || exit 1
   ;;
-tests_all)  # all GPU tests as ten pytest processes at once (compilation is CPU-bound): 161 in ~250 s (H200, 16 cores,
-  # ninth session, seven processes; the single-pass kernel's and the named decode paths' are new since)
+tests_all)  # all GPU tests as thirteen pytest processes at once (compilation is CPU-bound): 161 in ~250 s (H200, 16
+  # cores, ninth session, seven processes; the single-pass kernels' and the named decode paths' are new since)
   gpu_pytest ${TESTS_ALL_S:-540}
   T="$P --durations=5"
   L=tests/kernels/test_latent_attention.py
@@ -254,7 +254,8 @@ tests_single_pass)  # the GPU tests of both single-pass kernels and of the paths
   T="$P --durations=5"
   $T tests/kernels/test_single_pass_ws.py > "$OUT/tests_sp_fp16.log" 2>&1 &
   quant_file_tests "$T" tests_sp_quant
-  $T tests/test_backends_agree.py -k "64-1" > "$OUT/tests_sp_backends_a.log" 2>&1 &  # (one process: > 330 s)
+  # the backend agreement in two processes: in one, 11 of its 17 tests ran in 330 s (nineteenth session)
+  $T tests/test_backends_agree.py -k "64-1" > "$OUT/tests_sp_backends_a.log" 2>&1 &
   $T tests/test_backends_agree.py -k "not 64-1 and not named_decode_path" > "$OUT/tests_sp_backends_b.log" 2>&1 &
   $T tests/test_backends_agree.py -k named_decode_path > "$OUT/tests_sp_backends_named.log" 2>&1 &
   wait

@@ -725,7 +725,8 @@ def latent_decode_attention(
 
 # Rank columns per fold-rows program (0: the whole padded rank). Its grid is one program per query head, 32
 # at the Llama shape and batch 1, which leaves most SMs idle: 3.5 of the 27.9 us of a 4K fp16 decode call (H200,
-# seventeenth session). A block of 32 gives four programs per head; not timed yet (gpu_kernels.sh sweep_fold_rows).
+# seventeenth session). A block of 32 gives four programs per head. Timed (gpu_kernels.sh sweep_fold_rows, nineteenth
+# session): 32 and 64 won at some shapes and lost at others (4K fp16 23.9 / 23.9 vs 23.7 us), so it stays off.
 FOLD_ROWS_RANK_BLOCK = 0
 FOLD_BLOCK_S = 64  # score kernel: slots per dot (wgmma M)
 FOLD_SMEM_BUDGET = 160 * 1024  # score kernel: folded matrices + latent stages (choose_fold_heads measured within it)

@@ -286,6 +286,13 @@ def _against_max(s_pad, m_i, m_new):
 
 
 @gluon.jit
+def _score_mma(tile, rows_smem, i, zero):
+    """The score wgmma of rows tile i, issued (not waited): tile (BLOCK_S, R) x the (R, N) view of rows_smem[i],
+    the B operand K-major in shared memory; zero (BLOCK_S, N) gives the accumulator's layout."""
+    return warpgroup_mma(tile, rows_smem.index(i).permute((1, 0)), zero, use_acc=False, is_async=True)
+
+
+@gluon.jit
 def _add_to_l(l_s, p, alpha, THREAD_L: gl.constexpr):
     """The denominator after a tile: l * alpha + the tile's p, kept per thread (BLOCK_S, NP) under THREAD_L, else
     summed over the slots (NP,)."""
@@ -404,8 +411,7 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
             kz = j >> 30  # 0 (j < 2^30), but opaque to the compiler: the descriptors are not loop invariants
         else:
             kz = 0
-        # (R, N) view of the k-th rows tile: the wgmma's B operand, K-major in shared memory
-        acc = warpgroup_mma(tile, rows_smem.index(kz).permute((1, 0)), zero, use_acc=False, is_async=True)
+        acc = _score_mma(tile, rows_smem, kz, zero)
         nstart = start + 2 * BLOCK_S  # the next tile's positions, a tile ahead
         pos_next = gl.load(pos_ptr + nstart + trig_slots, mask=nstart + trig_slots < hi, other=0)
         trigs = ()  # (cos, sin) per frequency part, under the first wgmma
@@ -413,8 +419,7 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
             trigs = trigs + (_cos_sin(pos.to(gl.float32)[:, None] * inv_freqs[f][None, :]),)
         for k in gl.static_range(NDOT):
             if SCORE_PIPE and k + 1 < NDOT:
-                acc_next = warpgroup_mma(tile, rows_smem.index(kz + k + 1).permute((1, 0)), zero, use_acc=False,
-                                         is_async=True)
+                acc_next = _score_mma(tile, rows_smem, kz + k + 1, zero)
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
             else:
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
@@ -435,13 +440,12 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
                 if SCORE_PIPE:
                     acc = acc_next
                 else:
-                    acc = warpgroup_mma(tile, rows_smem.index(kz + k + 1).permute((1, 0)), zero, use_acc=False,
-                                        is_async=True)
+                    acc = _score_mma(tile, rows_smem, kz + k + 1, zero)
         if CPH > 1:
             s_pad = gl.where(cols[None, :] < HP, s_pad, float("-inf"))
         s_pad = gl.where(valid[:, None], s_pad, float("-inf"))
         if SP_LAZY_MAX:
-            p = gl.exp2(s_pad - gl.where(m_i == float("-inf"), 0.0, m_i)[None, :])
+            p = _against_max(s_pad, m_i, m_i)[1]  # (its alpha, 1 here, is not used)
             p_buf.store(p.to(vbufs.dtype))
             m_buf.store(gl.max(gl.reshape(s_pad, (4, BLOCK_S // 4, NP)), axis=1))
             fence_async_shared()

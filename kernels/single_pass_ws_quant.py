@@ -80,7 +80,7 @@ SPQ_REG_VALUE_WORD_STAGES = 1
 # and spilled (208 vs 624 B of stack, 109 vs 277 local loads in the 4-bit offline build; ncu counted 6.2 M spill
 # requests in one 64K call without it): 233.9 vs 281.1 us at 64K, 1828.7 vs 2298.6 us at B=8 x 64K, 28.4 vs 33.3
 # us at 4K (H200, 4 bits, one call; kernels/NOTES.md, fifteenth session). The fp16 kernel measured 2% slower with
-# it (fourteenth session), so only this kernel builds them per tile.
+# it at 128 rows per score wgmma (fourteenth session); at 64 rows it builds them per tile too (SP_ROWS_PER_TILE).
 SPQ_ROWS_PER_TILE = gl.constexpr(True)
 # The fp16 kernel's SP_SCORE_PIPE for these consumers. Off: with it the 4-bit kernel measured 219.7 vs 213.1 us at
 # 64K and 1788.6 vs 1662.5 us at B=8 x 64K (64-row score wgmmas; with 128 rows 337.5 us at 64K: 198 local loads per

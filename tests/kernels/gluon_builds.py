@@ -117,14 +117,11 @@ def build_variant(kernel: str, constants: dict) -> dict:
 
     from kernels.offline_build import set_constant
 
-    def target(name: str) -> tuple:  # NAME of the kernel's module, or module.NAME of another kernels module
-        where, _, attr = name.rpartition(".")
-        return importlib.import_module(f"kernels.{where or kernel}"), attr
-
-    saved = {name: getattr(*target(name)) for name in constants}
+    module = importlib.import_module(f"kernels.{kernel}")
+    saved = {name: getattr(module, name) for name in constants}
     try:
         for name, value in constants.items():
-            set_constant(*target(name), value)
+            set_constant(module, name, value)
         if kernel == "single_pass_ws":
             out = build_single_pass(128, 4, 128, 384, torch.float16)
         elif kernel == "single_pass_ws_quant":
@@ -133,7 +130,7 @@ def build_variant(kernel: str, constants: dict) -> dict:
             out = build_fold(128, 4, 128, torch.float16)
     finally:
         for name, value in saved.items():
-            setattr(*target(name), value)
+            setattr(module, name, value)
     return {**out, "variant": constants}
 
 
