@@ -21,6 +21,8 @@
 #   quant_gpu  the quantized kernel's GPU tests (its file in four processes, the quantized auto-path tests, the
 #              backends agreeing), then run_latency_kernel.py per width in $QUANT_BITS (default "4 2": B=1 at 4K, 64K,
 #              256K; B=8 at 64K) (sixteenth session)
+#   clocks     benchmarks/clock_probe.py (SDPA, then the fused kernel, 3 s each back to back, 64K at B=1 and 8) with
+#              nvidia-smi sampling SM clock, power and throttle reasons every 100 ms ($OUT/clocks.csv)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
 #              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
@@ -126,6 +128,14 @@ sweep_fold_rows)
   ;;
 sweep_tiles)
   run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/fold_tiles_sweep.json" tiles
+  ;;
+clocks)  # SM clock and power sampled every 100 ms while SDPA and the fused kernel run back to back (64K, B=1, 8)
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,clocks_event_reasons.active --format=csv \
+      -lms 100 > "$OUT/clocks.csv" &
+  SMI=$!
+  sleep 1
+  for b in 1 8; do run timeout 60 python3 benchmarks/clock_probe.py 65536 $b 3 | tee -a "$OUT/clock_probe.jsonl"; done
+  kill $SMI
   ;;
 profile)
   run timeout 240 python3 benchmarks/profile_step.py 4096 65536 --output_json "$OUT/profile_step_fp16.json"

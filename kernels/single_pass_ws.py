@@ -117,6 +117,15 @@ SP_SCORE_PIPE = True
 # loop, the eight 64-row tiles' descriptors go to the stack: 504 B and 126 local loads in the Llama build (sm_90,
 # offline), 96 B and 37 built per tile (264 B and 54 at the former default, 128 rows hoisted, no SP_SCORE_PIPE).
 SP_ROWS_PER_TILE = True
+# Tiles ahead of its loads whose key and value latents the producer asks L2 to fetch (a prefetch.global.L2 per
+# 128-byte line; 0: none). Tried because the rings hold about one tile and one box ahead of the consumers (the
+# folded rows take 128 KB of the 227 at the Llama shape); it made the kernel slower, the more so the farther ahead
+# (H200, 32 x 128 heads, ranks 128 / 384 per group of 4, one call, one process each: 0 tiles 179.7 and 179.9 us at
+# 64K, 1 tile 196.4, 2 217.2, 4 231.5; batch 8 1392.4 against 1463.2 / 1643.3 / 1864.7; kernels/NOTES.md,
+# twentieth session). ncu of the default had the consumers waiting on data in 5% of their samples: they are the
+# bound, not the loads in flight (and under the card's 700 W cap their clock: 1.46 GHz while this kernel runs
+# back to back, 1.88 GHz under SDPA).
+SP_L2_PREFETCH = 0
 
 
 def sp_value_box(rank_v: int) -> int:
@@ -241,17 +250,51 @@ def value_buffer_free(vempty, box, VST: gl.constexpr, NVB: gl.constexpr):
 
 
 @gluon.jit
+def l2_prefetch_rows(base, slot0, hi, row_stride, nbytes: gl.constexpr, BLOCK_S: gl.constexpr):
+    """Ask L2 for the nbytes at base + slot * row_stride (elements) of the BLOCK_S slots from slot0, those past
+    hi clamped to hi - 1 (one warp): a prefetch.global.L2 per 128-byte line at offsets min(128 i, nbytes - 1),
+    which also reach a row's last line when it does not start on one. (A cp.async.bulk.prefetch per row is a
+    warp-uniform instruction: the compiler loops it over the lanes' addresses, 309 us against 217 at 64K.)"""
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    NL: gl.constexpr = triton.next_power_of_2(triton.cdiv(nbytes, 128))
+    ELT: gl.constexpr = base.dtype.element_ty.primitive_bitwidth // 8
+    i = gl.arange(0, BLOCK_S * NL, layout=layout)
+    slots = gl.minimum(slot0 + i // NL, hi - 1)
+    offs = gl.minimum((i % NL) * 128, nbytes - 1) // ELT
+    gl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l",
+                              [base + slots.to(gl.int64) * row_stride + offs], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def l2_prefetch_tile(prefetch, t, lo, hi, BLOCK_S: gl.constexpr, KB: gl.constexpr, VB: gl.constexpr):
+    """L2 prefetch of tile t's key (KB bytes per slot) and value (VB) latents; prefetch = (key base, value base,
+    key slot stride, value slot stride), the bases at this program's batch row and group."""
+    k_base, v_base, k_ss, v_ss = prefetch
+    l2_prefetch_rows(k_base, lo + t * BLOCK_S, hi, k_ss, KB, BLOCK_S)
+    l2_prefetch_rows(v_base, lo + t * BLOCK_S, hi, v_ss, VB, BLOCK_S)
+
+
+@gluon.jit
 def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
               rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_ptr, kv_start, inv_freq_ptr, part_ptrs, split0,
               hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
-              KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr):
-    """One warp (the consumers' signature): the rows once; then per step j the key tile j (once tile j - KST
-    released it) and the value boxes of tile j - 1 (once box i - VST was released). Empty barriers start
-    released (parity 1). Keys run one tile ahead: a consumer needs them first."""
+              KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr, prefetch, PF: gl.constexpr):
+    """One warp (the consumers' signature, then the L2 prefetch's bases and distance PF): the rows once; then per
+    step j tile j + PF into L2 (SP_L2_PREFETCH), the key tile j (once tile j - KST released it) and the value
+    boxes of tile j - 1 (once box i - VST was released). Empty barriers start released (parity 1). Keys run one
+    tile ahead: a consumer needs them first."""
     VB: gl.constexpr = val_desc.block_type.shape[2]
     NVB: gl.constexpr = RV // VB
+    KBYTES: gl.constexpr = lat_desc.block_type.nbytes // BLOCK_S
+    VBYTES: gl.constexpr = RV * (val_desc.dtype.primitive_bitwidth // 8)
+    if PF > 0:  # tiles 1 .. PF - 1 (tile 0 is loaded at once)
+        for t in range(1, gl.minimum(PF, n_blocks)):
+            l2_prefetch_tile(prefetch, t, lo, hi, BLOCK_S, KBYTES, VBYTES)
     load_rows(rows_desc, rows_smem, rows_bar, rows_row0, HP, HALF)
     for j in range(n_blocks + 1):
+        if PF > 0:
+            if j + PF < n_blocks:
+                l2_prefetch_tile(prefetch, j + PF, lo, hi, BLOCK_S, KBYTES, VBYTES)
         if j < n_blocks:
             s = j % KST
             mbarrier.wait(kempty.index(s), ((j // KST) & 1) ^ 1)
@@ -553,14 +596,15 @@ def p_buffers(dtype: gl.constexpr, BLOCK_S: gl.constexpr):
 @gluon.jit
 def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
                            part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, rank, rank_v, num_slots,
-                           num_groups, batch_groups, chunk_len, head_splits,
-                           HG: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
+                           num_groups, batch_groups, chunk_len, head_splits, lat_ptr, lat_sb, lat_ss, val_ptr, val_sb,
+                           val_ss, HG: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
                            BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr,
-                           ROWS_PER_TILE: gl.constexpr, SCORE_PIPE: gl.constexpr):
+                           ROWS_PER_TILE: gl.constexpr, SCORE_PIPE: gl.constexpr, PF: gl.constexpr):
     """Grid (B * G * head_splits * chunks,): program p covers local heads h0 + [0, HP) of (b, g) over slots
     [chunk * chunk_len, +chunk_len) (chunk slowest); part_*: (B, H, num_splits = 2 * chunks[, RV]) fp32.
     lat_desc / val_desc: TMA descriptors of the key / value latents (B, S, G * rank[_v]), boxes
-    (1, BLOCK_S, rank) / (1, BLOCK_S, VBOX); rows_desc: of the interleaved folded rows, box (DOT_COLS, rank)."""
+    (1, BLOCK_S, rank) / (1, BLOCK_S, VBOX); rows_desc: of the interleaved folded rows, box (DOT_COLS, rank).
+    lat_ptr / val_ptr with their batch and slot strides: the same latents, for the L2 prefetch of PF tiles ahead."""
     b, g, lo, hi, n_blocks, split0, kv_start, rows_row0, part_ptrs = sp_program(
         kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, num_slots, num_groups, batch_groups,
         chunk_len, head_splits, HG, HP, HALF, RV, BLOCK_S)
@@ -577,6 +621,7 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
     pos_base = pos_ptr + b.to(gl.int64) * pos_sb
     k_off = g * rank
     v_off = g * rank_v
+    prefetch = (lat_ptr + b.to(gl.int64) * lat_sb + k_off, val_ptr + b.to(gl.int64) * val_sb + v_off, lat_ss, val_ss)
     # The argument tuples are written out in the call: a tuple assigned to a name first turns its
     # constexprs into run-time scalars. All partitions share one signature; ROLE picks a consumer's tiles.
     gl.warp_specialize([
@@ -590,7 +635,7 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
                     SCORE_PIPE)),
         (_producer, (lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
                      rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
-                     split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L)),
+                     split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, prefetch, PF)),
     ], [4, 1], [SP_CONSUMER_REGS, SP_PRODUCER_REGS])
 
 
@@ -637,8 +682,9 @@ def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, p
     _ws_single_pass_kernel[(bgs * head_splits * chunks,)](
         lat_desc, val_desc, rows_desc, positions, positions.stride(0), kv_start, inv_freq, *parts,
         num_heads, 2 * chunks, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,
+        k_fp, k_fp.stride(0), k_fp.stride(1), v_fp, v_fp.stride(0), v_fp.stride(1),
         HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
         VST=sp_value_stages(rank_v), THREAD_L=SP_THREAD_L, ROWS_PER_TILE=SP_ROWS_PER_TILE, SCORE_PIPE=SP_SCORE_PIPE,
-        num_warps=4, maxnreg=SP_MAXNREG,
+        PF=SP_L2_PREFETCH, num_warps=4, maxnreg=SP_MAXNREG,
     )
     return parts

@@ -21,7 +21,8 @@ FOLD_SHAPES = [(128, 4, 128), (128, 1, 64), (128, 2, 256), (64, 4, 128), (64, 2,
 VARIANTS = [("single_pass_ws", {"SP_THREAD_L": False}), ("single_pass_ws", {"SP_DOT_COLS": 256}),
             ("single_pass_ws", {"SP_DOT_COLS": 128, "SP_SCORE_PIPE": False, "SP_ROWS_PER_TILE": False}),
             ("single_pass_ws_quant", {"SPQ_SCORE_PIPE": True}),
-            ("single_pass_ws", {"SP_KEY_STAGES": 4}), ("fold_scores_ws", {"WS_FOLD_COLS": 256}),
+            ("single_pass_ws", {"SP_KEY_STAGES": 4}), ("single_pass_ws", {"SP_L2_PREFETCH": 2}),
+            ("fold_scores_ws", {"WS_FOLD_COLS": 256}),
             ("fold_scores_ws", {"WS_EARLY_TRIG": False}), ("fold_scores_ws", {"WS_STAGES": 8, "WS_FOLD_COLS": 256}),
             ("single_pass_ws_quant", {"SPQ_REG_KEYS": False})]
 # The quantized single-pass kernel: (head_dim, heads per group, key rank, value rank, bits, sym, quant group), the

@@ -121,7 +121,10 @@ class _TorchStandIn:
     def __getitem__(self, grid):
         def run(lat_desc, val_desc, rows_desc, positions, pos_sb, kv_start, inv_freq, part_m, part_l, part_acc,
                 num_heads, num_splits, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,
-                HG, HP, HALF, RV, BLOCK_S, **_):
+                lat_ptr, lat_sb, lat_ss, val_ptr, val_sb, val_ss, HG, HP, HALF, RV, BLOCK_S, **_):
+            # the L2 prefetch's pointers and strides are those of the latents the descriptors load
+            assert lat_ptr is lat_desc.base and val_ptr is val_desc.base
+            assert (lat_sb, lat_ss, val_sb, val_ss) == (*lat_ptr.stride()[:2], *val_ptr.stride()[:2])
             k, v = lat_desc.base.float(), val_desc.base.float()
             rows = rows_desc.base.float().view(k.shape[0], num_groups, HG, HALF, 2, rank)
             assert rows_desc.block_shape == [min(sp.sp_dot_cols(2 * HALF), HP * 2 * HALF), rank]
@@ -230,12 +233,13 @@ def test_gpu_single_pass_ws_launches(launch):
 @hopper
 @pytest.mark.parametrize("variant", [dict(SP_THREAD_L=False), dict(SP_DOT_COLS=256),
                                      dict(SP_DOT_COLS=128, SP_SCORE_PIPE=False, SP_ROWS_PER_TILE=False),
-                                     dict(SP_SPLIT_HEADS=False)],
+                                     dict(SP_SPLIT_HEADS=False), dict(SP_L2_PREFETCH=2)],
                          ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
 def test_gpu_single_pass_ws_variants(variant, monkeypatch):
     """The measured variants: l summed across warps per tile, 256-row score wgmmas, the eighteenth session's
-    default (128-row score wgmmas each waited at once, their descriptors hoisted out of the loop), and whole heads
-    per score wgmma (128 rows at head_dim 128, both issued before the first is waited)."""
+    default (128-row score wgmmas each waited at once, their descriptors hoisted out of the loop), whole heads
+    per score wgmma (128 rows at head_dim 128, both issued before the first is waited), and the producer's L2
+    prefetch two tiles ahead (4099 slots: its last tiles clamped to the program's end)."""
     for name, value in variant.items():
         monkeypatch.setattr(sp, name, value)
     for num_slots in (37, 4099):
