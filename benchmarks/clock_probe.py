@@ -1,7 +1,7 @@
 """SM clock and power while a decode call runs back to back: SDPA on full K/V, then the fused latent kernel.
 
 ncu times one fused call in isolation (158.6 us at 64K on an H200, twentieth session) while the CUDA-graph
-benchmark, which replays hundreds of calls back to back, measures about 180 us; SDPA moves the same way much less.
+benchmark, which replays hundreds of calls back to back, measures about 180 us, while SDPA barely moves.
 This prints per phase the wall-clock interval, the median call time and the calls run, so that the samples of
 ``nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_event_reasons.active --format=csv -lms 100``
 taken beside it can be cut by phase (benchmarks/gpu_kernels.sh clocks does both).
@@ -42,13 +42,18 @@ def sustain(fn, seconds: float) -> dict:
 
 
 def main() -> int:
+    if not 2 <= len(sys.argv) <= 4:
+        sys.exit(__doc__)
+    if not torch.cuda.is_available():
+        sys.exit("clock_probe.py needs a CUDA GPU (it times kernels and samples the GPU's clock)")
     seq_len = int(sys.argv[1])
     batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 3.0
     dev = torch.device("cuda")
     cfg = KernelBenchConfig(total_rank=1024, total_rank_v=3072, batch_size=batch, target_seq_lens=(seq_len,))
-    q = torch.randn(batch, 32, 1, 128, dtype=torch.float16, device=dev)
-    k, v = (torch.randn(batch, 32, seq_len, 128, dtype=torch.float16, device=dev) for _ in range(2))
+    H, D, dt = cfg.num_heads, cfg.head_dim, cfg.torch_dtype  # the Llama-2-7B shape of run_latency_kernel.py
+    q = torch.randn(batch, H, 1, D, dtype=dt, device=dev)
+    k, v = (torch.randn(batch, H, seq_len, D, dtype=dt, device=dev) for _ in range(2))
     out = {"seq_len": seq_len, "batch": batch}
     out["sdpa"] = sustain(lambda: F.scaled_dot_product_attention(q, k, v), seconds)
     del k, v

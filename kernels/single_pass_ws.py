@@ -596,15 +596,15 @@ def p_buffers(dtype: gl.constexpr, BLOCK_S: gl.constexpr):
 @gluon.jit
 def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
                            part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, rank, rank_v, num_slots,
-                           num_groups, batch_groups, chunk_len, head_splits, lat_ptr, lat_sb, lat_ss, val_ptr, val_sb,
-                           val_ss, HG: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
+                           num_groups, batch_groups, chunk_len, head_splits, lat_ptr, val_ptr,
+                           HG: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
                            BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr,
                            ROWS_PER_TILE: gl.constexpr, SCORE_PIPE: gl.constexpr, PF: gl.constexpr):
     """Grid (B * G * head_splits * chunks,): program p covers local heads h0 + [0, HP) of (b, g) over slots
     [chunk * chunk_len, +chunk_len) (chunk slowest); part_*: (B, H, num_splits = 2 * chunks[, RV]) fp32.
     lat_desc / val_desc: TMA descriptors of the key / value latents (B, S, G * rank[_v]), boxes
     (1, BLOCK_S, rank) / (1, BLOCK_S, VBOX); rows_desc: of the interleaved folded rows, box (DOT_COLS, rank).
-    lat_ptr / val_ptr with their batch and slot strides: the same latents, for the L2 prefetch of PF tiles ahead."""
+    lat_ptr / val_ptr: the same latents' data (strides from the descriptors), for the L2 prefetch of PF tiles ahead."""
     b, g, lo, hi, n_blocks, split0, kv_start, rows_row0, part_ptrs = sp_program(
         kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, num_slots, num_groups, batch_groups,
         chunk_len, head_splits, HG, HP, HALF, RV, BLOCK_S)
@@ -621,7 +621,8 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
     pos_base = pos_ptr + b.to(gl.int64) * pos_sb
     k_off = g * rank
     v_off = g * rank_v
-    prefetch = (lat_ptr + b.to(gl.int64) * lat_sb + k_off, val_ptr + b.to(gl.int64) * val_sb + v_off, lat_ss, val_ss)
+    prefetch = (lat_ptr + b.to(gl.int64) * lat_desc.strides[0] + k_off,
+                val_ptr + b.to(gl.int64) * val_desc.strides[0] + v_off, lat_desc.strides[1], val_desc.strides[1])
     # The argument tuples are written out in the call: a tuple assigned to a name first turns its
     # constexprs into run-time scalars. All partitions share one signature; ROLE picks a consumer's tiles.
     gl.warp_specialize([
@@ -682,7 +683,7 @@ def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, p
     _ws_single_pass_kernel[(bgs * head_splits * chunks,)](
         lat_desc, val_desc, rows_desc, positions, positions.stride(0), kv_start, inv_freq, *parts,
         num_heads, 2 * chunks, rank, rank_v, num_slots, num_groups, bgs, chunk_len, head_splits,
-        k_fp, k_fp.stride(0), k_fp.stride(1), v_fp, v_fp.stride(0), v_fp.stride(1),
+        k_fp, v_fp,
         HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
         VST=sp_value_stages(rank_v), THREAD_L=SP_THREAD_L, ROWS_PER_TILE=SP_ROWS_PER_TILE, SCORE_PIPE=SP_SCORE_PIPE,
         PF=SP_L2_PREFETCH, num_warps=4, maxnreg=SP_MAXNREG,

@@ -114,8 +114,8 @@ class _QuantStandIn:
                                                      else None, bits=BITS, quant_group_size=QG),
                                           w.base.shape[2] * (32 // BITS))
                     for w, sc, z in ((kw_desc, ks_desc, kz_desc), (vw_desc, vs_desc, vz_desc)))
-            prefetch = (k, *k.stride()[:2], v, *v.stride()[:2])  # the fp16 kernel's L2 prefetch arguments
-            fp_run(SimpleNamespace(base=k), SimpleNamespace(base=v), rows_desc, *rest, *prefetch, **kw)
+            # k, v again: the fp16 kernel's L2 prefetch pointers
+            fp_run(SimpleNamespace(base=k), SimpleNamespace(base=v), rows_desc, *rest, k, v, **kw)
         return run
 
 
