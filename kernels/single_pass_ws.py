@@ -62,9 +62,11 @@ SP_SMEM_LIMIT = 232448  # sm_90's largest shared memory per block (227 KB)
 # sp_shared_bytes leaves out the compiler's alignment of the buffers: 296 B for the Llama shape (232048 B
 # compiled against 231752 estimated), so programs are kept this much under the limit.
 SP_SMEM_MARGIN = 512
-# Registers per thread of the second consumer; the first gets 3 * 168 - 248 - 24 = 232. 248 measured 1.4-2.4%
-# faster than 232 in six same-call pairs at 64K, B=1 and 8 (240 like 232, 224 slower; twelfth session).
-SP_CONSUMER_REGS = gl.constexpr(248)
+# Registers per thread of the second consumer; the first gets 3 * 168 - SP_CONSUMER_REGS - 24. 248 (232 for the
+# first) measured 1.4-2.4% faster than 232 in six same-call pairs at 64K, B=1 and 8 (240 like 232, 224 slower;
+# twelfth session). With SP_ROPE_CHAIN = 2, 240 for both: the Llama build (sm_90, offline) then keeps its
+# consumer loops nearly free of spills (1 local load per tile each, against 13 and 7 at 232 / 248).
+SP_CONSUMER_REGS = gl.constexpr(240)
 SP_PRODUCER_REGS = gl.constexpr(24)
 SP_MAXNREG = 168
 # Whether method="auto" (and "single_pass" without warp_specialized) takes this kernel where it applies. It
@@ -126,6 +128,14 @@ SP_ROWS_PER_TILE = True
 # bound, not the loads in flight (and under the card's 700 W cap their clock: 1.46 GHz while this kernel runs
 # back to back, 1.88 GHz under SDPA).
 SP_L2_PREFETCH = 0
+# A head's RoPE products summed per thread as SP_ROPE_CHAIN chains of FMAs over its frequencies (cos term, sin
+# term, next frequency...; _rope_chain), then added, instead of products then a tree of FADDs (0): per (slot, head
+# part) and thread 2 FMUL + 14 FFMA + 1 FADD against 8 FMUL, 8 FFMA and 7 FADD at 32 frequencies (a quad's lanes
+# hold a quarter of them each; their sums meet by shuffles either way). The Llama build's consumer loops: 1094 /
+# 1089 instructions per tile against 1224 / 1206 (sm_90, offline, with SP_CONSUMER_REGS 240). One chain (fewer
+# ops still) kept too few independent FMAs for the scheduler, which then held more accumulators live and spilled
+# (43 local loads per tile). The twenty-first session's measurements: kernels/NOTES.md.
+SP_ROPE_CHAIN = gl.constexpr(2)
 
 
 def sp_value_box(rank_v: int) -> int:
@@ -346,6 +356,56 @@ def _add_to_l(l_s, p, alpha, THREAD_L: gl.constexpr):
 
 
 @gluon.jit
+def _unstack(x, N: gl.constexpr):
+    """The N (a power of 2) slices x[..., i] of a rank-4 x (A, B, C, N) whose last dim each thread holds in
+    registers, as a tuple (in bit-reversed order of i: the order of a sum over them is free)."""
+    A: gl.constexpr = x.shape[0]
+    B: gl.constexpr = x.shape[1]
+    C: gl.constexpr = x.shape[2]
+    parts = (x,)
+    for lvl in gl.static_range(N.bit_length() - 1):
+        halves = ()
+        for i in gl.static_range(1 << lvl):
+            lo, hi = gl.split(gl.reshape(parts[i], (A, B, C, N >> (lvl + 1), 2)))
+            halves = halves + (lo, hi)
+        parts = halves
+    out = ()
+    for i in gl.static_range(N):
+        out = out + (gl.reshape(parts[i], (A, B, C)),)
+    return out
+
+
+@gluon.jit
+def _rope_chain(acc, c, sn, HD: gl.constexpr, FC: gl.constexpr, NCH: gl.constexpr):
+    """(BLOCK_S, HD) sums over f of acc[:, h, f, 0] * c[:, f] + acc[:, h, f, 1] * sn[:, f] for acc (BLOCK_S, HD *
+    FC * 2) in the wgmma accumulator's layout (columns 8 i + 2 q + {0, 1} at lane q of a quad) and c, sn
+    (BLOCK_S, FC): NCH FMA chains per thread over its FC / 4 frequencies f = 4 i + q (FC a power of two >= 8, as
+    fold_keys_unsupported admits: head_dim / 2 and its parts), added, then a sum over q."""
+    BLOCK_S: gl.constexpr = acc.shape[0]
+    G: gl.constexpr = FC // 4
+    NC: gl.constexpr = NCH if NCH < G else G
+    y = gl.permute(gl.reshape(acc, (BLOCK_S, HD, G, 4, 2)), (0, 1, 3, 2, 4))  # (slot, head, q, i, cos|sin)
+    yc, ys = gl.split(y)
+    ycs = _unstack(yc, G)
+    yss = _unstack(ys, G)
+    tl: gl.constexpr = gl.SliceLayout(1, ycs[0].type.layout)  # (slot, q)
+    cs = _unstack(gl.reshape(gl.permute(gl.reshape(c, (BLOCK_S, G, 4)), (0, 2, 1)), (BLOCK_S, 1, 4, G)), G)
+    ss = _unstack(gl.reshape(gl.permute(gl.reshape(sn, (BLOCK_S, G, 4)), (0, 2, 1)), (BLOCK_S, 1, 4, G)), G)
+    chains = ()  # NC independent chains (frequency groups i = r mod NC): latency to hide for the scheduler
+    for r in gl.static_range(NC):
+        t = ycs[r] * gl.convert_layout(gl.reshape(cs[r], (BLOCK_S, 4)), tl)[:, None, :]
+        t = gl.fma(yss[r], gl.convert_layout(gl.reshape(ss[r], (BLOCK_S, 4)), tl)[:, None, :], t)
+        for i in gl.static_range(r + NC, G, NC):
+            t = gl.fma(ycs[i], gl.convert_layout(gl.reshape(cs[i], (BLOCK_S, 4)), tl)[:, None, :], t)
+            t = gl.fma(yss[i], gl.convert_layout(gl.reshape(ss[i], (BLOCK_S, 4)), tl)[:, None, :], t)
+        chains = chains + (t,)
+    total = chains[0]
+    for r in gl.static_range(1, NC):
+        total = total + chains[r]
+    return gl.sum(total, axis=2)
+
+
+@gluon.jit
 def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
              rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_ptr, kv_start, inv_freq_ptr, part_ptrs, split0,
              hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
@@ -469,8 +529,11 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
             if k == NDOT - 1 and not KEY_CODES:
                 mbarrier.arrive(kempty.index(sk), count=1)  # the key tile is read
             c, sn = trigs[k % CPH]
-            yc, ys = gl.split(gl.reshape(acc, (BLOCK_S, HD, FC, 2)))
-            sc = gl.sum(yc * c[:, None, :] + ys * sn[:, None, :], axis=2)  # (BLOCK_S, HD), log2 units
+            if SP_ROPE_CHAIN:
+                sc = gl.convert_layout(_rope_chain(acc, c, sn, HD, FC, SP_ROPE_CHAIN), score_l)  # (the same elements per thread)
+            else:
+                yc, ys = gl.split(gl.reshape(acc, (BLOCK_S, HD, FC, 2)))
+                sc = gl.sum(yc * c[:, None, :] + ys * sn[:, None, :], axis=2)  # (BLOCK_S, HD), log2 units
             for h in gl.static_range(HD):
                 s_h = gl.convert_layout(gl.sum(gl.where(heads[None, :] == h, sc, 0.0), axis=1),
                                         gl.SliceLayout(1, pad_l))  # the same rows per thread: no data moves

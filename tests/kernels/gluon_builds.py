@@ -22,6 +22,7 @@ VARIANTS = [("single_pass_ws", {"SP_THREAD_L": False}), ("single_pass_ws", {"SP_
             ("single_pass_ws", {"SP_DOT_COLS": 128, "SP_SCORE_PIPE": False, "SP_ROWS_PER_TILE": False}),
             ("single_pass_ws_quant", {"SPQ_SCORE_PIPE": True}),
             ("single_pass_ws", {"SP_KEY_STAGES": 4}), ("single_pass_ws", {"SP_L2_PREFETCH": 2}),
+            ("single_pass_ws", {"SP_ROPE_CHAIN": 0, "SP_CONSUMER_REGS": 248}),
             ("fold_scores_ws", {"WS_FOLD_COLS": 256}),
             ("fold_scores_ws", {"WS_EARLY_TRIG": False}), ("fold_scores_ws", {"WS_STAGES": 8, "WS_FOLD_COLS": 256}),
             ("single_pass_ws_quant", {"SPQ_REG_KEYS": False})]

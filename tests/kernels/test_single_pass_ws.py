@@ -217,6 +217,40 @@ def test_gpu_single_pass_ws_options(change):
     check(dataclasses.replace(LLAMA, **change), torch.device("cuda"), method="single_pass", warp_specialized=True)
 
 
+def _stored_positions(kind: str, batch: int, num_slots: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, S) int32 positions that are not one run per row: a jump of 1000 inside a tile ("jump"), runs of 50
+    with gaps ("runs"), a repeated position ("repeat"), counting down ("down"), or any ("random")."""
+    s = torch.arange(num_slots, dtype=torch.int32)
+    if kind == "jump":
+        row = s + 1000 * (s >= 2 * 128 + 37).int()
+    elif kind == "runs":
+        row = s + 7 * (s // 50)
+    elif kind == "repeat":
+        row = torch.where(s == 300, s - 1, s)
+    elif kind == "down":
+        row = num_slots - s
+    else:
+        row = torch.randint(0, 300000, (num_slots,), generator=gen, dtype=torch.int32)
+    return (row[None] + torch.randint(0, 5000, (batch, 1), generator=gen, dtype=torch.int32)).contiguous()
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("kind", ["jump", "runs", "repeat", "down", "random"])
+def test_gpu_single_pass_ws_stored_positions(kind):
+    """Whatever positions a cache stored: the cos/sin rotated from two tiles before (SP_TRIG_ROTATE) must fall
+    back to fresh ones wherever a slot is not 2 * BLOCK_S positions past the slot two tiles before it."""
+    case = dataclasses.replace(LLAMA, num_slots=1500)
+    inputs = make_inputs(case, torch.device("cuda"))
+    gen = torch.Generator().manual_seed(3)
+    inputs["positions"] = _stored_positions(kind, case.batch, case.num_slots, gen).cuda()
+    ref = latent_decode_attention_ref(**inputs)
+    out = latent_decode_attention(**inputs, method="single_pass", warp_specialized=True)
+    assert torch.isfinite(out).all()
+    err, tol = rel_error(out, ref), tolerance(case.dtype, torch.device("cuda"))
+    assert err < tol, f"relative error {err:.2e} >= {tol:.0e} with {kind} positions"
+
+
 @pytest.mark.gpu
 @hopper
 @pytest.mark.parametrize("launch", [dict(fold_heads=1), dict(fold_heads=2), dict(num_splits=3),
