@@ -5,6 +5,9 @@ Attention scope (Llama-2-7B shape, one decode step, CUDA events, median of --rep
     python run_latency_attention.py --prompt_len 65536 --rank_k 1024 --rank_v 3072 --group_size 4 --palu
 Model scope (whole-model decoding with a pre-filled cache; tokens/s and peak memory):
     python run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --find_max_batch
+Run-to-run spread: --rounds 5 repeats the comparison with a fresh model and cache each time and prints each round's
+speed-up with their median / min / max. Each run's "host" time is what Python spent enqueueing a step: close to the
+step's time, the step is bound by the host (eager decoding of the whole model is), not by the GPU.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import sys
 import torch
 
 from palu import cli
-from palu.bench.latency import LatencyConfig, attention_decode, max_batch, model_decode
+from palu.bench.latency import LatencyConfig, attention_decode, max_batch, model_decode, run_rounds, speedup_summary
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--find_max_batch", action="store_true", help="model scope: largest batch that fits at each prompt_len")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the whole comparison this many times (fresh model and cache each, every other round "
+                        "Palu first) and report each round's speed-up with their median / min / max")
     p.add_argument("--device", default="cuda")
     p.add_argument("--output_json", default=None)
     return p.parse_args(argv)
@@ -59,44 +65,67 @@ def main(argv=None) -> int:
                              cuda_graph=args.cuda_graph, warmup=args.warmup, reps=args.reps, device=args.device)
     except ValueError as err:
         cli.fail(str(err))
+    if args.rounds < 1:
+        cli.fail(f"--rounds must be >= 1, got {args.rounds}")
+    if args.rounds > 1 and not args.palu:
+        cli.fail("--rounds compares Palu with the baseline: add --palu")
     rows = []
     for prompt_len in args.prompt_len:
         for batch in args.batch_size:
             cfg = dataclasses.replace(base, prompt_len=prompt_len, batch_size=batch)
-            runs = _runs(cfg, args)
-            rows.append({"prompt_len": prompt_len, "batch_size": batch, "runs": runs})
-            print(_line(rows[-1], args.scope), flush=True)
+            rounds = run_rounds(_runs(cfg, args), args.rounds)
+            row = {"prompt_len": prompt_len, "batch_size": batch, "runs": rounds[0]}
+            if args.palu:
+                row["speedup"] = speedup_summary(rounds, _key(args.scope))
+            if args.rounds > 1:
+                row["rounds"] = rounds
+            rows.append(row)
+            for runs in rounds:
+                print(_line({**row, "runs": runs}, args.scope), flush=True)
+            if args.rounds > 1:
+                s = row["speedup"]
+                print(f"  speed-up over {args.rounds} rounds: median {s['median']:.2f}x, min {s['min']:.2f}x, "
+                      f"max {s['max']:.2f}x", flush=True)
         if args.find_max_batch and args.scope == "model":
             rows.append({"prompt_len": prompt_len, "max_batch": [max_batch(dataclasses.replace(base, prompt_len=prompt_len), p)
                                                                  for p in ([False, True] if args.palu else [False])]})
             print(rows[-1], flush=True)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    out = {"argv": sys.argv, "config": dataclasses.asdict(base), "scope": args.scope, "device": device, "rows": rows}
+    config = {**dataclasses.asdict(base), "prompt_len": args.prompt_len, "batch_size": args.batch_size,
+              "rounds": args.rounds}
+    out = {"argv": sys.argv, "config": config, "scope": args.scope, "device": device, "rows": rows}
     if args.output_json:
         cli.write_json_atomic(args.output_json, out)
     return 0
 
 
-def _runs(cfg: LatencyConfig, args) -> list[dict]:
+def _runs(cfg: LatencyConfig, args) -> list:
+    """The timings of one round, baseline first, as zero-argument callables (run_rounds orders them)."""
     if args.scope == "attention":
-        runs = [attention_decode(cfg, False, "static")]
+        runs = [lambda: attention_decode(cfg, False, "static")]
         if not args.cuda_graph:
-            runs.append(attention_decode(cfg, False, "dynamic"))
+            runs.append(lambda: attention_decode(cfg, False, "dynamic"))
         if args.palu:
-            runs.append(attention_decode(cfg, True))
+            runs.append(lambda: attention_decode(cfg, True))
     else:
-        runs = [model_decode(cfg, False, "dynamic")]
+        runs = [lambda: model_decode(cfg, False, "dynamic")]
         if args.palu:
-            runs.append(model_decode(cfg, True))
+            runs.append(lambda: model_decode(cfg, True))
     return runs
 
 
+def _key(scope: str) -> str:
+    return "time_ms" if scope == "attention" else "time_per_token_ms"
+
+
 def _line(row: dict, scope: str) -> str:
-    key = "time_ms" if scope == "attention" else "time_per_token_ms"
+    key = _key(scope)
     parts = [f"len {row['prompt_len']} batch {row['batch_size']}:"]
     base = row["runs"][0][key]
     for r in row["runs"]:
-        parts.append(f"{r['cache']} {r[key]:.3f} ms (x{base / r[key]:.2f}, cache {r['cache_bytes'] / 2**20:.0f} MiB)")
+        host = r["timing"]["host_median_ms"]
+        parts.append(f"{r['cache']} {r[key]:.3f} ms (x{base / r[key]:.2f}, host {host:.3f} ms, "
+                     f"cache {r['cache_bytes'] / 2**20:.0f} MiB)")
     return " | ".join(parts)
 
 

@@ -3,7 +3,8 @@
 #   OUT=<dir> bash benchmarks/gpu_kernels.sh <part>...
 #   kernel     run_latency_kernel.py: B=1 at 4K-256K, B=8 at 64K, 4-bit at 64K (fp16, 32x128, 50% ranks)
 #   attention  run_latency_attention.py, one module, CUDA graph and eager, 4K/16K/64K, B=1/8, fp16 and 4-bit
-#   model      whole 32-layer model at 32K: B=1/2 fp16 latents, and the largest batch with 4-bit latents
+#   model      whole 32-layer model at 32K: B=1/2 fp16 latents (5 rounds, --rounds), and the largest batch with 4-bit
+#              latents
 #   sweep      benchmarks/fold_heads_sweep.py: fold heads per program / warps vs reconstruction, per shape
 #   sweep_tiles  the same script: latent tiles in flight and slots per tile of the default fold program
 #   sweep_cols   the same script: value channels per value-kernel program (quantized and fp latents)
@@ -159,8 +160,10 @@ attention)
   attention_int4
   ;;
 model)
-  run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --reps 10 --warmup 2 \
-      --output_json "$OUT/model_fp16.json"
+  # five rounds, each with a fresh model and cache and every other one Palu first: one run's median moved more between
+  # calls than the kernels changed it (nineteenth session: the baseline 83 and 106 ms per token at batch 1)
+  run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --reps 20 --warmup 3 \
+      --rounds 5 --output_json "$OUT/model_fp16.json"
   maxbatch_int4
   ;;
 single_pass)

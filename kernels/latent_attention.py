@@ -221,7 +221,9 @@ def _softmax_v_item(
         tl.store(acc_rows + v_idx2[None, :], acc2, mask=row_mask[:, None] & (v_idx2 < rv_max)[None, :])
 
 
-@triton.jit
+# The slot counts (and the scores' strides, (H * S, S)) change every decode step. Not specialized, one build serves
+# every step; the sm_90 builds are the same instructions either way (kernels/NOTES.md, twenty-second session).
+@triton.jit(do_not_specialize=["scores_sb", "scores_sh", "num_quantized", "num_slots", "num_splits"])
 def _softmax_v_split_kernel(
     scores_ptr, scores_sb, scores_sh,
     v_fp_ptr, v_fp_sb, v_fp_ss, v_codes_ptr, v_codes_sb, v_codes_ss,
@@ -256,7 +258,7 @@ _softmax_v_split_tuned = triton.autotune(
 )(_softmax_v_split_kernel)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])  # changes as the cache grows: one build for every step
 def _merge_splits_kernel(
     part_m_ptr, part_l_ptr, part_acc_ptr, out_ptr, num_splits, rv_max,
     SPLITS_PAD: tl.constexpr, BLOCK_RV: tl.constexpr,

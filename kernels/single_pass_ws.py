@@ -136,6 +136,15 @@ SP_L2_PREFETCH = 0
 # ops still) kept too few independent FMAs for the scheduler, which then held more accumulators live and spilled
 # (43 local loads per tile). The twenty-first session's measurements: kernels/NOTES.md.
 SP_ROPE_CHAIN = gl.constexpr(2)
+# Arguments of the single-pass kernels that change from one decode step to the next (the cache grows by a slot,
+# its chunks by one now and then; in quantized decoding the full-precision window's positions start one slot later
+# each step). Triton would specialize a build on each integer's divisibility by 16 (and on a value of 1) and on each
+# pointer's 16-byte alignment, so one generate() call built the kernel again whenever these changed: three builds in
+# 40 steps from 1000 slots (offline, sm_90; ~2.5 s each on a 2-core CPU). Not specialized, every step reuses one
+# build. num_slots bounds the tiles' position loads (masks), which a multiple of 16 let the compiler widen: the sm_90
+# Llama build has the same instructions either way but for those loads (kernels/NOTES.md, twenty-second session).
+DECODE_STEP_ARGS = ["num_splits", "num_slots"]
+DECODE_STEP_PTRS = ["pos_ptr"]
 
 
 def sp_value_box(rank_v: int) -> int:
@@ -656,7 +665,7 @@ def p_buffers(dtype: gl.constexpr, BLOCK_S: gl.constexpr):
         return p_smem, p_smem
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=DECODE_STEP_ARGS, do_not_specialize_on_alignment=DECODE_STEP_PTRS)
 def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_start_ptr, inv_freq_ptr,
                            part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, rank, rank_v, num_slots,
                            num_groups, batch_groups, chunk_len, head_splits, lat_ptr, val_ptr,

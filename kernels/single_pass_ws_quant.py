@@ -53,10 +53,10 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from .fold_scores_ws import (fold_shape_unsupported, hopper_unsupported, latent_dtype_unsupported,
                              load_rows, mbarriers, rows_buffers, tma_aligned)
-from .single_pass_ws import (SP_BLOCK_S, SP_KEY_STAGES, SP_SMEM_LIMIT, SP_THREAD_L, _consume, p_buffers,
-                             pick_fold_heads, single_pass_ws_unsupported, sp_launch, sp_program, sp_shape_unsupported,
-                             sp_shared_bytes, sp_value_box, sp_value_stages, value_buffer_free,
-                             value_empty_barriers)
+from .single_pass_ws import (DECODE_STEP_ARGS, DECODE_STEP_PTRS, SP_BLOCK_S, SP_KEY_STAGES, SP_SMEM_LIMIT,
+                             SP_THREAD_L, _consume, p_buffers, pick_fold_heads, single_pass_ws_unsupported, sp_launch,
+                             sp_program, sp_shape_unsupported, sp_shared_bytes, sp_value_box, sp_value_stages,
+                             value_buffer_free, value_empty_barriers)
 from .word_unpack import SPQ_SCALE_ALIGN, _scale_start, _unpack_chunk
 
 SPQ_BITS = (2, 4, 8)
@@ -306,7 +306,7 @@ def _word_producer(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_de
                      lo + j * BLOCK_S, g * (rank_v // VPW), vs_col, NVB, HAS_ZERO)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=DECODE_STEP_ARGS, do_not_specialize_on_alignment=DECODE_STEP_PTRS)
 def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, pos_ptr, pos_sb,
                                  kv_start_ptr, inv_freq_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads,
                                  num_splits, rank, rank_v, num_slots, num_groups, batch_groups, chunk_len, head_splits,

@@ -53,3 +53,31 @@ def test_static_step_matches_the_palu_module(bits):
         want = _module_step(attn, rotary, x, prefix, n)
         got = static_step_body(attn, cache, x, rotary, cfg, palu=True)()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_rounds_alternate_order_and_keep_baseline_first():
+    from palu.bench.latency import run_rounds, speedup_summary
+
+    calls = []
+
+    def run(name, ms):
+        def fn():
+            calls.append(name)
+            return {"name": name, "time_ms": ms[len([c for c in calls if c == name]) - 1]}
+        return fn
+
+    rounds = run_rounds([run("base", [2.0, 3.0, 2.0]), run("palu", [1.0, 1.0, 2.0])], 3)
+    assert calls == ["base", "palu", "palu", "base", "base", "palu"]  # every other round Palu first
+    assert [[r["name"] for r in runs] for runs in rounds] == [["base", "palu"]] * 3
+    s = speedup_summary(rounds, "time_ms")
+    assert s["per_round"] == [2.0, 3.0, 1.0] and (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        run_rounds([run("base", [1.0])], 0)
+
+
+def test_time_fn_reports_spread_and_host_time():
+    from palu.bench.timing import time_fn
+
+    t = time_fn(lambda: sum(range(20000)), warmup=1, reps=9, device="cpu")
+    assert t["min_ms"] <= t["p10_ms"] <= t["median_ms"] <= t["p90_ms"] <= t["max_ms"]
+    assert t["host_median_ms"] == t["median_ms"] and t["reps"] == 9  # on the CPU the host time is the time

@@ -153,10 +153,12 @@ def test_latency_script_smoke_on_cpu(tmp_path):
         "--device", "cpu", "--scope", "model", "--prompt_len", "40", "--batch_size", "2", "--palu", "--num_heads", "4",
         "--num_kv_heads", "2", "--head_dim", "16", "--hidden_size", "64", "--rank_k", "16", "--rank_v", "24",
         "--group_size", "1", "--num_layers", "2", "--lt_bits", "4", "--lt_group_size", "8", "--reps", "2", "--warmup", "1",
-        "--output_json", str(out)])
+        "--rounds", "2", "--output_json", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())["rows"]
     base, palu_run = rows[0]["runs"]
+    assert len(rows[0]["rounds"]) == 2 and len(rows[0]["speedup"]["per_round"]) == 2
+    assert rows[0]["rounds"][0] == rows[0]["runs"]
     # 62.5% of K+V dims at 4 bits + fp16 scale/zero per 8 (= 8 bits/element) + positions: about a third
     assert palu_run["cache_bytes"] < base["cache_bytes"] * 0.36
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional
+import statistics
+from typing import Any, Callable, Optional
 
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
@@ -275,6 +276,29 @@ def _write_last_slot(store, latent: torch.Tensor) -> None:
         return
     zero = store.zero.view()[:, -1:] if store.zero.length else None
     quantize_into_views(latent, store.quant, store.codes.view()[:, -1:], store.scale.view()[:, -1:], zero)
+
+
+def run_rounds(runs: list[Callable[[], dict]], rounds: int) -> list[list[dict]]:
+    """Each of ``runs`` (zero-argument timings, baseline first) once per round, ``rounds`` times; every other round
+    in reverse order, so that neither side always runs right after the other (a warm clock, a full allocator pool).
+    Returns the rounds' results, each in the order of ``runs``."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    out = []
+    for r in range(rounds):
+        order = range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))
+        results = {i: runs[i]() for i in order}
+        out.append([results[i] for i in range(len(runs))])
+    return out
+
+
+def speedup_summary(rounds: list[list[dict]], key: str) -> dict[str, Any]:
+    """Speed-up of Palu (each round's last run) over the baseline (its first run) per round, and the median, min and
+    max over rounds: with a fresh model and cache in every round, their spread is the run-to-run noise that one
+    run's median cannot show."""
+    per_round = [runs[0][key] / runs[-1][key] for runs in rounds]
+    return {"per_round": per_round, "median": statistics.median(per_round), "min": min(per_round),
+            "max": max(per_round)}
 
 
 @torch.no_grad()

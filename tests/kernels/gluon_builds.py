@@ -6,6 +6,7 @@ replaces Triton's driver for the whole process.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import torch
@@ -136,7 +137,78 @@ def build_variant(kernel: str, constants: dict) -> dict:
     return {**out, "variant": constants}
 
 
-def main() -> int:
+def decode_steps() -> dict:
+    """{phase: {kernel name: builds}} over simulated decode steps through the single-pass decode path (fold rows,
+    the Gluon kernel, the merge) at the Llama shape: fp16 latents from 1000 slots for 40 steps (slot counts that are
+    and are not multiples of 16, and one more chunk from 1025 slots), then 4-bit slots behind a 16-slot
+    full-precision window, the quantized part one slot longer each step (the window's positions start one slot later
+    each time); then the Triton value kernel and merge of the other paths over the same fp16 steps."""
+    from kernels.latent_attention import LatentView, _fold_values, _single_pass_decode_ws
+    from kernels.offline_build import compile_only
+
+    batch, groups, gs, head_dim, rank, rank_v, cap, window, bits, qg = 1, 8, 4, 128, 128, 384, 1200, 16, 4, 32
+    dt = torch.float16
+    q = torch.zeros(batch, groups * gs, head_dim, dtype=dt)
+    k_up = torch.zeros(groups, gs * head_dim, rank, dtype=dt)
+    k_off = torch.arange(groups + 1, dtype=torch.int32) * rank
+    kv_start, inv_freq = torch.zeros(batch, dtype=torch.int32), torch.zeros(head_dim // 2)
+    positions = torch.zeros(batch, cap, dtype=torch.int32)
+
+    def view(r: int, n_q: int, n_fp: int) -> LatentView:  # views into buffers of cap slots, as a PaluLatentLayer's
+        meta = torch.zeros(batch, cap, groups * r // qg, dtype=dt)[:, :n_q]
+        codes = torch.zeros(batch, cap, groups * r * bits // 32, dtype=torch.int32)[:, :n_q]
+        fp = torch.zeros(batch, cap, groups * r, dtype=dt)[:, :n_fp]
+        return LatentView(fp=fp, codes=codes if n_q else None, scale=meta if n_q else None,
+                          zero=meta.clone() if n_q else None, bits=bits, quant_group_size=qg)
+
+    phases = {"fp16": [(0, n) for n in range(1000, 1040)], "quantized": [(n, window) for n in range(1000, 1020)]}
+    out = {}
+    for phase, steps in phases.items():
+        with compile_only(90) as built:
+            for n_q, n_fp in steps:
+                _single_pass_decode_ws(q, view(rank, n_q, n_fp), view(rank_v, n_q, n_fp), k_up, k_off,
+                                       positions[:, : n_q + n_fp], kv_start, inv_freq, 1.0, 0.1, gs, rank, rank_v,
+                                       132, None, None, dt)
+        out[phase] = _builds_per_kernel(built)
+    # The Triton value kernel and the merge (GQA and the shapes outside the Gluon kernels' scope): their scores'
+    # strides follow the slot count too. A fixed block and split count: no autotuning (it would time the kernels).
+    v_off = torch.arange(groups + 1, dtype=torch.int32) * rank_v
+    with compile_only(90) as built:
+        for n in range(1000, 1040):
+            scores = torch.zeros(batch, groups * gs, n)
+            _fold_values(q, scores, view(rank_v, 0, n), v_off, v_off.tolist(), kv_start, groups, gs, 132, False, 64, 8,
+                         None, dt)
+    out["triton_values"] = _builds_per_kernel(built)
+    return out
+
+
+def _builds_per_kernel(built: list) -> dict:
+    """{kernel name: distinct builds} of the kernels compile_only collected."""
+    seen: dict = {}
+    for kernel in built:
+        seen.setdefault(kernel.metadata.name, set()).add(kernel.hash)
+    return {name: len(hashes) for name, hashes in seen.items()}
+
+
+def own_process(kernel: str, constants: dict) -> bool:
+    """Whether a variant sets a Gluon ``gl.constexpr`` global: a kernel reads those at compile time and Triton
+    refuses to launch (or build) it again in a process where the global has changed, so such a variant is built
+    in a process of its own."""
+    import importlib
+
+    module = importlib.import_module(f"kernels.{kernel}")
+    return any(type(getattr(module, name)).__name__ == "constexpr" for name in constants)
+
+
+def main(argv: list[str]) -> int:
+    """No arguments: every shape, the variants that can share the process, then each other variant in a child
+    process (``gluon_builds.py variant N``, N an index into VARIANTS); ``decode``: :func:`decode_steps`."""
+    if argv[:1] == ["decode"]:
+        print(json.dumps(decode_steps()), flush=True)
+        return 0
+    if argv[:1] == ["variant"]:
+        print(json.dumps(build_variant(*VARIANTS[int(argv[1])])), flush=True)
+        return 0
     for dtype in (torch.float16, torch.bfloat16):
         for shape in SINGLE_PASS_SHAPES:
             print(json.dumps(build_single_pass(*shape, dtype)), flush=True)
@@ -145,10 +217,16 @@ def main() -> int:
         for shape in QUANT_SHAPES:
             if dtype == torch.float16 or shape[4] <= 4:
                 print(json.dumps(build_single_pass_quant(*shape, dtype)), flush=True)
-    for kernel, constants in VARIANTS:
-        print(json.dumps(build_variant(kernel, constants)), flush=True)
+    alone = []
+    for i, (kernel, constants) in enumerate(VARIANTS):
+        if own_process(kernel, constants):
+            alone.append(i)
+        else:
+            print(json.dumps(build_variant(kernel, constants)), flush=True)
+    for i in alone:
+        subprocess.run([sys.executable, __file__, "variant", str(i)], check=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -18,15 +18,32 @@ from . import gluon_builds
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def builds(tmp_path_factory) -> list[dict]:
+def _run_builds(tmp_path_factory, *args: str) -> list[dict]:
+    """The JSON lines of ``gluon_builds.py *args`` in a process of its own, with an empty Triton cache."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter never compiles
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))  # really build, not a cached build
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(Path(gluon_builds.__file__))], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, str(Path(gluon_builds.__file__)), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory) -> list[dict]:
+    return _run_builds(tmp_path_factory)
+
+
+def test_decode_steps_reuse_one_build(tmp_path_factory):
+    """As the cache grows during decoding (slot counts on and off multiples of 16, one more chunk, the fp window's
+    positions one slot later each step), every kernel of the decode path is built once: a build per specialization
+    of those arguments took seconds in the middle of a generate() call (three builds of the fp16 kernel in 40
+    steps before DECODE_STEP_ARGS)."""
+    (per_phase,) = _run_builds(tmp_path_factory, "decode")
+    assert per_phase["fp16"] == {"_fold_rows_kernel": 1, "_ws_single_pass_kernel": 1, "_merge_splits_kernel": 1}
+    assert per_phase["quantized"] == {"_fold_rows_kernel": 1, "_ws_single_pass_quant_kernel": 1,
+                                      "_ws_single_pass_kernel": 1, "_merge_splits_kernel": 1}
+    assert per_phase["triton_values"] == {"_softmax_v_split_kernel": 1, "_merge_splits_kernel": 1}
 
 
 def test_every_shape_builds(builds):
