@@ -5,6 +5,8 @@ Attention scope (Llama-2-7B shape, one decode step, CUDA events, median of --rep
     python run_latency_attention.py --prompt_len 65536 --rank_k 1024 --rank_v 3072 --group_size 4 --palu
 Model scope (whole-model decoding with a pre-filled cache; tokens/s and peak memory):
     python run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --find_max_batch
+Whole model without the host: --scope model --cuda_graph replays every layer's step in one CUDA graph (baseline
+over a static cache), so the time per token is the GPU's work alone, as in a serving engine that graphs its decode.
 Run-to-run spread: --rounds 5 repeats the comparison with a fresh model and cache each time and prints each round's
 speed-up with their median / min / max. Each run's "host" time is what Python spent enqueueing a step: close to the
 step's time, the step is bound by the host (eager decoding of the whole model is), not by the GPU.
@@ -32,7 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--palu", action="store_true", help="also time Palu (without it only the baseline runs)")
     p.add_argument("--lt_bits", type=int, default=16, choices=[2, 3, 4, 8, 16], help="latent bits (16 = fp latents)")
     p.add_argument("--lt_group_size", type=int, default=32)
-    p.add_argument("--cuda_graph", action="store_true", help="attention scope: replay the decode step (over a fixed cache, rewriting its last slot) in a CUDA graph")
+    p.add_argument("--cuda_graph", action="store_true", help="replay the decode step (over a fixed cache, rewriting its last slot) in a CUDA graph: one module "
+                        "(attention scope) or every layer of the model (model scope; the baseline then uses a static "
+                        "cache instead of a DynamicCache)")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     cli.add_fused_kernel_arg(p)
     p.add_argument("--num_layers", type=int, default=32, help="model scope: decoder layers")

@@ -3,8 +3,9 @@
 #   OUT=<dir> bash benchmarks/gpu_kernels.sh <part>...
 #   kernel     run_latency_kernel.py: B=1 at 4K-256K, B=8 at 64K, 4-bit at 64K (fp16, 32x128, 50% ranks)
 #   attention  run_latency_attention.py, one module, CUDA graph and eager, 4K/16K/64K, B=1/8, fp16 and 4-bit
-#   model      whole 32-layer model at 32K: B=1/2 fp16 latents (5 rounds, --rounds), and the largest batch with 4-bit
-#              latents
+#   model      whole 32-layer model at 32K: B=1/2 fp16 latents (5 rounds, --rounds), the same in one CUDA graph per
+#              step (model_graph: fp16 3 rounds, 4-bit), and the largest batch with 4-bit latents
+#   model_graph  only the CUDA-graph part of "model"
 #   sweep      benchmarks/fold_heads_sweep.py: fold heads per program / warps vs reconstruction, per shape
 #   sweep_tiles  the same script: latent tiles in flight and slots per tile of the default fold program
 #   sweep_cols   the same script: value channels per value-kernel program (quantized and fp latents)
@@ -71,6 +72,12 @@ attention_int4() {  # [time limit in s]
   run ${1:+timeout $1} python3 run_latency_attention.py --prompt_len 4096 65536 --batch_size 1 8 --palu --lt_bits 4 \
       --cuda_graph --reps 50 --output_json "$OUT/attention_int4_cudagraph.json"
 }
+model_graph() {  # the whole model with every layer's step in one CUDA graph (the host out of the measure), 32K
+  run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --cuda_graph --reps 20 \
+      --warmup 3 --rounds 3 --output_json "$OUT/model_fp16_cudagraph.json"
+  run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --lt_bits 4 --cuda_graph \
+      --reps 20 --warmup 3 --output_json "$OUT/model_int4_cudagraph.json"
+}
 maxbatch_int4() {
   run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 --palu --lt_bits 4 --reps 3 \
       --warmup 1 --find_max_batch --output_json "$OUT/model_int4_maxbatch.json"
@@ -101,6 +108,9 @@ kernel)
   run $K --target_seq_lens 4096 16384 65536 262144 --batch_size 1 --output_json "$OUT/b1_fp16.json"
   run $K --target_seq_lens 65536 --batch_size 8 --output_json "$OUT/b8_fp16.json"
   run $K --target_seq_lens 16384 65536 --batch_size 1 --bits 4 --output_json "$OUT/b1_4bit.json"
+  ;;
+model_graph)
+  model_graph
   ;;
 maxbatch)
   maxbatch_int4
@@ -164,6 +174,7 @@ model)
   # calls than the kernels changed it (nineteenth session: the baseline 83 and 106 ms per token at batch 1)
   run python3 run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --reps 20 --warmup 3 \
       --rounds 5 --output_json "$OUT/model_fp16.json"
+  model_graph
   maxbatch_int4
   ;;
 single_pass)

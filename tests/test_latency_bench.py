@@ -41,18 +41,50 @@ def test_static_step_matches_the_palu_module(bits):
     _, attn, rotary, cache, x = attention_setup(cfg, palu=True)
     layer, n = cache.layers[0], cfg.prompt_len - 1
     prefix = PaluCache()
-    short = latent_layer_for(prefix, 0, attn.quant)
-    for store, dst in ((layer.k, short.k), (layer.v, short.v)):  # the same first n slots, as stored
+    _copy_prefix(layer, latent_layer_for(prefix, 0, attn.quant), n, x)
+    with torch.no_grad():
+        want = _module_step(attn, rotary, x, prefix, n)
+        got = static_step_body(attn, cache, x, rotary, cfg, palu=True)()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _copy_prefix(layer, short, n: int, x) -> None:
+    """Give the Palu cache layer ``short`` the first n slots of ``layer``, as stored."""
+    for store, dst in ((layer.k, short.k), (layer.v, short.v)):
         for part, other in zip(store.parts(), dst.parts()):
             if part.length:
                 other.append(part.view()[:, :n].clone())
     short.positions.append(layer.positions.view()[:, :n].clone())
     short.lazy_initialization(x, x)
     short.kv_start = layer.kv_start
+
+
+@pytest.mark.parametrize("palu,bits", [(False, 16), (True, 16), (True, 4)])
+def test_static_model_step_matches_model_forward(palu, bits):
+    """The whole-model step that --scope model --cuda_graph replays (every layer's static step composed by hand)
+    gives the logits of model.forward appending the same token to a cache of the first prompt_len - 1 slots."""
+    from palu.bench.latency import build_model, filled_baseline_cache, filled_palu_cache
+    from palu.bench.model_step import static_model_step
+
+    cfg = dataclasses.replace(CFG, num_layers=2, batch_size=2, lt_bits=bits, lt_group_size=16)
+    torch.manual_seed(0)
+    model = build_model(cfg, palu=palu)
+    extra = 3  # spare slots past prompt_len, as in a timed run: the step must use only the first prompt_len
+    cache = filled_palu_cache(model, cfg, extra) if palu else filled_baseline_cache(cfg, 2, "static", extra)
+    n = cfg.prompt_len - 1
+    x = torch.zeros(cfg.batch_size, 1, cfg.hidden_size)
+    prefix = PaluCache() if palu else DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        if palu:
+            _copy_prefix(layer, latent_layer_for(prefix, i, model.model.layers[i].self_attn.quant), n, x)
+        else:
+            prefix.update(layer.keys[:, :, :n].clone(), layer.values[:, :, :n].clone(), i)
+    token = torch.randint(0, 32000, (cfg.batch_size, 1))
     with torch.no_grad():
-        want = _module_step(attn, rotary, x, prefix, n)
-        got = static_step_body(attn, cache, x, rotary, cfg, palu=True)()
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        want = model(token, position_ids=torch.full((cfg.batch_size, 1), n), past_key_values=prefix).logits
+        got = static_model_step(model, cache, token, cfg, palu)()
+    assert got.shape == (cfg.batch_size, 1, 32000)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_rounds_alternate_order_and_keep_baseline_first():

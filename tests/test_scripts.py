@@ -180,3 +180,12 @@ def test_kv_budget_records_bits_and_eval_applies_them(workspace):
     assert _script("run_ppl_eval").main(["--model_name_or_path", str(out), "--datasets", str(workspace / "calib.txt"),
                                          "--seqlen", "32", "--n_samples", "2", "--output_json", str(res_path)]) == 0
     assert json.loads(res_path.read_text())["config"]["latent_quant"] == saved
+
+
+def test_latency_cuda_graph_without_cuda_fails_before_work(tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    with pytest.raises(SystemExit) as exc:
+        _script("run_latency_attention").main(["--device", "cpu", "--scope", "model", "--cuda_graph", "--palu",
+                                               "--output_json", str(out)])
+    assert "--cuda_graph needs a CUDA device" in str(exc.value.code) + capsys.readouterr().err
+    assert not out.exists()

@@ -55,6 +55,8 @@ class LatencyConfig:
         why = fused_kernel_flags_problem(self.fused_kernel, self.backend, self.device)
         if why:
             raise ValueError(why)
+        if self.cuda_graph and not str(self.device).startswith("cuda"):
+            raise ValueError(f"--cuda_graph needs a CUDA device, got --device {self.device}: drop --cuda_graph")
         n_groups = self.num_kv_heads // self.group_size
         if self.num_kv_heads % self.group_size:
             raise ValueError(f"group_size {self.group_size} must divide num_kv_heads {self.num_kv_heads}")
@@ -166,16 +168,29 @@ def _decode_step(model, cache: Cache, cfg: LatencyConfig, start: int):
 
 @torch.no_grad()
 def model_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "dynamic", num_layers: Optional[int] = None) -> dict[str, Any]:
-    """Time whole-model decoding at prompt_len with a pre-filled cache; report tokens/s and peak memory."""
+    """Time whole-model decoding at prompt_len with a pre-filled cache; report tokens/s and peak memory.
+
+    Eager (default): ``model.forward`` appending one token per call, as ``generate()`` runs it. With
+    ``cfg.cuda_graph``: every layer's step in one CUDA graph over a fixed cache (the baseline's is then a static
+    cache: a DynamicCache grows by concatenation, which a graph cannot replay), see :mod:`.model_step`.
+    """
+    from .model_step import static_model_step  # (it imports this module)
+
+    if cfg.cuda_graph and not palu:
+        cache_kind = "static"
     model = build_model(cfg, num_layers, palu)
     n_layers = model.config.num_hidden_layers
     peak_memory_reset(cfg.device)
     extra = cfg.decode_slots
     cache = filled_palu_cache(model, cfg, extra) if palu else filled_baseline_cache(cfg, n_layers, cache_kind, extra)
-    step = _decode_step(model, cache, cfg, cfg.prompt_len)
+    if cfg.cuda_graph:
+        token = torch.randint(0, model.config.vocab_size, (cfg.batch_size, 1), device=cfg.device)
+        step = graph_replay(static_model_step(model, cache, token, cfg, palu), cfg.device)
+    else:
+        step = _decode_step(model, cache, cfg, cfg.prompt_len)
     timing = time_fn(step, cfg.warmup, cfg.reps, cfg.device)
     out = {
-        "palu": palu, "cache": "palu_latent" if palu else cache_kind, "layers": n_layers,
+        "palu": palu, "cache": "palu_latent" if palu else cache_kind, "layers": n_layers, "cuda_graph": cfg.cuda_graph,
         "time_per_token_ms": timing["median_ms"], "tokens_per_s": cfg.batch_size * 1e3 / timing["median_ms"],
         "cache_bytes": cache_nbytes(cache), "peak_memory_bytes": peak_memory_bytes(cfg.device), "timing": timing,
     }
@@ -215,33 +230,41 @@ def attention_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "static")
 
 
 def static_step_body(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bool):
-    """One decode step over a fixed cache, with static shapes (for CUDA graphs and profiling): all four
-    projections, RoPE, the new token's K/V (or latents) written into the cache's last slot and
-    attention over all slots. Returns a closure giving the module output (B, 1, d_model).
+    """One decode step of layer 0 over a fixed cache, with static shapes (for CUDA graphs and profiling): a
+    closure giving the module output (B, 1, d_model) for the fixed input ``x`` (B, 1, d_model); see
+    :func:`static_attention`."""
+    pos = torch.full((cfg.batch_size, 1), cfg.prompt_len - 1, device=cfg.device, dtype=torch.long)
+    cos, sin = rotary(x, pos)
+    attend = static_attention(attn, cache.layers[0], cos, sin, cfg, palu)
+    return lambda: attend(x)
+
+
+def static_attention(attn, layer, cos, sin, cfg: LatencyConfig, palu: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One attention module's decode step over its cache layer's fixed slots, as a function of its input
+    x (B, 1, d_model) -> output (B, 1, d_model): all four projections, RoPE (cos / sin of the step's
+    position, (B, 1, head_dim)), the new token's K/V (or latents) written into the layer's last slot and
+    attention over all prompt_len slots.
 
     Graphs need static shapes, so every replay rewrites the same slot instead of appending: the
     cache holds prompt_len slots, the last one standing for the new token (Palu: in the fp window,
     or quantized into the packed part when the window is empty, as in a real step).
     """
     b, hd = cfg.batch_size, cfg.head_dim
-    pos = torch.full((b, 1), cfg.prompt_len - 1, device=cfg.device, dtype=torch.long)
-    cos, sin = rotary(x, pos)
-    layer = cache.layers[0]
 
-    def query():
+    def query(x):
         return apply_rope(attn.q_proj(x).view(b, 1, cfg.num_heads, hd).transpose(1, 2), cos, sin)
 
     if palu:
-        def body():
-            q = query()
+        def body(x):
+            q = query(x)
             _write_last_slot(layer.k, attn.k_proj.down(x))
             _write_last_slot(layer.v, attn.v_proj.down(x))
             return attn._output(attn._triton_decode(q, layer))
     else:
         keys, values = layer.keys[:, :, : cfg.prompt_len], layer.values[:, :, : cfg.prompt_len]
 
-        def body():
-            q = query()
+        def body(x):
+            q = query(x)
             k = apply_rope(attn.k_proj(x).view(b, 1, cfg.num_kv_heads, hd).transpose(1, 2), cos, sin)
             keys[:, :, -1:].copy_(k)
             values[:, :, -1:].copy_(attn.v_proj(x).view(b, 1, cfg.num_kv_heads, hd).transpose(1, 2))
@@ -254,9 +277,14 @@ def static_step_body(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bo
 
 def graphed_step(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bool):
     """CUDA-graph replay of :func:`static_step_body`."""
-    if not str(cfg.device).startswith("cuda"):
+    return graph_replay(static_step_body(attn, cache, x, rotary, cfg, palu), cfg.device)
+
+
+def graph_replay(body: Callable[[], Any], device) -> Callable[[], None]:
+    """Capture ``body`` (static shapes, no host sync) in a CUDA graph after three warm-up calls on a side
+    stream (they build the Triton kernels and settle the allocator); returns the graph's replay."""
+    if not str(device).startswith("cuda"):
         raise ValueError("--cuda_graph needs a CUDA device")
-    body = static_step_body(attn, cache, x, rotary, cfg, palu)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -312,13 +340,14 @@ def max_batch(cfg: LatencyConfig, palu: bool, limit: int = 512) -> dict[str, Any
 
     def fits(batch: int) -> bool:
         try:
-            model_decode(dataclasses.replace(cfg, batch_size=batch, warmup=0, reps=1), palu)
+            model_decode(dataclasses.replace(cfg, batch_size=batch, warmup=0, reps=1, cuda_graph=False), palu)
             return True
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             return False
 
-    one = model_decode(dataclasses.replace(cfg, batch_size=1, warmup=0, reps=1), palu)
+    # eager: what fits is the cache and one step's temporaries, not a graph's private pool
+    one = model_decode(dataclasses.replace(cfg, batch_size=1, warmup=0, reps=1, cuda_graph=False), palu)
     total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     guess = max(1, min(limit, int((total - one["peak_memory_bytes"]) // max(one["cache_bytes"], 1)) + 1))
     batch = guess
