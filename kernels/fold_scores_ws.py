@@ -25,13 +25,15 @@ Gluon does not run in the interpreter: this kernel is tested on the GPU only.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+
+from .host_math import cdiv
 
 WS_BLOCK_S = 64  # slots per tile: the wgmma's M (one warpgroup: 4 warps x 16 rows)
 WS_STAGES = 4  # latent tiles in flight (16 KB each at R = 128; 5 and 6 measured no faster)
@@ -317,18 +319,25 @@ def ws_unsupported(q: torch.Tensor, k_fp, num_quantized: int, k_ranks: list, n_r
 
 def slot_chunks(num_slots: int, block_s: int, chunks: int) -> tuple[int, int]:
     """(chunk_len, chunks): the slot axis cut into at most ``chunks`` (>= 1) runs of whole tiles."""
-    blocks = triton.cdiv(num_slots, block_s)
+    blocks = cdiv(num_slots, block_s)
     chunks = max(1, min(blocks, chunks))
-    chunk_len = triton.cdiv(blocks, chunks) * block_s
-    return chunk_len, triton.cdiv(num_slots, chunk_len)
+    chunk_len = cdiv(blocks, chunks) * block_s
+    return chunk_len, cdiv(num_slots, chunk_len)
 
 
 def nvmma_desc(t: torch.Tensor, block: list):
     """TMA descriptor of fp16/bf16 ``t`` with boxes ``block`` in the default swizzled (NVMMA) layout."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    gdt = gl.float16 if t.dtype == torch.float16 else gl.bfloat16
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, gl.NVMMASharedLayout.get_default_for(block, gdt))
+    layout = nvmma_layout(tuple(block), t.dtype == torch.float16)
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+
+@functools.lru_cache(maxsize=None)
+def nvmma_layout(block: tuple, fp16: bool):
+    """The default NVMMA shared layout of fp16 (else bf16) boxes ``block``, built once per box: building one takes
+    Triton's constexpr machinery ~10 us of Python, three times per decode call (twenty-third session, host cost)."""
+    return gl.NVMMASharedLayout.get_default_for(list(block), gl.float16 if fp16 else gl.bfloat16)
 
 
 def ws_fold_scores(rows: torch.Tensor, k_fp: torch.Tensor, positions: torch.Tensor, kv_start: torch.Tensor,

@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .host_math import cdiv, next_pow2
 from ._autotune import prune_softmax_v_configs, softmax_v_configs
 from .rope_qk import load_latent_tile, online_softmax_step, quant_params, rope_qk_tuned, _rope_qk_kernel
 
@@ -292,12 +293,12 @@ def choose_num_splits(num_slots: int, units: int, num_sms: int, programs_per_sm:
 
     Runs on every decode call: it walks the ranges of split counts that need the same number of
     waves (the filling grows within a range), not every count up to MAX_SPLITS."""
-    max_splits = max(1, min(triton.cdiv(num_slots, MIN_SPLIT_LEN), MAX_SPLITS))
+    max_splits = max(1, min(cdiv(num_slots, MIN_SPLIT_LEN), MAX_SPLITS))
     cap = num_sms * programs_per_sm
-    fill = lambda n: units * n / (cap * triton.cdiv(units * n, cap))  # noqa: E731
+    fill = lambda n: units * n / (cap * cdiv(units * n, cap))  # noqa: E731
     best, best_fill, n = 1, -1.0, 1
     while n <= max_splits:
-        waves = triton.cdiv(units * n, cap)
+        waves = cdiv(units * n, cap)
         last = min(waves * cap // units, max_splits)  # the most splits that still need `waves` waves
         m = max(n, math.ceil(WAVE_EFFICIENCY * waves * cap / units) - 1)  # within one of the first that fills
         while m <= last and fill(m) < WAVE_EFFICIENCY:
@@ -313,10 +314,10 @@ def choose_num_splits(num_slots: int, units: int, num_sms: int, programs_per_sm:
 def _split_len(num_slots: int, num_splits: int, interpret: bool) -> tuple[int, int]:
     """(split_len, num_splits): splits of a multiple of MIN_SPLIT_LEN slots (any length in the
     interpreter, so that tests get several splits of small caches)."""
-    split_len = triton.cdiv(num_slots, num_splits)
+    split_len = cdiv(num_slots, num_splits)
     if not interpret:
-        split_len = triton.cdiv(split_len, MIN_SPLIT_LEN) * MIN_SPLIT_LEN
-    return split_len, triton.cdiv(num_slots, split_len)
+        split_len = cdiv(split_len, MIN_SPLIT_LEN) * MIN_SPLIT_LEN
+    return split_len, cdiv(num_slots, split_len)
 
 
 RECON_UNIT = 128  # slots per reconstruction program are a multiple of every autotuned BLOCK_S
@@ -331,7 +332,7 @@ def choose_slots_per_program(num_slots: int, programs_per_range: int, num_sms: i
     if block_s is not None:
         return 2 * block_s
     along = max(1, (4 * num_sms) // max(1, programs_per_range))
-    per = triton.cdiv(triton.cdiv(num_slots, along), RECON_UNIT) * RECON_UNIT
+    per = cdiv(cdiv(num_slots, along), RECON_UNIT) * RECON_UNIT
     return max(RECON_UNIT, min(per, MAX_RECON_SLOTS))
 
 
@@ -381,10 +382,10 @@ def _words_aligned(view: LatentView, offsets: list[int], tile_widths: list[int])
 
 def _split_value_columns(rv_max: int) -> tuple[int, int]:
     """Value columns as one or two power-of-two blocks (>= 16 each) covering rv_max with little padding."""
-    full = max(16, triton.next_power_of_2(rv_max))
+    full = max(16, next_pow2(rv_max))
     low = full // 2
     if low >= 16 and rv_max > low and full - rv_max >= full // 4:  # e.g. 384 -> 256 + 128, 160 -> 128 + 32
-        return low, max(16, triton.next_power_of_2(rv_max - low))
+        return low, max(16, next_pow2(rv_max - low))
     return full, 0
 
 
@@ -409,13 +410,13 @@ def _check_view(view: LatentView, name: str, batch: int, rank: int, dtype: torch
     if view.codes is not None and view.codes.shape[1] > 0:
         assert view.bits in SUPPORTED_BITS, f"{name}.bits must be one of {SUPPORTED_BITS}, got {view.bits}"
         codes, scale = view.codes, view.scale
-        words = triton.cdiv(rank, 32 // view.bits)
+        words = cdiv(rank, 32 // view.bits)
         assert codes.dtype == torch.int32 and codes.dim() == 3 and codes.shape[0] == batch, (
             f"{name}.codes must be (B, S_q, W) int32, got {tuple(codes.shape)} {codes.dtype}"
         )
         assert codes.shape[2] >= words and codes.stride(2) == 1, f"{name}.codes needs {words} contiguous words"
         assert scale is not None and scale.shape[:2] == codes.shape[:2], f"{name}.scale must be (B, S_q, n_groups)"
-        assert scale.shape[2] >= triton.cdiv(rank, view.quant_group_size) and scale.stride(2) == 1
+        assert scale.shape[2] >= cdiv(rank, view.quant_group_size) and scale.stride(2) == 1
         assert scale.dtype == dtype, f"{name}.scale dtype {scale.dtype} != q dtype {dtype}"
         if view.zero is not None:
             assert view.zero.shape == scale.shape and view.zero.dtype == dtype and view.zero.stride(2) == 1
@@ -423,7 +424,7 @@ def _check_view(view: LatentView, name: str, batch: int, rank: int, dtype: torch
 
 def _pad(n: int) -> int:
     """Power-of-two tile extent, at least 16 (tl.dot needs >= 16)."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_pow2(n))
 
 
 def _quant_consts(view: LatentView) -> dict:
@@ -447,7 +448,7 @@ def _choose_value_splits(num_slots: int, batch_groups: int, rv_max: int, value_c
     """choose_num_splits for the split value kernel: its programs per split (column blocks included)
     and per SM, as sm_90 builds of the benchmark shape use registers (4 warps): 384 channels in one
     program 209-247 registers (2 per SM), 128-channel blocks 122 (4)."""
-    col_programs = 1 if value_cols is None else triton.cdiv(rv_max, value_cols)
+    col_programs = 1 if value_cols is None else cdiv(rv_max, value_cols)
     per_sm = 2 if value_cols is None or value_cols > VALUE_COLS_BLOCK else 4
     return choose_num_splits(num_slots, batch_groups * col_programs, num_sms, per_sm)
 
@@ -486,7 +487,7 @@ def _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, co
     the ``fixed`` config (a dict with BLOCK_S, num_warps, num_stages) when given."""
     batch, num_heads, num_slots = scores.shape
     num_splits, rv_max = parts[2].shape[2], parts[2].shape[3]
-    col_programs = triton.cdiv(rv_max, consts["RV1"] + consts["RV2"])
+    col_programs = cdiv(rv_max, consts["RV1"] + consts["RV2"])
     args = [
         scores, scores.stride(0), scores.stride(1), *_view_args(v_latent, q), v_offsets, kv_start, *parts,
         num_heads, v_latent.num_quantized, num_slots, split_len, num_splits, rv_max, col_programs,
@@ -504,9 +505,9 @@ def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32) -> 
     batch, num_heads, num_splits, rv_max = part_acc.shape
     out = torch.empty(batch, num_heads, rv_max, dtype=out_dtype, device=part_acc.device)
     block_rv = min(64, _pad(rv_max))
-    _merge_splits_kernel[(batch * num_heads, triton.cdiv(rv_max, block_rv))](
+    _merge_splits_kernel[(batch * num_heads, cdiv(rv_max, block_rv))](
         part_m, part_l, part_acc, out, num_splits, rv_max,
-        SPLITS_PAD=triton.next_power_of_2(num_splits), BLOCK_RV=block_rv,
+        SPLITS_PAD=next_pow2(num_splits), BLOCK_RV=block_rv,
     )
     return out
 
@@ -707,7 +708,7 @@ def latent_decode_attention(
         CHAN_ALIGN=_channel_alignment(k_off_host + [k_up.shape[2]]),
         VEC_QUANT=_words_aligned(k_latent, k_off_host, [_pad(max(k_ranks))]), INTERPRET=interpret, **quant,
     )
-    rope_grid = (gs, triton.cdiv(num_slots, slots_per_program), batch * num_groups)
+    rope_grid = (gs, cdiv(num_slots, slots_per_program), batch * num_groups)
     if fixed is not None:
         _rope_qk_kernel[rope_grid](*rope_args, **rope_consts, **fixed)
     else:
@@ -793,10 +794,10 @@ def choose_fold_chunks(num_slots: int, batch_groups: int, num_sms: int) -> tuple
     """(chunk_len, num_chunks): the score kernel's chunks of a multiple of MIN_SPLIT_LEN slots, about
     two per SM in all (its programs, up to two per SM, take chunks in turn), at most MAX_SPLITS per
     sequence."""
-    wanted = max(1, triton.cdiv(2 * num_sms, batch_groups))
-    chunk_len = triton.cdiv(triton.cdiv(num_slots, wanted), MIN_SPLIT_LEN) * MIN_SPLIT_LEN
-    chunk_len = max(chunk_len, triton.cdiv(triton.cdiv(num_slots, MAX_SPLITS), MIN_SPLIT_LEN) * MIN_SPLIT_LEN)
-    return chunk_len, triton.cdiv(num_slots, chunk_len)
+    wanted = max(1, cdiv(2 * num_sms, batch_groups))
+    chunk_len = cdiv(cdiv(num_slots, wanted), MIN_SPLIT_LEN) * MIN_SPLIT_LEN
+    chunk_len = max(chunk_len, cdiv(cdiv(num_slots, MAX_SPLITS), MIN_SPLIT_LEN) * MIN_SPLIT_LEN)
+    return chunk_len, cdiv(num_slots, chunk_len)
 
 
 def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad, rk_pad,
@@ -860,8 +861,8 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     k_ranks = _group_ranks(k_off_host)
     hg, bgs = gs * n_rep, batch * num_groups
     if num_splits is not None:  # tests: a given number of chunks
-        chunk_len = triton.cdiv(num_slots, num_splits)
-        num_chunks = triton.cdiv(num_slots, chunk_len)
+        chunk_len = cdiv(num_slots, num_splits)
+        num_chunks = cdiv(num_slots, chunk_len)
     else:
         chunk_len, num_chunks = choose_fold_chunks(num_slots, bgs, num_sms)
     half_pad, rk_pad = _pad(head_dim // 2), _pad(max(k_ranks))
@@ -997,7 +998,7 @@ def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv
     if n_fp:
         heads_fp = sp_fold_heads(gs, head_dim, rank, rank_v, elt, fold_heads)
         # A small window after quantized slots: a few splits (each launch fills the GPU by itself otherwise)
-        splits_fp = num_splits if not n_q else min(8, triton.cdiv(n_fp, 64) * 2)
+        splits_fp = num_splits if not n_q else min(8, cdiv(n_fp, 64) * 2)
         # kv_start is shifted only behind quantized slots: "kv_start - 0" would be one more kernel in every fp16
         # decode step (1.2 us of a 27.9 us step at 4K on an H200, seventeenth session's sweep_splits breakdown)
         fp_start = kv_start - n_q if n_q else kv_start
@@ -1040,8 +1041,8 @@ def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, posit
         num_splits = choose_num_splits(num_slots, bgs * head_splits, num_sms, per_sm)
     split_len, num_splits = _split_len(num_slots, num_splits, interpret)
     if not interpret:  # whole blocks per split
-        split_len = triton.cdiv(split_len, bs) * bs
-        num_splits = triton.cdiv(num_slots, split_len)
+        split_len = cdiv(split_len, bs) * bs
+        num_splits = cdiv(num_slots, split_len)
 
     has_bias = k_bias is not None
     rows, brows, brows_strides = _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, 1, half_pad, rk_pad)

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .host_math import cdiv, next_pow2
+
 MAX_CHANNELS = 16384  # one program per token holds the token's channels in registers
 _RINT_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: (v + M) - M rounds fp32 v to an integer, half to even, for |v| < 2**22
 
@@ -104,8 +106,8 @@ def quantize_into(
     batch, n, rank = x.shape
     assert 1 <= rank <= MAX_CHANNELS, f"rank {rank} outside [1, {MAX_CHANNELS}]"
     assert bits in (1, 2, 3, 4, 8), f"bits must be 1, 2, 3, 4 or 8, got {bits}"
-    vpw, n_groups = 32 // bits, triton.cdiv(rank, group_size)
-    assert codes.shape == (batch, n, triton.cdiv(rank, vpw)) and codes.dtype == torch.int32 and codes.stride(2) == 1
+    vpw, n_groups = 32 // bits, cdiv(rank, group_size)
+    assert codes.shape == (batch, n, cdiv(rank, vpw)) and codes.dtype == torch.int32 and codes.stride(2) == 1
     assert scale.shape == (batch, n, n_groups) and scale.dtype == x.dtype and scale.stride(2) == 1
     assert sym == (zero is None), "zero must be given exactly when quantization is asymmetric"
     if zero is not None:
@@ -117,7 +119,7 @@ def quantize_into(
         x, x.stride(0), x.stride(1), codes, codes.stride(0), codes.stride(1), scale, scale.stride(0), scale.stride(1),
         z, z.stride(0), z.stride(1), n, rank, group_size, float(clip_ratio),
         max(1e-8, torch.finfo(x.dtype).tiny),  # palu.quant.scale_floor (kernels do not import palu)
-        BITS=bits, SYM=sym, NG_PAD=triton.next_power_of_2(n_groups), GROUP_PAD=triton.next_power_of_2(group_size),
-        W_PAD=triton.next_power_of_2(triton.cdiv(rank, vpw)), VPW_PAD=triton.next_power_of_2(vpw),
+        BITS=bits, SYM=sym, NG_PAD=next_pow2(n_groups), GROUP_PAD=next_pow2(group_size),
+        W_PAD=next_pow2(cdiv(rank, vpw)), VPW_PAD=next_pow2(vpw),
         num_warps=4,
     )

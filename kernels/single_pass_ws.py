@@ -39,6 +39,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_wait)
 
+from .host_math import cdiv
 from .fold_scores_ws import (_cos_sin, _program_slots, fold_keys_unsupported, hopper_unsupported, load_rows,
                              mbarriers, nvmma_desc, rows_buffers, slot_chunks, tma_aligned)
 from .word_unpack import _unpack_key_regs
@@ -715,7 +716,7 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
 def sp_chunks(num_slots: int, programs_per_chunk: int, num_sms: int, num_splits: Optional[int]) -> tuple[int, int]:
     """(chunk_len, chunks): whole tiles per chunk; by default about one program per SM (one CTA fits per SM),
     else ceil(num_splits / 2) chunks (each chunk writes two splits, one per consumer)."""
-    wanted = num_sms // programs_per_chunk if num_splits is None else triton.cdiv(num_splits, 2)
+    wanted = num_sms // programs_per_chunk if num_splits is None else cdiv(num_splits, 2)
     return slot_chunks(num_slots, SP_BLOCK_S, wanted)
 
 

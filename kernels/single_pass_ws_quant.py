@@ -42,15 +42,16 @@ divides the key rank and the value box, and 16-byte aligned word and scale rows 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Optional
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
+from .host_math import next_pow2
 from .fold_scores_ws import (fold_shape_unsupported, hopper_unsupported, latent_dtype_unsupported,
                              load_rows, mbarriers, rows_buffers, tma_aligned)
 from .single_pass_ws import (DECODE_STEP_ARGS, DECODE_STEP_PTRS, SP_BLOCK_S, SP_KEY_STAGES, SP_SMEM_LIMIT,
@@ -122,7 +123,7 @@ def _scale_box(channels: int, quant_group: int) -> int:
     TMA needs 16-byte aligned (an unaligned innermost start coordinate is an illegal instruction on sm_90)."""
     n = channels // quant_group
     align = SPQ_SCALE_ALIGN.value
-    return triton.next_power_of_2(max(align, n + align - _scale_step(channels, quant_group)))
+    return next_pow2(max(align, n + align - _scale_step(channels, quant_group)))
 
 
 def spq_reg_keys(bits: int) -> bool:
@@ -389,9 +390,13 @@ def _plain_desc(t: torch.Tensor, block: list):
     read whole words (or one scale) per thread, which no swizzle helps."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    gdt = {torch.int32: gl.int32, torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[t.dtype]
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=gdt.primitive_bitwidth, rank=len(block))
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, _plain_layout(t.element_size() * 8, len(block)))
+
+
+@functools.lru_cache(maxsize=None)
+def _plain_layout(bits: int, rank: int):
+    """The unswizzled shared layout of ``bits``-wide elements in ``rank``-d boxes, built once (see nvmma_layout)."""
+    return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=bits, rank=rank)
 
 
 def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torch.Tensor, kv_start: torch.Tensor,
