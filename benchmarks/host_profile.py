@@ -172,6 +172,7 @@ def profile_side(cfg, palu: bool, steps: int) -> dict:
 
 def main() -> int:
     from palu.bench.latency import LatencyConfig
+    from palu.cli import write_json_atomic
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt_len", type=int, default=4096)
@@ -198,8 +199,7 @@ def main() -> int:
             print(f"   {k}: {v:.1f} us ({run['calls_per_layer'][k]:.2f} calls)")
         for k, v in list(run["aten_self_cpu_us_per_layer"].items())[:12]:
             print(f"   {k}: {v:.1f} us self ({run['aten_calls_per_layer'][k]:.2f} calls)")
-    with open(args.output_json, "w") as f:
-        json.dump(out, f, indent=1)
+    write_json_atomic(args.output_json, out)
     return 0
 
 

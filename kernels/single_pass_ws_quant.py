@@ -390,7 +390,8 @@ def _plain_desc(t: torch.Tensor, block: list):
     read whole words (or one scale) per thread, which no swizzle helps."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, _plain_layout(t.element_size() * 8, len(block)))
+    gdt = {torch.int32: gl.int32, torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[t.dtype]
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, _plain_layout(gdt.primitive_bitwidth, len(block)))
 
 
 @functools.lru_cache(maxsize=None)

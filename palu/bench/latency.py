@@ -185,7 +185,7 @@ def model_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "dynamic", nu
     cache = filled_palu_cache(model, cfg, extra) if palu else filled_baseline_cache(cfg, n_layers, cache_kind, extra)
     if cfg.cuda_graph:
         token = torch.randint(0, model.config.vocab_size, (cfg.batch_size, 1), device=cfg.device)
-        step = graph_replay(static_model_step(model, cache, token, cfg, palu), cfg.device)
+        step = graph_replay(static_model_step(model, cache, token, cfg, palu))
     else:
         step = _decode_step(model, cache, cfg, cfg.prompt_len)
     timing = time_fn(step, cfg.warmup, cfg.reps, cfg.device)
@@ -233,10 +233,15 @@ def static_step_body(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bo
     """One decode step of layer 0 over a fixed cache, with static shapes (for CUDA graphs and profiling): a
     closure giving the module output (B, 1, d_model) for the fixed input ``x`` (B, 1, d_model); see
     :func:`static_attention`."""
-    pos = torch.full((cfg.batch_size, 1), cfg.prompt_len - 1, device=cfg.device, dtype=torch.long)
-    cos, sin = rotary(x, pos)
-    attend = static_attention(attn, cache.layers[0], cos, sin, cfg, palu)
+    attend = static_attention(attn, cache.layers[0], *step_rope(rotary, cfg), cfg, palu)
     return lambda: attend(x)
+
+
+def step_rope(rotary, cfg: LatencyConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (B, 1, head_dim) of a static step's position, prompt_len - 1 (the slot every replay rewrites)."""
+    pos = torch.full((cfg.batch_size, 1), cfg.prompt_len - 1, device=cfg.device, dtype=torch.long)
+    like = torch.empty(cfg.batch_size, 1, cfg.hidden_size, device=cfg.device, dtype=cfg.torch_dtype)  # dtype, device
+    return rotary(like, pos)
 
 
 def static_attention(attn, layer, cos, sin, cfg: LatencyConfig, palu: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -277,14 +282,13 @@ def static_attention(attn, layer, cos, sin, cfg: LatencyConfig, palu: bool) -> C
 
 def graphed_step(attn, cache: Cache, x, rotary, cfg: LatencyConfig, palu: bool):
     """CUDA-graph replay of :func:`static_step_body`."""
-    return graph_replay(static_step_body(attn, cache, x, rotary, cfg, palu), cfg.device)
+    return graph_replay(static_step_body(attn, cache, x, rotary, cfg, palu))
 
 
-def graph_replay(body: Callable[[], Any], device) -> Callable[[], None]:
-    """Capture ``body`` (static shapes, no host sync) in a CUDA graph after three warm-up calls on a side
-    stream (they build the Triton kernels and settle the allocator); returns the graph's replay."""
-    if not str(device).startswith("cuda"):
-        raise ValueError("--cuda_graph needs a CUDA device")
+def graph_replay(body: Callable[[], Any]) -> Callable[[], None]:
+    """Capture ``body`` (static shapes, no host sync; on CUDA: LatencyConfig refuses cuda_graph elsewhere) in a
+    CUDA graph after three warm-up calls on a side stream (they build the Triton kernels and settle the
+    allocator); returns the graph's replay."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):

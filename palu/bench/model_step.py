@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from transformers.cache_utils import Cache
 
-from .latency import LatencyConfig, static_attention
+from .latency import LatencyConfig, static_attention, step_rope
 
 
 def static_model_step(model, cache: Cache, token: torch.Tensor, cfg: LatencyConfig, palu: bool) -> Callable[[], torch.Tensor]:
@@ -26,9 +26,7 @@ def static_model_step(model, cache: Cache, token: torch.Tensor, cfg: LatencyConf
     for Palu (``palu``).
     """
     inner = model.model
-    pos = torch.full((cfg.batch_size, 1), cfg.prompt_len - 1, device=cfg.device, dtype=torch.long)
-    probe = torch.empty(cfg.batch_size, 1, cfg.hidden_size, device=cfg.device, dtype=cfg.torch_dtype)
-    cos, sin = inner.rotary_emb(probe, pos)  # the same position every replay
+    cos, sin = step_rope(inner.rotary_emb, cfg)  # the same position every replay
     steps = [(layer, static_attention(layer.self_attn, cache.layers[i], cos, sin, cfg, palu))
              for i, layer in enumerate(inner.layers)]
 
