@@ -74,7 +74,7 @@ VARIANT_SETS = {
     "splits": {  # the single-pass kernels' slot splits (two per chunk) against sp_chunks' one program per SM
         "auto": (dict(method="single_pass", warp_specialized=True), {}),
         **{f"num_splits={n}": (dict(method="single_pass", warp_specialized=True, num_splits=n), {})
-           for n in (8, 16, 64)},
+           for n in (8, 12, 16, 24, 64)},
         "fold_heads=2": (dict(method="single_pass", warp_specialized=True, fold_heads=2), {}),
     },
     "fold_rows": {  # rank columns per fold-rows program (FOLD_ROWS_RANK_BLOCK) under the default decode path

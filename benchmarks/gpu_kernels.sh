@@ -26,6 +26,7 @@
 #   clocks     benchmarks/clock_probe.py (SDPA, then the fused kernel, 3 s each back to back, 64K at B=1 and 8) with
 #              nvidia-smi sampling SM clock, power and throttle reasons every 100 ms ($OUT/clocks.csv)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
+#   profile_model  the same for the whole model's step (--scope model) at 32K, B=1 and 2
 #   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
 #              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
 #              the merge)
@@ -150,6 +151,12 @@ clocks)  # SM clock and power sampled every 100 ms while SDPA and the fused kern
   ;;
 profile)
   run timeout 240 python3 benchmarks/profile_step.py 4096 65536 --output_json "$OUT/profile_step_fp16.json"
+  ;;
+profile_model)  # per-kernel device time and launches of the whole model's step at 32K, B=1 and 2 (fp16 latents)
+  for b in 1 2; do
+    run timeout 300 python3 benchmarks/profile_step.py 32768 --scope model --batch_size $b --steps 5 \
+        --output_json "$OUT/profile_model_b$b.json"
+  done
   ;;
 ncu)  # the counters need a Firecracker machine (gVisor refuses them); reports are large: text pages only
   for bits in ${NCU_BITS:-16 4}; do

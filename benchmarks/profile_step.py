@@ -1,8 +1,12 @@
-"""Per-kernel device time of one attention-module decode step (the body `--cuda_graph` replays),
-Palu vs the static-cache baseline, from torch.profiler (CUPTI), plus the graph replay time.
+"""Per-kernel device time of one decode step (the body `--cuda_graph` replays), Palu vs the static-cache baseline,
+from torch.profiler (CUPTI), plus the graph replay time.
 
-The sum of kernel times against the replay time shows how much of a step is launch gaps.
-Usage (CUDA machine, repo root): PYTHONPATH=. python benchmarks/profile_step.py 4096 65536 --output_json prof.json
+``--scope module`` (default): one attention module (layer 0 of a 1-layer model). ``--scope model``: the whole model's
+step (:func:`palu.bench.model_step.static_model_step`, ``--num_layers`` layers). The sum of kernel times against the
+replay time shows how much of a step is launch gaps; the launch count per step is what an eager step pays the host for.
+Usage (CUDA machine, repo root):
+    PYTHONPATH=. python benchmarks/profile_step.py 4096 65536 --output_json prof.json
+    PYTHONPATH=. python benchmarks/profile_step.py 32768 --scope model --batch_size 2 --output_json prof_model.json
 """
 import argparse
 import dataclasses
@@ -13,12 +17,14 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from palu.bench.latency import LatencyConfig, attention_setup, graphed_step, static_step_body
+from palu.bench.latency import (LatencyConfig, attention_setup, build_model, filled_baseline_cache, filled_palu_cache,
+                                graph_replay, static_step_body)
+from palu.bench.model_step import static_model_step
 from palu.bench.timing import time_fn
 
 
-def kernel_table(body, steps: int) -> dict:
-    """{kernel name: mean us per step} over ``steps`` eager calls of ``body``."""
+def kernel_table(body, steps: int) -> tuple[dict, dict]:
+    """({kernel name: mean us per step}, {kernel name: launches per step}) over ``steps`` eager calls of ``body``."""
     for _ in range(3):
         body()
     torch.cuda.synchronize()
@@ -26,11 +32,25 @@ def kernel_table(body, steps: int) -> dict:
         for _ in range(steps):
             body()
         torch.cuda.synchronize()
-    per = defaultdict(float)
+    per, count = defaultdict(float), defaultdict(float)
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA:
             per[ev.name] += ev.device_time_total / steps
-    return dict(sorted(per.items(), key=lambda kv: -kv[1]))
+            count[ev.name] += 1 / steps
+    order = sorted(per, key=lambda k: -per[k])
+    return {k: per[k] for k in order}, {k: count[k] for k in order}
+
+
+def step_body(cfg: LatencyConfig, palu: bool, scope: str, num_layers: int):
+    """(body, things to keep alive) of one static decode step."""
+    if scope == "module":
+        model, attn, rotary, cache, x = attention_setup(cfg, palu)
+        return static_step_body(attn, cache, x, rotary, cfg, palu), (model, cache)
+    model = build_model(cfg, num_layers, palu)
+    extra = cfg.decode_slots
+    cache = filled_palu_cache(model, cfg, extra) if palu else filled_baseline_cache(cfg, num_layers, "static", extra)
+    token = torch.randint(0, model.config.vocab_size, (cfg.batch_size, 1), device=cfg.device)
+    return static_model_step(model, cache, token, cfg, palu), (model, cache)
 
 
 def main() -> int:
@@ -38,6 +58,8 @@ def main() -> int:
     p.add_argument("prompt_len", type=int, nargs="+")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--lt_bits", type=int, default=16)
+    p.add_argument("--scope", choices=("module", "model"), default="module")
+    p.add_argument("--num_layers", type=int, default=32, help="--scope model: decoder layers")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--output_json", default=None)
     args = p.parse_args()
@@ -46,17 +68,19 @@ def main() -> int:
         for n in args.prompt_len:
             cfg = LatencyConfig(prompt_len=n, batch_size=args.batch_size, lt_bits=args.lt_bits, cuda_graph=True)
             for palu in (False, True):
-                model, attn, rotary, cache, x = attention_setup(cfg, palu)
-                kernels = kernel_table(static_step_body(attn, cache, x, rotary, cfg, palu), args.steps)
-                graph_ms = time_fn(graphed_step(attn, cache, x, rotary, cfg, palu), 5, 100)["median_ms"]
-                total = sum(kernels.values())
+                body, keep = step_body(cfg, palu, args.scope, args.num_layers)
+                kernels, launches = kernel_table(body, args.steps)
+                graph_ms = time_fn(graph_replay(body), 5, 50)["median_ms"]
+                total, n_launch = sum(kernels.values()), sum(launches.values())
                 rows.append({"prompt_len": n, "batch_size": args.batch_size, "palu": palu, "lt_bits": args.lt_bits,
-                             "graph_us": graph_ms * 1e3, "kernel_sum_us": total, "kernels_us": kernels})
-                print(f"len {n} {'palu' if palu else 'static'}: graph {graph_ms * 1e3:.1f} us, kernels {total:.1f} us "
+                             "scope": args.scope, "graph_us": graph_ms * 1e3, "kernel_sum_us": total,
+                             "launches_per_step": n_launch, "kernels_us": kernels, "kernel_launches": launches})
+                print(f"len {n} B={args.batch_size} {args.scope} {'palu' if palu else 'static'}: graph "
+                      f"{graph_ms * 1e3:.1f} us, kernels {total:.1f} us, {n_launch:.0f} launches per step "
                       f"({len(kernels)} kinds)", flush=True)
                 for name, us in kernels.items():
-                    print(f"    {us:8.2f} us  {name[:110]}", flush=True)
-                del model, attn, cache
+                    print(f"    {us:9.2f} us {launches[name]:6.1f}x  {name[:100]}", flush=True)
+                del body, keep
                 torch.cuda.empty_cache()
     if args.output_json:
         with open(args.output_json, "w") as f:

@@ -86,9 +86,10 @@ def _fold_block(
 @triton.jit
 def _fold_rows_kernel(
     q_ptr, q_sb, q_sh, up_ptr, up_sg, up_sr, k_offsets_ptr, bias_ptr, rows_ptr, rows_sb, rows_sg,
-    brows_ptr, brows_sb, brows_sg, score_scale, num_groups,
+    brows_ptr, brows_sb, brows_sg, score_scale, num_groups, cos_ptr, sin_ptr, rope_sb,
     HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, HG: tl.constexpr, N_REP: tl.constexpr,
     RK_PAD: tl.constexpr, RK_BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVE: tl.constexpr = False,
+    Q_ROPE: tl.constexpr = False,
 ):
     """Grid (B * G * HG, RK_PAD / RK_BLOCK): the folded rows of one query head (b, g, local head t), columns
     [pid1 * RK_BLOCK, + RK_BLOCK), written to
@@ -98,7 +99,12 @@ def _fold_rows_kernel(
     fold to brows[b, g, same row] (fp32). Built once per decode call and loaded by each score program
     with wide loads: built inside each program, its fp32 temporaries spilled (score kernel 20.0 vs
     15.7 us at 4K, H200), or, stacked by joins, were stored to shared memory two bytes at a time
-    (48.5 us)."""
+    (48.5 us).
+
+    Q_ROPE: q is given before RoPE and rotated here by cos / sin (B or broadcast 1, D) of the query's position
+    (``rope_sb`` their batch stride, 0 to broadcast), rounded as transformers' ``q * cos + rotate_half(q) * sin``
+    in q's dtype rounds it (each product, then the sum), so the rows equal those of the rotated query. It saves
+    the module the five elementwise launches of RoPE on q per decode step."""
     pid = tl.program_id(0)
     t = pid % HG
     g = (pid // HG) % num_groups
@@ -112,8 +118,20 @@ def _fold_rows_kernel(
     half_idx = tl.arange(0, HALF_PAD)
     half_mask = half_idx < HALF
     q_row = q_ptr + b * q_sb + (g * HG + t).to(tl.int64) * q_sh
-    q1 = tl.load(q_row + half_idx, mask=half_mask, other=0.0).to(tl.float32) * score_scale
-    q2 = tl.load(q_row + HALF + half_idx, mask=half_mask, other=0.0).to(tl.float32) * score_scale
+    q1 = tl.load(q_row + half_idx, mask=half_mask, other=0.0)
+    q2 = tl.load(q_row + HALF + half_idx, mask=half_mask, other=0.0)
+    if Q_ROPE:  # products of two q-dtype values are exact in fp32: rounding them to q's dtype is torch's rounding
+        rope_row = b * rope_sb + half_idx
+        c1 = tl.load(cos_ptr + rope_row, mask=half_mask, other=0.0).to(tl.float32)
+        c2 = tl.load(cos_ptr + rope_row + HALF, mask=half_mask, other=0.0).to(tl.float32)
+        s1 = tl.load(sin_ptr + rope_row, mask=half_mask, other=0.0).to(tl.float32)
+        s2 = tl.load(sin_ptr + rope_row + HALF, mask=half_mask, other=0.0).to(tl.float32)
+        a1, a2 = q1.to(tl.float32), q2.to(tl.float32)
+        r1 = (a1 * c1).to(DTYPE).to(tl.float32) + (-a2 * s1).to(DTYPE).to(tl.float32)
+        r2 = (a2 * c2).to(DTYPE).to(tl.float32) + (a1 * s2).to(DTYPE).to(tl.float32)
+        q1, q2 = r1.to(DTYPE), r2.to(DTYPE)
+    q1 = q1.to(tl.float32) * score_scale
+    q2 = q2.to(tl.float32) * score_scale
     up_mask = half_mask[:, None] & (r_idx < k_rank)[None, :]
     u_rows = g.to(tl.int64) * up_sg + (jl * HEAD_DIM + half_idx).to(tl.int64)[:, None] * up_sr + r_idx[None, :]
     u1 = tl.load(up_ptr + u_rows, mask=up_mask, other=0.0).to(tl.float32)  # rows i of U_j

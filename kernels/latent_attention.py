@@ -279,6 +279,40 @@ def _merge_splits_kernel(
     tl.store(out_ptr + row * rv_max + col, out, mask=col < rv_max)
 
 
+@triton.jit(do_not_specialize=["num_splits"])
+def _merge_up_kernel(
+    part_m_ptr, part_l_ptr, part_acc_ptr, up_ptr, up_sg, up_sr, out_ptr, num_splits, rv_max, num_heads,
+    HEAD_DIM: tl.constexpr, GS: tl.constexpr, N_REP: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    RV_CEIL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Grid (B*H, cdiv(D, BLOCK_D)): values out[b, h, d] = sum_r U_h[d, r] z[b, h, r], z the merge of the splits
+    (as :func:`_merge_splits_kernel`, kept in fp32) and U_h the up-projection rows of head h's KV head
+    (up: (G, GS * D, rv_max)). Replaces the merge's z and the module's per-head einsum (a bmm and its copies)."""
+    row = tl.program_id(0).to(tl.int64)
+    kv_head = (tl.program_id(0) % num_heads) // N_REP
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < HEAD_DIM
+    split = tl.arange(0, SPLITS_PAD)
+    split_mask = split < num_splits
+    m = tl.load(part_m_ptr + row * num_splits + split, mask=split_mask, other=float("-inf"))
+    l = tl.load(part_l_ptr + row * num_splits + split, mask=split_mask, other=0.0)
+    m_max = tl.max(m, axis=0)
+    weight = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))  # empty splits weigh 0
+    weight = weight / tl.sum(l * weight, axis=0)
+    up_rows = (up_ptr + (kv_head // GS).to(tl.int64) * up_sg
+               + ((kv_head % GS) * HEAD_DIM + d).to(tl.int64)[:, None] * up_sr)
+    acc_rows = part_acc_ptr + (row * num_splits + split)[:, None] * rv_max
+    out = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for r0 in tl.static_range(0, RV_CEIL, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        r_mask = r < rv_max
+        acc = tl.load(acc_rows + r[None, :], mask=split_mask[:, None] & r_mask[None, :], other=0.0)
+        z = tl.sum(acc * weight[:, None], axis=0)  # (BLOCK_R,)
+        u = tl.load(up_rows + r[None, :], mask=d_mask[:, None] & r_mask[None, :], other=0.0).to(tl.float32)
+        out += tl.sum(u * z[None, :], axis=1)
+    tl.store(out_ptr + row * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
 WAVE_EFFICIENCY = 0.95  # the fewest splits whose last wave of value programs is at least this full
 
 
@@ -500,9 +534,57 @@ def _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, co
         _softmax_v_split_tuned[grid](*args, **consts)
 
 
-def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """z (B, H, rv_max) in out_dtype from the splits' partial states (fp32 math, one rounding)."""
+@dataclasses.dataclass(frozen=True)
+class DecodeEnds:
+    """The two ends of a decode call that would otherwise be separate launches in the module, resolved by
+    :func:`latent_decode_attention` from its q_cos / q_sin / v_up arguments.
+
+    q_cos, q_sin: (B or 1, D) of q's dtype, the new token's RoPE cos / sin; q is then given before RoPE and the
+        fold rows rotate it (the reconstruction path rotates it in torch first). rope_sb: their batch stride
+        (0 to broadcast one row).
+    v_up: (G, gs * D, rv_max) value up-projection; the merge then applies it per head and the call returns values
+        (B, H, D) instead of z (B, H, rv_max). head_dim, gs, n_rep map a query head to its rows.
+    """
+
+    q_cos: Optional[torch.Tensor] = None
+    q_sin: Optional[torch.Tensor] = None
+    rope_sb: int = 0
+    v_up: Optional[torch.Tensor] = None
+    head_dim: int = 0
+    gs: int = 1
+    n_rep: int = 1
+
+
+NO_ENDS = DecodeEnds()
+MERGE_UP_BLOCK_D = 32  # head_dim rows per merge-up program: 4 programs per head at D = 128 (128 at B = 1 x 32 heads)
+MERGE_UP_BLOCK_R = 64
+
+
+def rotate_query(q: torch.Tensor, ends: DecodeEnds) -> torch.Tensor:
+    """q (B, H, D) rotated by ends' cos / sin as transformers rotates it (q * cos + rotate_half(q) * sin, in q's
+    dtype); q itself without them."""
+    if ends.q_cos is None:
+        return q
+    half = q.shape[-1] // 2
+    rotated = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
+    return q * ends.q_cos[:, None] + rotated * ends.q_sin[:, None]
+
+
+def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32, ends: DecodeEnds = NO_ENDS
+           ) -> torch.Tensor:
+    """z (B, H, rv_max) in out_dtype from the splits' partial states (fp32 math, one rounding); with ends.v_up the
+    values (B, H, D) of :func:`_merge_up_kernel` instead."""
     batch, num_heads, num_splits, rv_max = part_acc.shape
+    if ends.v_up is not None:
+        up, d = ends.v_up, ends.head_dim
+        out = torch.empty(batch, num_heads, d, dtype=out_dtype, device=part_acc.device)
+        block_d, block_r = min(MERGE_UP_BLOCK_D, _pad(d)), min(MERGE_UP_BLOCK_R, _pad(rv_max))
+        _merge_up_kernel[(batch * num_heads, cdiv(d, block_d))](
+            part_m, part_l, part_acc, up, up.stride(0), up.stride(1), out, num_splits, rv_max, num_heads,
+            HEAD_DIM=d, GS=ends.gs, N_REP=ends.n_rep, SPLITS_PAD=next_pow2(num_splits),
+            RV_CEIL=cdiv(rv_max, block_r) * block_r, BLOCK_R=block_r, BLOCK_D=block_d,
+        )
+        return out
     out = torch.empty(batch, num_heads, rv_max, dtype=out_dtype, device=part_acc.device)
     block_rv = min(64, _pad(rv_max))
     _merge_splits_kernel[(batch * num_heads, cdiv(rv_max, block_rv))](
@@ -510,6 +592,31 @@ def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32) -> 
         SPLITS_PAD=next_pow2(num_splits), BLOCK_RV=block_rv,
     )
     return out
+
+
+def _decode_ends(q, q_cos, q_sin, v_up, num_groups: int, gs: int, rv_max: int) -> DecodeEnds:
+    """Check latent_decode_attention's q_cos / q_sin / v_up and resolve them into a DecodeEnds."""
+    batch, num_heads, head_dim = q.shape
+    if (q_cos is None) != (q_sin is None):
+        raise ValueError("q_cos and q_sin go together: pass both (q before RoPE) or neither (q rotated)")
+    rope_sb = 0
+    if q_cos is not None:
+        for name, t in (("q_cos", q_cos), ("q_sin", q_sin)):
+            if not (t.dim() == 2 and t.shape[0] in (1, batch) and t.shape[1] == head_dim and t.dtype == q.dtype
+                    and t.stride(1) == 1 and t.device == q.device):
+                raise ValueError(f"{name} must be (B or 1, D) = ({batch}, {head_dim}) of q's dtype {q.dtype} with a "
+                                 f"contiguous last dim, on q's device; got {tuple(t.shape)} {t.dtype}")
+        if q_cos.stride(0) != q_sin.stride(0) or q_cos.shape[0] != q_sin.shape[0]:
+            raise ValueError("q_cos and q_sin must have the same shape and strides")
+        rope_sb = q_cos.stride(0) if q_cos.shape[0] == batch and batch > 1 else 0
+    if v_up is not None:
+        want = (num_groups, gs * head_dim, rv_max)
+        if tuple(v_up.shape) != want or v_up.dtype != q.dtype or v_up.stride(2) != 1 or v_up.device != q.device:
+            raise ValueError(f"v_up must be (G, gs*D, rv_max) = {want} of q's dtype with a contiguous last dim, got "
+                             f"{tuple(v_up.shape)} {v_up.dtype}")
+    if q_cos is None and v_up is None:
+        return NO_ENDS
+    return DecodeEnds(q_cos, q_sin, rope_sb, v_up, head_dim, gs, num_heads // (num_groups * gs))
 
 
 def latent_decode_attention(
@@ -534,8 +641,12 @@ def latent_decode_attention(
     value_cols: "int | str" = "auto",
     warp_specialized: Optional[bool] = None,
     out_dtype: torch.dtype = torch.float32,
+    q_cos: Optional[torch.Tensor] = None,
+    q_sin: Optional[torch.Tensor] = None,
+    v_up: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Decode attention of one new token over latent keys/values; returns z (B, H, rv_max) in out_dtype.
+    """Decode attention of one new token over latent keys/values; returns z (B, H, rv_max) in out_dtype, or with
+    v_up the values (B, H, D).
 
     Shapes (B batch, H query heads, H_kv KV heads, gs = head_group_size, G = H_kv // gs groups,
     D head_dim, S = S_q + S_fp cache slots, R_k / R_v latent channels summed over groups):
@@ -572,6 +683,11 @@ def latent_decode_attention(
                  what does not fit), False or None the Triton one (None: the Gluon one where it applies, as for
                  "auto", while SP_AUTO / SPQ_AUTO is set).
       out_dtype  dtype of z (the merge writes it directly; fp32 by default).
+      q_cos, q_sin  optional (B or 1, D) cos / sin of the new token's position (transformers' rotary output at
+                 that position), q's dtype, both or neither: q is then given *before* RoPE, and the fold rows rotate
+                 it as transformers does (same rounding), saving the module RoPE's launches on q.
+      v_up       optional (G, gs*D, rv_max) value up-projection (zero past each group's rank): the merge applies it
+                 per head and the call returns the values (B, H, D) in out_dtype (z kept in fp32 in between).
 
     Query head h reads KV head h // (H // H_kv) of group (h // (H // H_kv)) // gs. Output column
     c >= rv_g of a head in group g is 0. D must be even and <= 256; S >= 1.
@@ -618,6 +734,7 @@ def latent_decode_attention(
         assert k_bias.shape == (num_kv_heads * head_dim,) and k_bias.is_contiguous(), "k_bias must be (H_kv*D,)"
     for t in (k_up, k_offsets, v_offsets, positions, kv_start, inv_freq):
         assert t.device == device, "all tensors must be on q's device"
+    ends = _decode_ends(q, q_cos, q_sin, v_up, num_groups, gs, rv_max)
 
     interpret = _interpreting()
     assert interpret == (device.type == "cpu"), (
@@ -669,19 +786,20 @@ def latent_decode_attention(
         if not why and (auto or (method == "single_pass" and warp_specialized)):
             return _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv_start, inv_freq,
                                           rope_scale, sm_scale, gs, k_ranks[0], v_ranks[0], num_sms, num_splits,
-                                          fold_heads, out_dtype)
+                                          fold_heads, out_dtype, ends=ends)
     elif method == "single_pass" and warp_specialized:
         raise ValueError("warp_specialized=True needs an sm_90 GPU; the interpreter does not run Gluon kernels")
     if method == "single_pass":
         return _single_pass_decode(
             q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
             gs, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits, fold_heads, out_dtype,
+            ends=ends,
         )
     if uses_fold:
         return _fold_decode(
             q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale, sm_scale,
             gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits,
-            fold_heads, value_cols, warp_specialized, out_dtype,
+            fold_heads, value_cols, warp_specialized, out_dtype, ends=ends,
         )
     if num_splits is None:
         num_splits = _choose_value_splits(num_slots, batch * num_groups, rv_max, value_cols, num_sms)
@@ -692,6 +810,7 @@ def latent_decode_attention(
 
     slots_per_program = choose_slots_per_program(num_slots, gs * batch * num_groups, num_sms,
                                                  None if fixed is None else fixed["BLOCK_S"])
+    q = rotate_query(q, ends)  # the reconstruction kernel takes the rotated query
     # 1. Scores (B, H, S) fp32 in log2 units: sm_scale * log2(e) * q . RoPE(k_up @ latent_k).
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
     rope_args = [
@@ -719,7 +838,7 @@ def latent_decode_attention(
     consts = _value_consts(v_latent, v_off_host, gs * n_rep, rv_max, interpret, value_cols)
     _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, consts,
                   fixed)
-    return _merge(*parts, out_dtype)
+    return _merge(*parts, out_dtype, ends)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -801,11 +920,12 @@ def choose_fold_chunks(num_slots: int, batch_groups: int, num_sms: int) -> tuple
 
 
 def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad, rk_pad,
-                 interleave=False) -> tuple:
+                 interleave=False, ends: DecodeEnds = NO_ENDS) -> tuple:
     """(rows, brows, brows strides (b, g)): the folded query rows of every head, once per call
     (:func:`kernels.fold_scores._fold_rows_kernel`; read by all score programs of their (b, g)),
     (B, G, HG * 2 * half_pad, rk_pad) in q's dtype, and the folded key bias (B, G, HG * 2 * half_pad)
-    fp32, or without a bias a pointer that is never read (the rows) and zero strides."""
+    fp32, or without a bias a pointer that is never read (the rows) and zero strides. With ends' cos / sin, q is
+    the query before RoPE (rotated by the kernel)."""
     from .fold_scores import _fold_rows_kernel
 
     batch, _, head_dim = q.shape
@@ -820,8 +940,9 @@ def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, ha
     _fold_rows_kernel[(batch * num_groups * hg, rk_pad // rk_block)](
         q, q.stride(0), q.stride(1), k_up, k_up.stride(0), k_up.stride(1), k_offsets, k_bias if has_bias else q,
         rows, rows.stride(0), rows.stride(1), brows, *brows_strides, float(sm_scale) * LOG2E * float(rope_scale),
-        num_groups, HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, RK_BLOCK=rk_block,
-        HAS_BIAS=has_bias, INTERLEAVE=interleave, num_warps=4,
+        num_groups, q if ends.q_cos is None else ends.q_cos, q if ends.q_sin is None else ends.q_sin, ends.rope_sb,
+        HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, RK_BLOCK=rk_block,
+        HAS_BIAS=has_bias, INTERLEAVE=interleave, Q_ROPE=ends.q_cos is not None, num_warps=4,
     )
     return rows, brows, brows_strides
 
@@ -835,7 +956,7 @@ def fold_rows_rank_block(rk_pad: int) -> int:
 
 def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
                  sm_scale, gs, n_rep, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s, num_splits,
-                 fold_heads, value_cols, warp_specialized, out_dtype):
+                 fold_heads, value_cols, warp_specialized, out_dtype, ends: DecodeEnds = NO_ENDS):
     """latent_decode_attention through :mod:`kernels.fold_scores` (same arguments and result)."""
     from .fold_scores import _fold_scores_kernel
 
@@ -849,7 +970,7 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
         if not why and (warp_specialized or ws.WS_AUTO):
             return _fold_decode_ws(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq,
                                    rope_scale, sm_scale, gs, k_off_host, v_off_host, num_sms, block_s, num_splits,
-                                   fold_heads, value_cols, out_dtype)
+                                   fold_heads, value_cols, out_dtype, ends=ends)
     elif warp_specialized:
         raise ValueError("warp_specialized=True needs an sm_90 GPU; the interpreter does not run Gluon kernels")
 
@@ -883,7 +1004,7 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=device)
     has_bias = k_bias is not None
     rows, brows, brows_strides = _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad,
-                                              rk_pad)
+                                              rk_pad, ends=ends)
     key_args = [
         rows, rows.stride(0), rows.stride(1), brows, *brows_strides, *_view_args(k_latent, q), k_offsets,
         positions, positions.stride(0), kv_start, inv_freq,
@@ -903,11 +1024,11 @@ def _fold_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, k
     # need not be the score chunks: chosen for its own waves.
     _fold_scores_kernel[key_grid](*key_args, **key_consts, **key_cfg)
     return _fold_values(q, scores, v_latent, v_offsets, v_off_host, kv_start, num_groups, hg, num_sms, interpret,
-                        block_s, num_splits, value_cols, out_dtype)
+                        block_s, num_splits, value_cols, out_dtype, ends=ends)
 
 
 def _fold_values(q, scores, v_latent, v_offsets, v_off_host, kv_start, num_groups, hg, num_sms, interpret, block_s,
-                 num_splits, value_cols, out_dtype):
+                 num_splits, value_cols, out_dtype, ends: DecodeEnds = NO_ENDS):
     """The fold paths' second half: online softmax and p @ latent_v over the written scores (B, H, S),
     in splits chosen for the value kernel's own waves, then the merge; returns z (B, H, rv_max)."""
     batch, num_heads, num_slots = scores.shape
@@ -919,12 +1040,12 @@ def _fold_values(q, scores, v_latent, v_offsets, v_off_host, kv_start, num_group
     split_consts = _value_consts(v_latent, v_off_host, hg, rv_max, interpret, value_cols)
     _split_values(q, scores, v_latent, v_offsets, kv_start, parts, split_len, split_consts,
                   _fixed_config(interpret, block_s))
-    return _merge(*parts, out_dtype)
+    return _merge(*parts, out_dtype, ends)
 
 
 def _fold_decode_ws(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq, rope_scale,
                     sm_scale, gs, k_off_host, v_off_host, num_sms, block_s, num_splits, fold_heads, value_cols,
-                    out_dtype):
+                    out_dtype, ends: DecodeEnds = NO_ENDS):
     """The fold path with its scores from :mod:`kernels.fold_scores_ws` (n_rep == 1, checked by the caller);
     the value kernel and the merge are the fold path's."""
     from .fold_scores_ws import ws_fold_heads, ws_fold_scores
@@ -935,12 +1056,12 @@ def _fold_decode_ws(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions
     rank = _group_ranks(k_off_host)[0]
     fold_heads = ws_fold_heads(gs, head_dim, rank, q.element_size(), fold_heads)
     rows, _, _ = _folded_rows(q, k_up, k_offsets, None, sm_scale, rope_scale, gs, 1, head_dim // 2, rank,
-                              interleave=True)
+                              interleave=True, ends=ends)
     scores = torch.empty(batch, num_heads, num_slots, dtype=torch.float32, device=q.device)
     ws_fold_scores(rows, k_latent.fp, positions, kv_start, inv_freq, scores, rank, gs, fold_heads, num_sms)
     # The interpreter flag reaches here only from tests that stand in a torch version for the Gluon kernel.
     return _fold_values(q, scores, v_latent, v_offsets, v_off_host, kv_start, num_groups, gs, num_sms, _interpreting(),
-                        block_s, num_splits, value_cols, out_dtype)
+                        block_s, num_splits, value_cols, out_dtype, ends=ends)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -972,7 +1093,8 @@ def choose_single_pass_heads(heads_per_group: int, half_pad: int, rk_pad: int, r
 
 
 def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv_start, inv_freq, rope_scale,
-                           sm_scale, gs, rank, rank_v, num_sms, num_splits, fold_heads, out_dtype):
+                           sm_scale, gs, rank, rank_v, num_sms, num_splits, fold_heads, out_dtype,
+                           ends: DecodeEnds = NO_ENDS):
     """latent_decode_attention through :mod:`kernels.single_pass_ws` (checked by the caller to apply); quantized
     slots through :mod:`kernels.single_pass_ws_quant`, a full-precision window after them through the fp16
     kernel (its own launch: positions and kv_start shifted by S_q), the partials of both merged together.
@@ -983,7 +1105,7 @@ def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv
     batch, num_heads, head_dim = q.shape
     elt = q.element_size()
     rows, _, _ = _folded_rows(q, k_up, k_offsets, None, sm_scale, rope_scale, gs, 1, head_dim // 2, rank,
-                              interleave=True)
+                              interleave=True, ends=ends)
 
     def parts_fn(n: int) -> tuple:
         return _partials(batch, num_heads, n, rank_v, q.device)
@@ -1005,13 +1127,13 @@ def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv
         parts.append(ws_single_pass(rows, k_latent.fp, v_latent.fp, positions[:, n_q:], fp_start, inv_freq,
                                     num_heads, rank, rank_v, gs, heads_fp, num_sms, splits_fp, parts_fn))
     if len(parts) == 1:
-        return _merge(*parts[0], out_dtype)
-    return _merge(*(torch.cat(p, dim=2) for p in zip(*parts)), out_dtype)
+        return _merge(*parts[0], out_dtype, ends)
+    return _merge(*(torch.cat(p, dim=2) for p in zip(*parts)), out_dtype, ends)
 
 
 def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, positions, kv_start, inv_freq,
                         rope_scale, sm_scale, gs, k_bias, k_off_host, v_off_host, num_sms, interpret, block_s,
-                        num_splits, fold_heads, out_dtype):
+                        num_splits, fold_heads, out_dtype, ends: DecodeEnds = NO_ENDS):
     """latent_decode_attention through :mod:`kernels.single_pass` (n_rep == 1; same arguments and result)."""
     from .single_pass import _single_pass_kernel
 
@@ -1045,7 +1167,8 @@ def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, posit
         num_splits = cdiv(num_slots, split_len)
 
     has_bias = k_bias is not None
-    rows, brows, brows_strides = _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, 1, half_pad, rk_pad)
+    rows, brows, brows_strides = _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, 1, half_pad, rk_pad,
+                                              ends=ends)
     parts = _partials(batch, num_heads, num_splits, rv_max, device)
     consts = dict(
         HEAD_DIM=head_dim, HALF_PAD=half_pad, HG=hg, HP=fold_heads, HD=fold_heads_per_dot(fold_heads, half_pad),
@@ -1063,4 +1186,4 @@ def _single_pass_decode(q, k_latent, v_latent, k_up, k_offsets, v_offsets, posit
         num_heads, num_quantized, num_slots, num_groups, bgs, split_len, num_splits, head_splits, rv_max,
         **consts, BLOCK_S=bs, num_warps=4 if interpret else SINGLE_PASS_WARPS, num_stages=stages,
     )
-    return _merge(*parts, out_dtype)
+    return _merge(*parts, out_dtype, ends)

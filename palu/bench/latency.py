@@ -256,20 +256,20 @@ def static_attention(attn, layer, cos, sin, cfg: LatencyConfig, palu: bool) -> C
     """
     b, hd = cfg.batch_size, cfg.head_dim
 
-    def query(x):
-        return apply_rope(attn.q_proj(x).view(b, 1, cfg.num_heads, hd).transpose(1, 2), cos, sin)
+    def query(x):  # (B, H, 1, D) before RoPE
+        return attn.q_proj(x).view(b, 1, cfg.num_heads, hd).transpose(1, 2)
 
     if palu:
-        def body(x):
+        def body(x):  # the decode path of PaluAttention.forward: RoPE of q inside the kernels
             q = query(x)
             _write_last_slot(layer.k, attn.k_proj.down(x))
             _write_last_slot(layer.v, attn.v_proj.down(x))
-            return attn._output(attn._triton_decode(q, layer))
+            return attn._decode_output(q, (cos, sin), layer)
     else:
         keys, values = layer.keys[:, :, : cfg.prompt_len], layer.values[:, :, : cfg.prompt_len]
 
         def body(x):
-            q = query(x)
+            q = apply_rope(query(x), cos, sin)
             k = apply_rope(attn.k_proj(x).view(b, 1, cfg.num_kv_heads, hd).transpose(1, 2), cos, sin)
             keys[:, :, -1:].copy_(k)
             values[:, :, -1:].copy_(attn.v_proj(x).view(b, 1, cfg.num_kv_heads, hd).transpose(1, 2))

@@ -129,14 +129,15 @@ class PaluAttention(nn.Module):
     ) -> tuple[torch.Tensor, None]:
         b, s_q, _ = hidden_states.shape
         cos, sin = position_embeddings
-        q = self.q_proj(hidden_states).view(b, s_q, self.num_heads, self.head_dim).transpose(1, 2)
-        q = apply_rope(q, cos, sin)
+        q = self.q_proj(hidden_states).view(b, s_q, self.num_heads, self.head_dim).transpose(1, 2)  # before RoPE
         k_latent = self.k_proj.down(hidden_states)  # (B, S_q, R_k)
         v_latent = self.v_proj.down(hidden_states)  # (B, S_q, R_v)
         if self.cache_mode == CacheMode.SIMULATE:
-            out = self._forward_simulate(q, k_latent, v_latent, cos, sin, attention_mask, past_key_values, **kwargs)
+            out = self._forward_simulate(apply_rope(q, cos, sin), k_latent, v_latent, cos, sin, attention_mask,
+                                         past_key_values, **kwargs)
         else:
-            out = self._forward_latent(q, k_latent, v_latent, attention_mask, past_key_values, kwargs.get("position_ids"))
+            out = self._forward_latent(q, (cos, sin), k_latent, v_latent, attention_mask, past_key_values,
+                                       kwargs.get("position_ids"))
         return out, None
 
     def _forward_simulate(self, q, k_latent, v_latent, cos, sin, attention_mask, past_key_values, **kwargs):
@@ -155,7 +156,8 @@ class PaluAttention(nn.Module):
         out, _ = attn(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs)
         return self.o_proj(out.reshape(b, s_q, -1).contiguous())
 
-    def _forward_latent(self, q, k_latent, v_latent, attention_mask, past_key_values, position_ids):
+    def _forward_latent(self, q, rope, k_latent, v_latent, attention_mask, past_key_values, position_ids):
+        """q (B, H, S_q, D) before RoPE; rope: (cos, sin) (B, S_q, D) of the new tokens' positions."""
         b, _, s_q, _ = q.shape
         if past_key_values is not None:
             layer = latent_layer_for(past_key_values, self.layer_idx, self.quant)
@@ -168,10 +170,20 @@ class PaluAttention(nn.Module):
         if s_q > 1 or layer.kv_start is None:
             layer.kv_start = _prefix_padding_start(attention_mask, b, layer.get_seq_length(), q.device)
         if self._use_triton(q, layer):
-            z = self._triton_decode(q, layer)
-        else:
-            z = self._torch_latent_attention(q, layer, attention_mask)
+            return self._decode_output(q, rope, layer)
+        z = self._torch_latent_attention(apply_rope(q, *rope), layer, attention_mask)
         return self._output(z)
+
+    def _decode_output(self, q: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                       layer: PaluLatentLayer) -> torch.Tensor:
+        """The Triton decode step's output (B, 1, d_model) from q (B, H, 1, D) before RoPE: the kernels rotate q, and
+        without the o_proj fold apply the value up-projection in their merge (no RoPE or einsum launches here)."""
+        if self._should_fold():
+            return self._output(self._triton_decode(q, layer, rope))
+        b = q.shape[0]
+        v = self._triton_decode(q, layer, rope, v_up=self.v_proj.up).reshape(b, 1, -1)  # (B, 1, H·D)
+        b_v = self._head_bias(self.v_proj)
+        return self.o_proj(v + b_v if b_v is not None else v)
 
     def _use_triton(self, q: torch.Tensor, layer: PaluLatentLayer) -> bool:
         if self.backend == Backend.TORCH or q.shape[2] != 1 or layer.kv_start is None:
@@ -198,7 +210,10 @@ class PaluAttention(nn.Module):
             enable_gqa=self.num_key_value_groups > 1,
         )
 
-    def _triton_decode(self, q, layer: PaluLatentLayer) -> torch.Tensor:
+    def _triton_decode(self, q, layer: PaluLatentLayer, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                       v_up: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """q (B, H, 1, D), rotated unless ``rope`` (cos, sin (B, 1, D)) is given -> z (B, H, 1, r_v_max), or with
+        ``v_up`` (the value up-projection) the values (B, H, 1, D)."""
         from kernels import FUSED_KERNELS, LatentView, latent_decode_attention
 
         def view(store) -> LatentView:
@@ -217,6 +232,7 @@ class PaluAttention(nn.Module):
             layer.positions.view(), layer.kv_start, self.rotary.inv_freq.float(),
             float(getattr(self.rotary, "attention_scaling", 1.0)), self.scaling, self.head_group_size,
             k_bias=self.k_proj.bias, out_dtype=q.dtype, **FUSED_KERNELS[self.fused_kernel],
+            q_cos=None if rope is None else rope[0][:, 0], q_sin=None if rope is None else rope[1][:, 0], v_up=v_up,
         )
         return z.unsqueeze(2)
 

@@ -204,7 +204,9 @@ class PaluLatentLayer(CacheLayerMixin):
             self.lazy_initialization(k_latent, v_latent)
         self.k.append(k_latent)
         self.v.append(v_latent)
-        self.positions.append(positions.to(torch.int32))
+        b, n = k_latent.shape[:2]
+        # one copy that also casts (generate's position ids are int64): not a cast, then a copy
+        self.positions.extend(b, n, (), torch.int32, k_latent.device).copy_(positions)
 
     def get_seq_length(self) -> int:
         return self.positions.length
