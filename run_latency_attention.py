@@ -7,6 +7,9 @@ Model scope (whole-model decoding with a pre-filled cache; tokens/s and peak mem
     python run_latency_attention.py --scope model --prompt_len 32768 --batch_size 1 2 --palu --find_max_batch
 Whole model without the host: --scope model --cuda_graph replays every layer's step in one CUDA graph (baseline
 over a static cache), so the time per token is the GPU's work alone, as in a serving engine that graphs its decode.
+Palu decoding as palu.graph_decode replays it (what graph_generate runs after its prefill: every step appends its
+token, one CUDA graph per span of slots): --scope model --graph_decode --palu, against the eager baseline
+(DynamicCache, what model.generate runs) and the baseline's static-cache step in one CUDA graph.
 Run-to-run spread: --rounds 5 repeats the comparison with a fresh model and cache each time and prints each round's
 speed-up with their median / min / max. Each run's "host" time is what Python spent enqueueing a step: close to the
 step's time, the step is bound by the host (eager decoding of the whole model is), not by the GPU.
@@ -20,7 +23,8 @@ import sys
 import torch
 
 from palu import cli
-from palu.bench.latency import LatencyConfig, attention_decode, max_batch, model_decode, run_rounds, speedup_summary
+from palu.bench.latency import (LatencyConfig, attention_decode, graph_decoder_decode, max_batch, model_decode,
+                                run_rounds, speedup_summary)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,6 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cuda_graph", action="store_true", help="replay the decode step (over a fixed cache, rewriting its last slot) in a CUDA graph: one module "
                         "(attention scope) or every layer of the model (model scope; the baseline then uses a static "
                         "cache instead of a DynamicCache)")
+    p.add_argument("--graph_decode", action="store_true",
+                   help="model scope, with --palu: time Palu through palu.graph_decode.GraphDecoder (fp latents), "
+                        "against the eager DynamicCache baseline and the baseline's static step in one CUDA graph")
+    p.add_argument("--bucket", type=int, default=256, help="--graph_decode: slots by which a graph's span grows")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     cli.add_fused_kernel_arg(p)
     p.add_argument("--num_layers", type=int, default=32, help="model scope: decoder layers")
@@ -73,6 +81,16 @@ def main(argv=None) -> int:
         cli.fail(f"--rounds must be >= 1, got {args.rounds}")
     if args.rounds > 1 and not args.palu:
         cli.fail("--rounds compares Palu with the baseline: add --palu")
+    if args.graph_decode:
+        why = next((msg for bad, msg in [
+            (args.scope != "model", "--graph_decode times whole-model decoding: add --scope model"),
+            (not args.palu, "--graph_decode times Palu's decoding: add --palu"),
+            (args.cuda_graph, "--graph_decode already replays graphs and adds the static-graph baseline: drop --cuda_graph"),
+            (args.lt_bits != 16, "--graph_decode keeps fp latents: drop --lt_bits (or use --cuda_graph for quantized ones)"),
+            (args.bucket < 1, f"--bucket must be >= 1, got {args.bucket}"),
+        ] if bad), None)
+        if why:
+            cli.fail(why)
     rows = []
     for prompt_len in args.prompt_len:
         for batch in args.batch_size:
@@ -81,11 +99,16 @@ def main(argv=None) -> int:
             row = {"prompt_len": prompt_len, "batch_size": batch, "runs": rounds[0]}
             if args.palu:
                 row["speedup"] = speedup_summary(rounds, _key(args.scope))
+            if args.graph_decode and len(rounds[0]) == 3:  # Palu's graphs against the baseline's graphed step too
+                row["speedup_vs_graph_baseline"] = speedup_summary([runs[1:] for runs in rounds], _key(args.scope))
             if args.rounds > 1:
                 row["rounds"] = rounds
             rows.append(row)
             for runs in rounds:
                 print(_line({**row, "runs": runs}, args.scope), flush=True)
+            if "speedup_vs_graph_baseline" in row:
+                s = row["speedup_vs_graph_baseline"]
+                print(f"  Palu graph decoding vs the baseline's graphed static step: median {s['median']:.2f}x", flush=True)
             if args.rounds > 1:
                 s = row["speedup"]
                 print(f"  speed-up over {args.rounds} rounds: median {s['median']:.2f}x, min {s['min']:.2f}x, "
@@ -111,6 +134,11 @@ def _runs(cfg: LatencyConfig, args) -> list:
             runs.append(lambda: attention_decode(cfg, False, "dynamic"))
         if args.palu:
             runs.append(lambda: attention_decode(cfg, True))
+    elif args.graph_decode:  # eager baseline, its static step in one graph (CUDA only), Palu's graph decoder
+        runs = [lambda: model_decode(cfg, False, "dynamic")]
+        if str(cfg.device).startswith("cuda"):
+            runs.append(lambda: model_decode(dataclasses.replace(cfg, cuda_graph=True), False))
+        runs.append(lambda: graph_decoder_decode(cfg, args.bucket))
     else:
         runs = [lambda: model_decode(cfg, False, "dynamic")]
         if args.palu:
@@ -128,7 +156,8 @@ def _line(row: dict, scope: str) -> str:
     base = row["runs"][0][key]
     for r in row["runs"]:
         host = r["timing"]["host_median_ms"]
-        parts.append(f"{r['cache']} {r[key]:.3f} ms (x{base / r[key]:.2f}, host {host:.3f} ms, "
+        label = r["cache"] + ("+graph" if r.get("cuda_graph") and r["cache"] == "static" else "")
+        parts.append(f"{label} {r[key]:.3f} ms (x{base / r[key]:.2f}, host {host:.3f} ms, "
                      f"cache {r['cache_bytes'] / 2**20:.0f} MiB)")
     return " | ".join(parts)
 

@@ -200,6 +200,40 @@ def model_decode(cfg: LatencyConfig, palu: bool, cache_kind: str = "dynamic", nu
     return out
 
 
+@torch.no_grad()
+def graph_decoder_decode(cfg: LatencyConfig, bucket: int = 256) -> dict[str, Any]:
+    """Time Palu's whole-model decoding through :class:`palu.graph_decode.GraphDecoder` (what
+    :func:`palu.graph_decode.graph_generate` runs after its prefill) over a random cache of prompt_len slots: every
+    timed step appends its token, advances on the device and replays the span's CUDA graph (on CUDA; eager
+    elsewhere). The first step of a span runs eagerly and captures the graph: it falls in the warm-up unless the
+    timed steps cross a multiple of ``bucket`` slots."""
+    from ..graph_decode import GraphDecodeConfig, GraphDecoder
+
+    model = build_model(cfg, None, True)
+    peak_memory_reset(cfg.device)
+    steps = cfg.warmup + cfg.reps
+    cache = filled_palu_cache(model, cfg, 0)
+    token = torch.randint(0, model.config.vocab_size, (cfg.batch_size, 1), device=cfg.device)
+    position = torch.full((cfg.batch_size,), cfg.prompt_len, dtype=torch.long, device=cfg.device)
+    decoder = GraphDecoder(model, cache, token, position, cfg.prompt_len + steps,
+                           GraphDecodeConfig(max_new_tokens=steps, bucket=bucket,
+                                             use_graph=str(cfg.device).startswith("cuda")))
+    del cache  # the decoder holds right-aligned copies
+    if str(cfg.device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    timing = time_fn(decoder.step, cfg.warmup, cfg.reps, cfg.device)
+    out = {
+        "palu": True, "cache": "palu_graph_decode", "layers": model.config.num_hidden_layers, "cuda_graph": True,
+        "bucket": bucket, "time_per_token_ms": timing["median_ms"],
+        "tokens_per_s": cfg.batch_size * 1e3 / timing["median_ms"], "cache_bytes": decoder.nbytes(),
+        "peak_memory_bytes": peak_memory_bytes(cfg.device), "timing": timing,
+    }
+    del model, decoder
+    if str(cfg.device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    return out
+
+
 def attention_setup(cfg: LatencyConfig, palu: bool, cache_kind: str = "static"):
     """(model, attention module, rotary embedding, filled cache, input x (B, 1, d_model)) of a 1-layer model."""
     model = build_model(cfg, 1, palu)

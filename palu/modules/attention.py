@@ -16,7 +16,8 @@ Shapes: x (B, S_q, d_model); q (B, H, S_q, D); latents (B, S, R); z (B, H, S_q, 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import dataclasses
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -175,9 +176,10 @@ class PaluAttention(nn.Module):
         return self._output(z)
 
     def _decode_output(self, q: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                       layer: PaluLatentLayer) -> torch.Tensor:
-        """The Triton decode step's output (B, 1, d_model) from q (B, H, 1, D) before RoPE: the kernels rotate q, and
-        without the o_proj fold apply the value up-projection in their merge (no RoPE or einsum launches here)."""
+                       layer: "PaluLatentLayer | DecodeSlots") -> torch.Tensor:
+        """The Triton decode step's output (B, 1, d_model) from q (B, H, 1, D) before RoPE, over a cache layer or
+        :class:`DecodeSlots`: the kernels rotate q, and without the o_proj fold apply the value up-projection in
+        their merge (no RoPE or einsum launches here)."""
         if self._should_fold():
             return self._output(self._triton_decode(q, layer, rope))
         b = q.shape[0]
@@ -210,11 +212,25 @@ class PaluAttention(nn.Module):
             enable_gqa=self.num_key_value_groups > 1,
         )
 
-    def _triton_decode(self, q, layer: PaluLatentLayer, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    def _triton_decode(self, q, layer: "PaluLatentLayer | DecodeSlots",
+                       rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                        v_up: Optional[torch.Tensor] = None) -> torch.Tensor:
         """q (B, H, 1, D), rotated unless ``rope`` (cos, sin (B, 1, D)) is given -> z (B, H, 1, r_v_max), or with
         ``v_up`` (the value up-projection) the values (B, H, 1, D)."""
-        from kernels import FUSED_KERNELS, LatentView, latent_decode_attention
+        from kernels import FUSED_KERNELS, latent_decode_attention
+
+        slots = layer if isinstance(layer, DecodeSlots) else self._layer_slots(layer)
+        z = latent_decode_attention(
+            q[:, :, 0], slots.k, slots.v, self.k_proj.up, self.k_proj.offsets, self.v_proj.offsets,
+            slots.positions, slots.kv_start, self.rotary.inv_freq.float(),
+            float(getattr(self.rotary, "attention_scaling", 1.0)), self.scaling, self.head_group_size,
+            k_bias=self.k_proj.bias, out_dtype=q.dtype, **FUSED_KERNELS[self.fused_kernel],
+            q_cos=None if rope is None else rope[0][:, 0], q_sin=None if rope is None else rope[1][:, 0], v_up=v_up,
+        )
+        return z.unsqueeze(2)
+
+    def _layer_slots(self, layer: PaluLatentLayer) -> "DecodeSlots":
+        from kernels import LatentView
 
         def view(store) -> LatentView:
             quantized = store.quantized()
@@ -227,14 +243,19 @@ class PaluAttention(nn.Module):
                 quant_group_size=self.quant.group_size,
             )
 
-        z = latent_decode_attention(
-            q[:, :, 0], view(layer.k), view(layer.v), self.k_proj.up, self.k_proj.offsets, self.v_proj.offsets,
-            layer.positions.view(), layer.kv_start, self.rotary.inv_freq.float(),
-            float(getattr(self.rotary, "attention_scaling", 1.0)), self.scaling, self.head_group_size,
-            k_bias=self.k_proj.bias, out_dtype=q.dtype, **FUSED_KERNELS[self.fused_kernel],
-            q_cos=None if rope is None else rope[0][:, 0], q_sin=None if rope is None else rope[1][:, 0], v_up=v_up,
-        )
-        return z.unsqueeze(2)
+        return DecodeSlots(view(layer.k), view(layer.v), layer.positions.view(), layer.kv_start)
+
+
+@dataclasses.dataclass
+class DecodeSlots:
+    """What one decode call reads of a layer's cache: key / value latents (kernels.LatentView of (B, S, R)), the
+    slots' RoPE positions (B, S) int32 and the first attended slot per sequence kv_start (B,) int32. A
+    :class:`PaluLatentLayer` gives them (``_layer_slots``); :mod:`palu.graph_decode` builds them over its own buffers."""
+
+    k: Any
+    v: Any
+    positions: torch.Tensor
+    kv_start: torch.Tensor
 
 
 def _sdpa_mask(attention_mask, s_q: int, s: int, device) -> tuple[Optional[torch.Tensor], bool]:

@@ -1,0 +1,229 @@
+"""Greedy decoding whose steps are replayed from CUDA graphs over the Palu latent cache (fp16 / bf16 latents).
+
+Eager decoding (``model.generate``) is bound by the host on the GPUs measured: Python and ~20 launches per layer cost
+more than the GPU's work (kernels/NOTES.md, twenty-third session). A graph replays a step with the host out of the
+way, but needs fixed shapes and pointers, while the cache grows by a token a step. No kernel changes are needed:
+
+* Attention does not depend on the order of the slots (each slot stores its RoPE position), so each sequence's
+  latents sit right-aligned in a buffer of ``capacity`` slots and every new token is written *before* them:
+  sequence b's valid slots are always [capacity - n_b, capacity).
+* A step reads the last ``span`` slots (a multiple of ``bucket`` covering the longest sequence) and masks the
+  slots before each sequence's first one with the kernels' left-padding start ``kv_start[b]``, a device tensor.
+  The write slot, the position and kv_start advance on the device inside the step, so one graph serves every
+  step of a span; when the longest sequence outgrows it, that step runs eagerly and a new graph is captured
+  (every ``bucket`` tokens).
+
+:class:`GraphDecoder` decodes from a filled :class:`~palu.modules.cache.PaluCache` (a prefill's, or the latency
+benchmark's random one); :func:`graph_generate` runs the prefill through ``model.forward`` and then it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import torch
+
+from .config import CacheMode
+from .integrations.hf import palu_modules
+from .modules.attention import DecodeSlots
+from .modules.cache import PaluCache, PaluLatentLayer
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphDecodeConfig:
+    """max_new_tokens: tokens to generate (the first comes from the prefill); bucket: slots by which the span a
+    graph reads grows (a new capture each time; the span holds at most bucket - 1 unused slots);
+    eos_token_id: stop once every sequence has produced one of these (checked every ``sync_every`` steps; later
+    tokens of a finished sequence become pad_token_id); use_graph: False runs the same step eagerly (CPU, tests)."""
+
+    max_new_tokens: int
+    bucket: int = 256
+    eos_token_id: Optional[Sequence[int]] = None
+    pad_token_id: int = 0
+    use_graph: bool = True
+    sync_every: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.bucket < 1 or self.sync_every < 1:
+            raise ValueError(f"bucket and sync_every must be >= 1, got {self.bucket} and {self.sync_every}")
+
+
+def graph_decode_problem(model: torch.nn.Module, device: torch.device, use_graph: bool, total_len: int
+                         ) -> Optional[str]:
+    """Why ``model`` cannot decode ``total_len`` tokens (prompt and new) through :class:`GraphDecoder` (None if it
+    can)."""
+    modules = list(palu_modules(model))
+    if not modules:
+        return "the model has no Palu attention modules: compress it first (compress.py) or load a Palu checkpoint"
+    if len(modules) != model.config.num_hidden_layers:
+        return f"{len(modules)} of {model.config.num_hidden_layers} layers are Palu attention: every layer must be"
+    for m in modules:
+        if m.cache_mode != CacheMode.LATENT:
+            return "graph decoding needs cache_mode='latent' (configure(model, cache_mode='latent'))"
+        if m.quant.enabled:
+            return (f"graph decoding keeps fp16/bf16 latents; the model quantizes them to {m.quant.bits} bits "
+                    "(configure(model, quant=LatentQuantConfig(bits=16)), or decode with model.generate())")
+        if m.backend.value == "torch":
+            return "graph decoding runs the Triton decode kernels: configure(model, backend='auto' or 'triton')"
+    if use_graph and device.type != "cuda":
+        return f"CUDA graphs need a CUDA device, the model is on {device}: pass use_graph=False to run the steps eagerly"
+    window = getattr(model.config, "sliding_window", None)
+    if window is not None and getattr(model.config, "use_sliding_window", True) and total_len > window:
+        return (f"{total_len} tokens exceed the model's sliding window ({window} tokens), which the graph step does "
+                "not apply: decode with model.generate()")
+    return None
+
+
+class GraphDecoder:
+    """Greedy decode steps over right-aligned copies of a filled PaluCache (see the module docstring).
+
+    cache: every layer a PaluLatentLayer of S slots with kv_start set (a prefill's left padding); next_token (B, 1)
+    int64, the token to feed first; next_position (B,) int64, its position. ``step()`` feeds it and returns the
+    following token (B, 1); ``capacity`` bounds the slots (S plus the tokens to be fed).
+    """
+
+    def __init__(self, model, cache: PaluCache, next_token: torch.Tensor, next_position: torch.Tensor,
+                 capacity: int, cfg: GraphDecodeConfig) -> None:
+        device = next_token.device
+        why = graph_decode_problem(model, device, cfg.use_graph, capacity)
+        if why:
+            raise ValueError(why)
+        self.model, self.cfg = model, cfg
+        self.modules = list(palu_modules(model))
+        batch = next_token.shape[0]
+        layers = [cache.layers[m.layer_idx] for m in self.modules]
+        for layer in layers:
+            if not isinstance(layer, PaluLatentLayer) or layer.kv_start is None or layer.k.n_quantized:
+                raise ValueError("the cache must hold fp latents in every layer with kv_start set (a prefill with "
+                                 "left padding only), as PaluAttention leaves it")
+        starts = layers[0].kv_start.tolist()  # one sync, at setup
+        slots = layers[0].get_seq_length()
+        self.lengths = [slots - s for s in starts]  # valid slots per sequence
+        self.capacity = -(-max(capacity, max(self.lengths) + 1) // cfg.bucket) * cfg.bucket
+        # Right-aligned copies: sequence b's valid slots [start_b, S) go to [capacity - n_b, capacity).
+        self.k, self.v, self.pos = [], [], []
+        for layer in layers:
+            k, v, p = layer.k.fp.view(), layer.v.fp.view(), layer.positions.view()
+            kb = k.new_zeros(batch, self.capacity, k.shape[2])
+            vb = v.new_zeros(batch, self.capacity, v.shape[2])
+            pb = p.new_zeros(batch, self.capacity)
+            for b, (start, n) in enumerate(zip(starts, self.lengths)):
+                kb[b, self.capacity - n:] = k[b, start:]
+                vb[b, self.capacity - n:] = v[b, start:]
+                pb[b, self.capacity - n:] = p[b, start:]
+            self.k.append(kb)
+            self.v.append(vb)
+            self.pos.append(pb)
+        lengths = torch.tensor(self.lengths, device=device)
+        self.write_slot = (self.capacity - lengths - 1).to(torch.int64)  # (B,) where the fed token goes
+        self.kv_start = torch.zeros(batch, dtype=torch.int32, device=device)  # span-relative, set per span
+        self.token = next_token.clone()
+        self.position = next_position.view(batch, 1).to(torch.int64).clone()
+        self.fed = 0  # tokens fed so far
+        self.span = 0
+        self._replay = None
+        self._pool = torch.cuda.graph_pool_handle() if cfg.use_graph else None
+
+    def _body(self, span: int):
+        """One step reading the last ``span`` slots of the buffers: feeds self.token, leaves the next one there."""
+        model, inner = self.model, self.model.model
+        batch = self.token.shape[0]
+        first = self.capacity - span
+        idx = self.write_slot.view(batch, 1)
+        from kernels import LatentView
+
+        views = [DecodeSlots(LatentView(kb[:, first:], None, None, None), LatentView(vb[:, first:], None, None, None),
+                             pb[:, first:], self.kv_start) for kb, vb, pb in zip(self.k, self.v, self.pos)]
+
+        def body() -> None:
+            h = inner.embed_tokens(self.token)
+            cos, sin = inner.rotary_emb(h, self.position)
+            pos32 = self.position.to(torch.int32)
+            for layer, m, kb, vb, pb, slots in zip(inner.layers, self.modules, self.k, self.v, self.pos, views):
+                # PaluAttention's decode path, over the span's views instead of a cache layer
+                x = layer.input_layernorm(h)
+                q = m.q_proj(x).view(batch, 1, m.num_heads, m.head_dim).transpose(1, 2)  # before RoPE
+                k_lat, v_lat = m.k_proj.down(x), m.v_proj.down(x)  # (B, 1, R)
+                kb.scatter_(1, idx[:, :, None].expand(batch, 1, kb.shape[2]), k_lat)
+                vb.scatter_(1, idx[:, :, None].expand(batch, 1, vb.shape[2]), v_lat)
+                pb.scatter_(1, idx, pos32)
+                h = h + m._decode_output(q, (cos, sin), slots)
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
+            logits = model.lm_head(inner.norm(h))
+            self.token.copy_(logits[:, -1].argmax(-1, keepdim=True))
+            self.position.add_(1)
+            self.write_slot.sub_(1)
+            self.kv_start.sub_(1)
+
+        return body
+
+    def step(self) -> torch.Tensor:
+        """Feed the current token; returns the next one (B, 1), a view the next step overwrites (clone to keep)."""
+        longest = max(self.lengths) + self.fed + 1  # slots of the longest sequence once this token is written
+        if longest > self.capacity:
+            raise RuntimeError(f"capacity {self.capacity} slots exhausted: create the decoder with a larger capacity")
+        span = min(self.capacity, -(-longest // self.cfg.bucket) * self.cfg.bucket)
+        self.fed += 1
+        if span == self.span and self._replay is not None:
+            self._replay()
+            return self.token
+        # A new span: kv_start[b] = span - (slots of sequence b once this token is written), then one eager step
+        # (it builds any kernel not built yet) and a capture for the span's later steps.
+        self.kv_start.copy_((span - (self.capacity - self.write_slot)).to(torch.int32))
+        self.span = span
+        body = self._body(span)
+        body()
+        self._replay = self._capture(body) if self.cfg.use_graph else body
+        return self.token
+
+    def _capture(self, body):
+        graph = torch.cuda.CUDAGraph()
+        self._replay = None  # the previous span's graph is released before the capture
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph, pool=self._pool):
+            body()
+        return graph.replay
+
+    def nbytes(self) -> int:
+        """Bytes of the latent, position buffers (all ``capacity`` slots)."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v + self.pos)
+
+
+@torch.no_grad()
+def graph_generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                   cfg: GraphDecodeConfig) -> torch.Tensor:
+    """Greedy generation: input_ids (B, P) (left padding in attention_mask) -> (B, P + max_new_tokens), the tokens
+    ``model.generate(do_sample=False)`` gives, with the steps after the prefill replayed from CUDA graphs."""
+    device = input_ids.device
+    why = graph_decode_problem(model, device, cfg.use_graph, input_ids.shape[1] + cfg.max_new_tokens)
+    if why:  # before the prefill: it can take minutes
+        raise ValueError(why)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = PaluCache(max_len=input_ids.shape[1])
+    out = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=True)
+    first = out.logits[:, -1].argmax(-1, keepdim=True)
+    del out
+    tokens = [first]
+    if cfg.max_new_tokens > 1:
+        decoder = GraphDecoder(model, cache, first, position_ids[:, -1] + 1,
+                               input_ids.shape[1] + cfg.max_new_tokens, cfg)
+        del cache
+        eos = None if cfg.eos_token_id is None else torch.tensor(list(cfg.eos_token_id), device=device)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
+        for i in range(cfg.max_new_tokens - 1):
+            if eos is not None:
+                done |= torch.isin(tokens[-1][:, 0], eos)
+                if (i + 1) % cfg.sync_every == 0 and bool(done.all()):
+                    break
+            tokens.append(decoder.step().clone())
+    new = torch.cat(tokens, dim=1)
+    if cfg.eos_token_id is not None:  # tokens after a sequence's first EOS become padding, as generate() pads them
+        hit = torch.isin(new, torch.tensor(list(cfg.eos_token_id), device=device))
+        after = (hit.int().cumsum(1) - hit.int()) > 0
+        new = new.masked_fill(after, cfg.pad_token_id)
+    return torch.cat([input_ids, new], dim=1)

@@ -1,0 +1,115 @@
+"""palu.graph_decode: greedy decoding over right-aligned latent buffers, one CUDA graph per span of slots.
+
+On CPU the same steps run eagerly (use_graph=False) through the Triton interpreter; the GPU test replays graphs."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from palu import LatentQuantConfig, configure
+from palu.graph_decode import GraphDecodeConfig, GraphDecoder, graph_generate
+from palu.modules.cache import PaluCache
+
+from .helpers import compress_plain, tiny_model
+
+
+def _model(arch: str = "llama", v_rank: int = 24, device: str = "cpu", dtype=torch.float32, **kw):
+    """A tiny compressed model, both KV heads in one group (J-LRD); v ranks above head_dim 16 keep o_proj unfolded
+    (the merge's up-projection path)."""
+    base = tiny_model(arch, **kw)
+    ranks = {str(i): {"k": [20], "v": [v_rank]} for i in range(2)}
+    return compress_plain(copy.deepcopy(base), head_group_size=2, ranks=ranks).to(device, dtype)
+
+
+def _prompts(device: str = "cpu"):
+    torch.manual_seed(1)
+    x = torch.randint(3, 128, (3, 11), device=device)
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0  # left padding
+    mask[2, :1] = 0
+    return x, mask
+
+
+def _generate(model, x, mask, new: int):
+    with torch.no_grad():
+        return model.generate(x, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0,
+                              eos_token_id=None)
+
+
+@pytest.mark.parametrize("arch,v_rank,num_heads", [("llama", 24, 4), ("llama", 12, 4), ("qwen2", 24, 4),
+                                                    ("mistral", 24, 2)],
+                         ids=["unfolded-gqa", "folded-gqa", "qwen2-bias", "mistral-mha"])
+def test_eager_steps_give_generate_tokens(arch, v_rank, num_heads):
+    """The graph decoder's step, run eagerly with a span of 4 slots (a new span every 4 tokens), gives
+    model.generate's greedy tokens for a left-padded batch: folded and unfolded o_proj, GQA, k/v bias."""
+    model = _model(arch, v_rank, num_heads=num_heads)
+    x, mask = _prompts()
+    want = _generate(model, x, mask, 13)
+    got = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=13, bucket=4, use_graph=False))
+    assert torch.equal(got, want)
+
+
+def test_eos_pads_and_stops():
+    model = _model()
+    x, mask = _prompts()
+    free = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=9, bucket=4, use_graph=False))
+    eos = int(free[0, 11 + 2])  # sequence 0's third new token
+    got = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=9, bucket=4, use_graph=False,
+                                                           eos_token_id=[eos], pad_token_id=0, sync_every=1))
+    hit = (free[:, 11:] == eos).int()
+    after = (hit.cumsum(1) - hit) > 0
+    expect = free[:, 11:].masked_fill(after, 0)
+    assert torch.equal(got[:, 11:], expect[:, : got.shape[1] - 11])
+    assert got[0, 11 + 3:].eq(0).all()
+
+
+def test_refusals_come_before_the_prefill():
+    model = _model()
+    x, mask = _prompts()
+    configure(model, quant=LatentQuantConfig(bits=4))
+    with pytest.raises(ValueError, match="fp16/bf16 latents"):
+        graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=4, use_graph=False))
+    configure(model, quant=LatentQuantConfig(bits=16))
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=4, use_graph=True))
+    configure(model, backend="torch")
+    with pytest.raises(ValueError, match="Triton decode kernels"):
+        graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=4, use_graph=False))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GraphDecodeConfig(max_new_tokens=0)
+
+
+def test_sliding_window_beyond_the_length_is_refused():
+    model = _model("mistral", num_heads=2, sliding_window=12)
+    x, mask = _prompts()
+    with pytest.raises(ValueError, match="sliding window"):
+        graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=4, use_graph=False))
+
+
+def test_capacity_is_enforced():
+    model = _model()
+    x, mask = _prompts()
+    cache = PaluCache()
+    with torch.no_grad():
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(x, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        dec = GraphDecoder(model, cache, out.logits[:, -1:].argmax(-1), pos[:, -1] + 1, 12,
+                           GraphDecodeConfig(max_new_tokens=4, bucket=4, use_graph=False))
+        assert dec.capacity == 12  # a multiple of the bucket, at least one slot past the longest prompt (11)
+        dec.step()
+        with pytest.raises(RuntimeError, match="capacity"):
+            dec.step()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("v_rank", [24, 12], ids=["unfolded", "folded"])
+def test_gpu_graphs_give_generate_tokens(dtype, v_rank):
+    """Replayed graphs (a new capture every 4 tokens) give the tokens of eager model.generate on the GPU."""
+    model = _model("llama", v_rank, device="cuda", dtype=dtype)
+    x, mask = _prompts("cuda")
+    want = _generate(model, x, mask, 20)
+    got = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=20, bucket=4))
+    assert torch.equal(got, want)
