@@ -30,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt_config", default=None,
                    help="JSON {dataset: template with {context} and {input}}, e.g. LongBench's dataset2prompt.json")
     p.add_argument("--limit", type=int, default=None, help="first N items per dataset")
+    p.add_argument("--graph_decode", action="store_true",
+                   help="Palu dumps with fp latents on a GPU: greedy decoding with its steps replayed from CUDA graphs "
+                        "(palu.graph_decode; the same tokens as model.generate, faster)")
     cli.add_local_tasks_args(p)
     p.add_argument("--output_json", default=None, help="write the results (with every prediction) here, atomically")
     p.add_argument("--verbose", action="store_true")
@@ -49,12 +52,23 @@ def main(argv=None) -> int:
         cfg = longbench.LongBenchConfig(
             datasets=cli.comma_list(args.datasets), max_length=args.max_length,
             data_dir=args.data_dir, prompt_config=args.prompt_config, limit=args.limit,
+            graph_decode=args.graph_decode,
         )
         longbench.check_data(cfg)
         longbench.load_prompts(cfg.prompt_config)
     except (ValueError, FileNotFoundError) as err:
         cli.fail(str(err))
+    if args.graph_decode and not args.device.startswith("cuda"):
+        cli.fail(f"--graph_decode replays CUDA graphs: pass --device cuda (got --device {args.device})")
     model, tokenizer, applied_quant = cli.load_for_eval(args)
+    if args.graph_decode:
+        import torch
+
+        from palu.graph_decode import graph_decode_problem
+
+        why = graph_decode_problem(model, torch.device(args.device), True, 0)
+        if why:
+            cli.fail(f"--graph_decode: {why}")
     try:
         summary = longbench.evaluate(model, tokenizer, cfg)
     except (ValueError, FileNotFoundError) as err:  # malformed data found while reading

@@ -186,16 +186,30 @@ class GraphDecoder:
             body()
         return graph.replay
 
-    def nbytes(self) -> int:
-        """Bytes of the latent, position buffers (all ``capacity`` slots)."""
-        return sum(t.numel() * t.element_size() for t in self.k + self.v + self.pos)
+    def nbytes(self, used_only: bool = False) -> int:
+        """Bytes of the latent and position buffers: all ``capacity`` slots, or (``used_only``) the slots the
+        sequences fill (written tokens included), as :func:`palu.modules.cache.cache_nbytes` counts a cache."""
+        if not used_only:
+            return sum(t.numel() * t.element_size() for t in self.k + self.v + self.pos)
+        slots = sum(self.lengths) + self.fed * len(self.lengths)
+        return sum(slots * (t[0, 0].numel() * t.element_size()) for t in self.k + self.v + self.pos)
+
+
+@dataclasses.dataclass
+class GraphGenerateOutput:
+    """sequences (B, P + new tokens) int64, as ``model.generate`` returns them; cache_bytes: latent cache bytes
+    held at the end (used slots: latents and positions)."""
+
+    sequences: torch.Tensor
+    cache_bytes: int
 
 
 @torch.no_grad()
 def graph_generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                   cfg: GraphDecodeConfig) -> torch.Tensor:
-    """Greedy generation: input_ids (B, P) (left padding in attention_mask) -> (B, P + max_new_tokens), the tokens
-    ``model.generate(do_sample=False)`` gives, with the steps after the prefill replayed from CUDA graphs."""
+                   cfg: GraphDecodeConfig) -> GraphGenerateOutput:
+    """Greedy generation: input_ids (B, P) (left padding in attention_mask) -> sequences (B, P + max_new_tokens,
+    fewer once every sequence has stopped), the tokens ``model.generate(do_sample=False)`` gives, with the steps after
+    the prefill replayed from CUDA graphs."""
     device = input_ids.device
     why = graph_decode_problem(model, device, cfg.use_graph, input_ids.shape[1] + cfg.max_new_tokens)
     if why:  # before the prefill: it can take minutes
@@ -209,6 +223,7 @@ def graph_generate(model, input_ids: torch.Tensor, attention_mask: Optional[torc
     first = out.logits[:, -1].argmax(-1, keepdim=True)
     del out
     tokens = [first]
+    cache_bytes = cache.nbytes()
     if cfg.max_new_tokens > 1:
         decoder = GraphDecoder(model, cache, first, position_ids[:, -1] + 1,
                                input_ids.shape[1] + cfg.max_new_tokens, cfg)
@@ -221,9 +236,10 @@ def graph_generate(model, input_ids: torch.Tensor, attention_mask: Optional[torc
                 if (i + 1) % cfg.sync_every == 0 and bool(done.all()):
                     break
             tokens.append(decoder.step().clone())
+        cache_bytes = decoder.nbytes(used_only=True)
     new = torch.cat(tokens, dim=1)
     if cfg.eos_token_id is not None:  # tokens after a sequence's first EOS become padding, as generate() pads them
         hit = torch.isin(new, torch.tensor(list(cfg.eos_token_id), device=device))
         after = (hit.int().cumsum(1) - hit.int()) > 0
         new = new.masked_fill(after, cfg.pad_token_id)
-    return torch.cat([input_ids, new], dim=1)
+    return GraphGenerateOutput(torch.cat([input_ids, new], dim=1), cache_bytes)

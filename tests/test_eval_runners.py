@@ -132,3 +132,54 @@ def test_long_bench_bad_inputs(tiny_models, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run([*model, "--datasets", "triviaqa", "--data_dir", str(tmp_path), "--max_length", "64"])
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_long_bench_graph_decode_needs_cuda(tiny_models, task_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _script("run_long_bench").main(["--model_name_or_path", str(tiny_models["chat"]), "--data_dir", str(task_dir),
+                                        "--datasets", "wiki_title_qa", "--graph_decode",
+                                        "--output_json", str(tmp_path / "lb.json")])
+    assert "--device cuda" in str(exc.value.code) + capsys.readouterr().err
+    assert not (tmp_path / "lb.json").exists()
+
+
+@pytest.mark.parametrize("first_line", [False, True])
+def test_long_bench_graph_decode_gives_generate_text(tiny_models, monkeypatch, first_line):
+    """longbench.generate through palu.graph_decode (its steps eager here: no GPU) gives model.generate's text and
+    the same first-line stop; the cache bytes count the latents of the used slots."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from palu import graph_decode
+    from palu.eval import longbench
+
+    from .helpers import compress_plain
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["chat"])
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["chat"]).eval()
+    model = compress_plain(copy.deepcopy(base), head_group_size=2, ranks={str(i): {"k": [20], "v": [24]}
+                                                                           for i in range(2)})
+    eager_config = graph_decode.GraphDecodeConfig
+    monkeypatch.setattr(graph_decode, "GraphDecodeConfig",
+                        lambda **kw: eager_config(**{**kw, "use_graph": False}))
+    torch.manual_seed(0)
+    ids = torch.randint(3, len(tokenizer), (30,)).tolist()
+    want, want_bytes = longbench.generate(model, tokenizer, ids, 24, stop_at_newline=first_line)
+    got, got_bytes = longbench.generate(model, tokenizer, ids, 24, stop_at_newline=first_line, graph_decode=True)
+    assert got == want
+    assert got_bytes > 0
+
+
+def test_first_line_end_matches_the_stopping_criterion(tiny_models):
+    from transformers import AutoTokenizer
+
+    from palu.eval import longbench
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["chat"])
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    word = tokenizer.encode("ab", add_special_tokens=False)
+    tokens = newline + word + newline + word
+    assert longbench.first_line_end(tokenizer, tokens) == len(newline) * 2 + len(word)
+    assert longbench.first_line_end(tokenizer, word) == len(word)

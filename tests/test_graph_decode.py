@@ -48,16 +48,19 @@ def test_eager_steps_give_generate_tokens(arch, v_rank, num_heads):
     x, mask = _prompts()
     want = _generate(model, x, mask, 13)
     got = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=13, bucket=4, use_graph=False))
-    assert torch.equal(got, want)
+    assert torch.equal(got.sequences, want)
+    # latents and positions of the used slots: 11 + 13 - 1 written per sequence, minus the left padding
+    per_slot = 2 * (20 + v_rank) * 4 + 2 * 4
+    assert got.cache_bytes == per_slot * (3 * 23 - 4 - 1)
 
 
 def test_eos_pads_and_stops():
     model = _model()
     x, mask = _prompts()
-    free = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=9, bucket=4, use_graph=False))
+    free = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=9, bucket=4, use_graph=False)).sequences
     eos = int(free[0, 11 + 2])  # sequence 0's third new token
     got = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=9, bucket=4, use_graph=False,
-                                                           eos_token_id=[eos], pad_token_id=0, sync_every=1))
+                                                           eos_token_id=[eos], pad_token_id=0, sync_every=1)).sequences
     hit = (free[:, 11:] == eos).int()
     after = (hit.cumsum(1) - hit) > 0
     expect = free[:, 11:].masked_fill(after, 0)
@@ -112,8 +115,8 @@ def test_gpu_graphs_replay_the_eager_steps(dtype, v_rank):
     near-tie flips)."""
     model = _model("llama", v_rank, device="cuda", dtype=dtype)
     x, mask = _prompts("cuda")
-    eager = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=20, bucket=4, use_graph=False))
-    graphed = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=20, bucket=4))
+    eager = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=20, bucket=4, use_graph=False)).sequences
+    graphed = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=20, bucket=4)).sequences
     assert torch.equal(graphed, eager)
     if dtype == torch.float16:
         assert torch.equal(graphed, _generate(model, x, mask, 20))

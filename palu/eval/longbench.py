@@ -42,6 +42,7 @@ class LongBenchConfig:
     data_dir: Optional[str] = None
     prompt_config: Optional[str] = None  # JSON {dataset: template with {context} and {input}}
     limit: Optional[int] = None  # first N items per dataset
+    graph_decode: bool = False  # Palu dumps on a GPU: decode through palu.graph_decode (same greedy tokens)
 
     def __post_init__(self) -> None:
         unknown = [d for d in self.datasets if d not in TASKS]
@@ -197,14 +198,43 @@ class FirstLineDone(StoppingCriteria):
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
+def first_line_end(tokenizer, new_tokens: list[int]) -> int:
+    """How many of ``new_tokens`` generate() keeps under :class:`FirstLineDone` (it stops after the token that
+    completes the first line)."""
+    for k in range(1, len(new_tokens) + 1):
+        if "\n" in tokenizer.decode(new_tokens[:k], skip_special_tokens=True).lstrip("\n"):
+            return k
+    return len(new_tokens)
+
+
+def _eos_ids(model, tokenizer) -> Optional[list[int]]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return None if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+
 @torch.no_grad()
-def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, stop_at_newline: bool) -> tuple[str, int]:
-    """Greedy continuation of one prompt: (text decoded without special tokens, KV-cache bytes at the end)."""
+def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, stop_at_newline: bool,
+             graph_decode: bool = False) -> tuple[str, int]:
+    """Greedy continuation of one prompt: (text decoded without special tokens, KV-cache bytes at the end).
+    ``graph_decode``: through :func:`palu.graph_decode.graph_generate` (the same tokens, steps replayed from CUDA
+    graphs; the first-line stop applied to its output)."""
     from ..modules.cache import cache_nbytes
 
     device = next(model.parameters()).device
     ids = torch.tensor([input_ids], device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if graph_decode:
+        from ..graph_decode import GraphDecodeConfig, graph_generate
+
+        out = graph_generate(model, ids, torch.ones_like(ids),
+                             GraphDecodeConfig(max_new_tokens=max_new_tokens, eos_token_id=_eos_ids(model, tokenizer),
+                                               pad_token_id=pad if pad is not None else 0))
+        new = out.sequences[0, ids.shape[1]:].tolist()
+        if stop_at_newline:
+            new = new[: first_line_end(tokenizer, new)]
+        return tokenizer.decode(new, skip_special_tokens=True), out.cache_bytes
     stopping = StoppingCriteriaList([FirstLineDone(tokenizer, ids.shape[1])]) if stop_at_newline else None
     out = model.generate(
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
@@ -216,7 +246,8 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, stop_a
 
 
 def evaluate_dataset(model, tokenizer, name: str, records: list[dict[str, Any]], template: str,
-                     max_length: Optional[int], show_progress: bool = True) -> dict[str, Any]:
+                     max_length: Optional[int], show_progress: bool = True, graph_decode: bool = False
+                     ) -> dict[str, Any]:
     """Score one dataset: {"score" (0-100), "metric", "n", "truncated", "avg_prompt_tokens",
     "max_kv_cache_bytes" (cache held after the largest item), "peak_memory_bytes" (CUDA only), "samples"}."""
     task = TASKS[name]
@@ -228,7 +259,8 @@ def evaluate_dataset(model, tokenizer, name: str, records: list[dict[str, Any]],
         torch.cuda.reset_peak_memory_stats(device)
     for rec in tqdm(records, desc=name, disable=not show_progress):
         ids, truncated = build_input_ids(rec, template, task, tokenizer, budget)
-        prediction, kv_bytes = generate(model, tokenizer, ids, task.max_new_tokens, stop_at_newline=task.first_line)
+        prediction, kv_bytes = generate(model, tokenizer, ids, task.max_new_tokens, stop_at_newline=task.first_line,
+                                        graph_decode=graph_decode)
         score = score_item(task.metric, prediction, rec["answers"], rec.get("all_classes"), task.first_line)
         samples.append({"id": rec.get("_id"), "prediction": prediction, "answers": rec["answers"], "score": score,
                         "prompt_tokens": len(ids), "kv_cache_bytes": kv_bytes})
@@ -255,7 +287,8 @@ def evaluate(model, tokenizer, cfg: LongBenchConfig, show_progress: bool = True)
     for name in cfg.datasets:
         records = load_records(name, cfg.data_dir)
         records = records[: cfg.limit] if cfg.limit else records
-        results[name] = evaluate_dataset(model, tokenizer, name, records, prompts[name], cfg.max_length, show_progress)
+        results[name] = evaluate_dataset(model, tokenizer, name, records, prompts[name], cfg.max_length, show_progress,
+                                         cfg.graph_decode)
     average = sum(r["score"] for r in results.values()) / len(results)
     return {"datasets": results, "average": average, "chat_template": has_chat}
 
