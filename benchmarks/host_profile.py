@@ -67,7 +67,7 @@ def _targets() -> list[tuple[object, str, str]]:
            (la, "_single_pass_decode_ws", "_single_pass_decode_ws"), (la, "_folded_rows", "_folded_rows"),
            (la, "_merge", "_merge"), (sp, "ws_single_pass", "ws_single_pass"),
            (spq, "ws_single_pass_quant", "ws_single_pass_quant")]
-    for name in ("forward", "_forward_latent", "_decode_output", "_triton_decode", "_output"):
+    for name in ("forward", "_forward_latent", "decode_output", "_triton_decode", "_output"):
         out.append((pa.PaluAttention, name, f"PaluAttention.{name}"))
     return out
 

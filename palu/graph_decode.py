@@ -149,7 +149,7 @@ class GraphDecoder:
                 kb.scatter_(1, idx[:, :, None].expand(batch, 1, kb.shape[2]), k_lat)
                 vb.scatter_(1, idx[:, :, None].expand(batch, 1, vb.shape[2]), v_lat)
                 pb.scatter_(1, idx, pos32)
-                h = h + m._decode_output(q, (cos, sin), slots)
+                h = h + m.decode_output(q, (cos, sin), slots)
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
             logits = model.lm_head(inner.norm(h))
             self.token.copy_(logits[:, -1].argmax(-1, keepdim=True))

@@ -298,7 +298,7 @@ def static_attention(attn, layer, cos, sin, cfg: LatencyConfig, palu: bool) -> C
             q = query(x)
             _write_last_slot(layer.k, attn.k_proj.down(x))
             _write_last_slot(layer.v, attn.v_proj.down(x))
-            return attn._decode_output(q, (cos, sin), layer)
+            return attn.decode_output(q, (cos, sin), layer)
     else:
         keys, values = layer.keys[:, :, : cfg.prompt_len], layer.values[:, :, : cfg.prompt_len]
 

@@ -10,7 +10,8 @@ Two cache modes run the same factors:
   values stay latent: attention weights are applied to the latents and the value
   up-projection is applied after the weighted sum (folded into o_proj when that does
   not make o_proj larger). On CUDA, single-token decode dispatches to the fused Triton
-  kernel (:mod:`kernels.latent_attention`).
+  kernel (:mod:`kernels.latent_attention`), which also applies RoPE to the query and,
+  without the fold, the value up-projection (no separate launches for either).
 
 Shapes: x (B, S_q, d_model); q (B, H, S_q, D); latents (B, S, R); z (B, H, S_q, r_v_max).
 """
@@ -171,11 +172,11 @@ class PaluAttention(nn.Module):
         if s_q > 1 or layer.kv_start is None:
             layer.kv_start = _prefix_padding_start(attention_mask, b, layer.get_seq_length(), q.device)
         if self._use_triton(q, layer):
-            return self._decode_output(q, rope, layer)
+            return self.decode_output(q, rope, layer)
         z = self._torch_latent_attention(apply_rope(q, *rope), layer, attention_mask)
         return self._output(z)
 
-    def _decode_output(self, q: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+    def decode_output(self, q: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                        layer: "PaluLatentLayer | DecodeSlots") -> torch.Tensor:
         """The Triton decode step's output (B, 1, d_model) from q (B, H, 1, D) before RoPE, over a cache layer or
         :class:`DecodeSlots`: the kernels rotate q, and without the o_proj fold apply the value up-projection in
