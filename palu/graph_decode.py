@@ -124,7 +124,6 @@ class GraphDecoder:
         self.fed = 0  # tokens fed so far
         self.span = 0
         self._replay = None
-        self._pool = torch.cuda.graph_pool_handle() if cfg.use_graph else None
 
     def _body(self, span: int):
         """One step reading the last ``span`` slots of the buffers: feeds self.token, leaves the next one there."""
@@ -179,10 +178,12 @@ class GraphDecoder:
         return self.token
 
     def _capture(self, body):
-        graph = torch.cuda.CUDAGraph()
-        self._replay = None  # the previous span's graph is released before the capture
+        # The previous span's graph (and its private memory pool) is released before the capture; a pool shared
+        # between captures would have to outlive every graph (torch asserts on capturing into a released one).
+        self._replay = None
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph, pool=self._pool):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
             body()
         return graph.replay
 
