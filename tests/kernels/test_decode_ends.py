@@ -134,6 +134,9 @@ def test_gpu_ends_on_the_default_paths(bits, batch, fused_kernel):
     kw = {} if fused_kernel == "auto" else {"method": "fold"}
     z = latent_decode_attention(q=rotate_query(raw, DecodeEnds(q_cos=cos, q_sin=sin)), **inputs, **kw)
     fused_z = latent_decode_attention(q=raw, **inputs, q_cos=cos, q_sin=sin, **kw)
-    torch.testing.assert_close(fused_z, z, rtol=0, atol=0)
+    # Not bit for bit as in the interpreter: compiled, the fold rows' rounding of each RoPE product to fp16 is not kept
+    # (H100: 100% of z's elements off by up to 5e-5, fp16 rounding of q); a rotation that is ignored is off by far more.
+    assert rel_error(fused_z, z) < 2e-3, rel_error(fused_z, z)
+    assert rel_error(latent_decode_attention(q=raw, **inputs, **kw), z) > 0.05
     values = latent_decode_attention(q=raw, **inputs, q_cos=cos, q_sin=sin, v_up=v_up, out_dtype=torch.float16, **kw)
     assert rel_error(values.float(), head_values(z, v_up, 128, 1)) < 3e-3
