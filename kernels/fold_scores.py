@@ -102,9 +102,10 @@ def _fold_rows_kernel(
     (48.5 us).
 
     Q_ROPE: q is given before RoPE and rotated here by cos / sin (B or broadcast 1, D) of the query's position
-    (``rope_sb`` their batch stride, 0 to broadcast), rounded as transformers' ``q * cos + rotate_half(q) * sin``
-    in q's dtype rounds it (each product, then the sum), so the rows equal those of the rotated query. It saves
-    the module the five elementwise launches of RoPE on q per decode step."""
+    (``rope_sb`` their batch stride, 0 to broadcast), each product and the sum rounded to q's dtype as transformers'
+    ``q * cos + rotate_half(q) * sin`` rounds them: bit-identical in the interpreter; compiled (H100), within the fp16
+    rounding of q (the compiler does not keep every intermediate rounding). It saves the module the five elementwise
+    launches of RoPE on q per decode step."""
     pid = tl.program_id(0)
     t = pid % HG
     g = (pid // HG) % num_groups
@@ -120,7 +121,7 @@ def _fold_rows_kernel(
     q_row = q_ptr + b * q_sb + (g * HG + t).to(tl.int64) * q_sh
     q1 = tl.load(q_row + half_idx, mask=half_mask, other=0.0)
     q2 = tl.load(q_row + HALF + half_idx, mask=half_mask, other=0.0)
-    if Q_ROPE:  # products of two q-dtype values are exact in fp32: rounding them to q's dtype is torch's rounding
+    if Q_ROPE:  # products of two q-dtype values are exact in fp32; each is rounded to q's dtype as torch rounds it
         rope_row = b * rope_sb + half_idx
         c1 = tl.load(cos_ptr + rope_row, mask=half_mask, other=0.0).to(tl.float32)
         c2 = tl.load(cos_ptr + rope_row + HALF, mask=half_mask, other=0.0).to(tl.float32)

@@ -685,7 +685,8 @@ def latent_decode_attention(
       out_dtype  dtype of z (the merge writes it directly; fp32 by default).
       q_cos, q_sin  optional (B or 1, D) cos / sin of the new token's position (transformers' rotary output at
                  that position), q's dtype, both or neither: q is then given *before* RoPE, and the fold rows rotate
-                 it as transformers does (same rounding), saving the module RoPE's launches on q.
+                 it as transformers does (its roundings: exact in the interpreter, fp16-level compiled), saving the
+                 module RoPE's launches on q.
       v_up       optional (G, gs*D, rv_max) value up-projection (zero past each group's rank): the merge applies it
                  per head and the call returns the values (B, H, D) in out_dtype (z kept in fp32 in between).
 
