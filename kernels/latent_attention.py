@@ -259,6 +259,18 @@ _softmax_v_split_tuned = triton.autotune(
 )(_softmax_v_split_kernel)
 
 
+@triton.jit
+def _split_weights(part_m_ptr, part_l_ptr, row, num_splits, SPLITS_PAD: tl.constexpr):
+    """(splits (SPLITS_PAD,), their mask, 2^(m_i - M), l_i) of row ``row`` (b * H + h) of the partials."""
+    split = tl.arange(0, SPLITS_PAD)
+    split_mask = split < num_splits
+    m = tl.load(part_m_ptr + row * num_splits + split, mask=split_mask, other=float("-inf"))
+    l = tl.load(part_l_ptr + row * num_splits + split, mask=split_mask, other=0.0)
+    m_max = tl.max(m, axis=0)
+    weight = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))  # empty splits weigh 0
+    return split, split_mask, weight, l
+
+
 @triton.jit(do_not_specialize=["num_splits"])  # changes as the cache grows: one build for every step
 def _merge_splits_kernel(
     part_m_ptr, part_l_ptr, part_acc_ptr, out_ptr, num_splits, rv_max,
@@ -267,12 +279,7 @@ def _merge_splits_kernel(
     """Grid (B*H, cdiv(rv_max, BLOCK_RV)): z = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i."""
     row = tl.program_id(0).to(tl.int64)
     col = tl.program_id(1) * BLOCK_RV + tl.arange(0, BLOCK_RV)
-    split = tl.arange(0, SPLITS_PAD)
-    split_mask = split < num_splits
-    m = tl.load(part_m_ptr + row * num_splits + split, mask=split_mask, other=float("-inf"))
-    l = tl.load(part_l_ptr + row * num_splits + split, mask=split_mask, other=0.0)
-    m_max = tl.max(m, axis=0)
-    weight = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))  # empty splits weigh 0
+    split, split_mask, weight, l = _split_weights(part_m_ptr, part_l_ptr, row, num_splits, SPLITS_PAD)
     acc_ptrs = part_acc_ptr + (row * num_splits + split)[:, None] * rv_max + col[None, :]
     acc = tl.load(acc_ptrs, mask=split_mask[:, None] & (col < rv_max)[None, :], other=0.0)
     out = tl.sum(acc * weight[:, None], axis=0) / tl.sum(l * weight, axis=0)
@@ -292,12 +299,7 @@ def _merge_up_kernel(
     kv_head = (tl.program_id(0) % num_heads) // N_REP
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < HEAD_DIM
-    split = tl.arange(0, SPLITS_PAD)
-    split_mask = split < num_splits
-    m = tl.load(part_m_ptr + row * num_splits + split, mask=split_mask, other=float("-inf"))
-    l = tl.load(part_l_ptr + row * num_splits + split, mask=split_mask, other=0.0)
-    m_max = tl.max(m, axis=0)
-    weight = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))  # empty splits weigh 0
+    split, split_mask, weight, l = _split_weights(part_m_ptr, part_l_ptr, row, num_splits, SPLITS_PAD)
     weight = weight / tl.sum(l * weight, axis=0)
     up_rows = (up_ptr + (kv_head // GS).to(tl.int64) * up_sg
                + ((kv_head % GS) * HEAD_DIM + d).to(tl.int64)[:, None] * up_sr)
