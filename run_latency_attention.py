@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(attention scope) or every layer of the model (model scope; the baseline then uses a static "
                         "cache instead of a DynamicCache)")
     p.add_argument("--graph_decode", action="store_true",
-                   help="model scope, with --palu: time Palu through palu.graph_decode.GraphDecoder (fp latents), "
+                   help="model scope, with --palu: time Palu through palu.graph_decode.GraphDecoder (fp or --lt_bits latents), "
                         "against the eager DynamicCache baseline and the baseline's static step in one CUDA graph")
     p.add_argument("--bucket", type=int, default=256, help="--graph_decode: slots by which a graph's span grows")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
@@ -86,7 +86,6 @@ def main(argv=None) -> int:
             (args.scope != "model", "--graph_decode times whole-model decoding: add --scope model"),
             (not args.palu, "--graph_decode times Palu's decoding: add --palu"),
             (args.cuda_graph, "--graph_decode already replays graphs and adds the static-graph baseline: drop --cuda_graph"),
-            (args.lt_bits != 16, "--graph_decode keeps fp latents: drop --lt_bits (or use --cuda_graph for quantized ones)"),
             (args.bucket < 1, f"--bucket must be >= 1, got {args.bucket}"),
         ] if bad), None)
         if why:

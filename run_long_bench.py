@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JSON {dataset: template with {context} and {input}}, e.g. LongBench's dataset2prompt.json")
     p.add_argument("--limit", type=int, default=None, help="first N items per dataset")
     p.add_argument("--graph_decode", action="store_true",
-                   help="Palu dumps with fp latents on a GPU: greedy decoding with its steps replayed from CUDA graphs "
+                   help="Palu dumps on a GPU (fp latents, or --lt_bits without --lt_residual): greedy decoding with its steps "
+                        "replayed from CUDA graphs "
                         "(palu.graph_decode; the same tokens as model.generate, faster)")
     cli.add_local_tasks_args(p)
     p.add_argument("--output_json", default=None, help="write the results (with every prediction) here, atomically")

@@ -1,4 +1,5 @@
-"""Greedy decoding whose steps are replayed from CUDA graphs over the Palu latent cache (fp16 / bf16 latents).
+"""Greedy decoding whose steps are replayed from CUDA graphs over the Palu latent cache (fp16 / bf16 latents, or
+quantized ones without a full-precision window).
 
 Eager decoding (``model.generate``) is bound by the host on the GPUs measured: Python and ~20 launches per layer cost
 more than the GPU's work (kernels/NOTES.md, twenty-third session). A graph replays a step with the host out of the
@@ -62,9 +63,10 @@ def graph_decode_problem(model: torch.nn.Module, device: torch.device, use_graph
     for m in modules:
         if m.cache_mode != CacheMode.LATENT:
             return "graph decoding needs cache_mode='latent' (configure(model, cache_mode='latent'))"
-        if m.quant.enabled:
-            return (f"graph decoding keeps fp16/bf16 latents; the model quantizes them to {m.quant.bits} bits "
-                    "(configure(model, quant=LatentQuantConfig(bits=16)), or decode with model.generate())")
+        if m.quant.enabled and m.quant.residual_length:
+            return (f"graph decoding quantizes each new token at once, but the model keeps the newest "
+                    f"{m.quant.residual_length} in full precision (residual_length): configure(model, "
+                    "quant=LatentQuantConfig(bits=..., residual_length=0)), or decode with model.generate()")
         if m.backend.value == "torch":
             return "graph decoding runs the Triton decode kernels: configure(model, backend='auto' or 'triton')"
     if use_graph and device.type != "cuda":
@@ -74,6 +76,62 @@ def graph_decode_problem(model: torch.nn.Module, device: torch.device, use_graph
         return (f"{total_len} tokens exceed the model's sliding window ({window} tokens), which the graph step does "
                 "not apply: decode with model.generate()")
     return None
+
+
+def _right_aligned(t: torch.Tensor, starts: list[int], lengths: list[int], capacity: int) -> torch.Tensor:
+    """(B, S, *tail) -> (B, capacity, *tail) zeros with sequence b's slots [start_b, S) at [capacity - n_b, capacity)."""
+    out = t.new_zeros(t.shape[0], capacity, *t.shape[2:])
+    for b, (start, n) in enumerate(zip(starts, lengths)):
+        out[b, capacity - n:] = t[b, start:]
+    return out
+
+
+def _scatter_slot(buf: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> None:
+    """buf (B, C, *tail)[b, idx[b]] = x[b, 0]: x (B, 1, *tail), idx (B, 1) int64 (a device tensor: graph-safe)."""
+    full = idx.view(idx.shape[0], 1, *([1] * (buf.dim() - 2))).expand(x.shape)
+    buf.scatter_(1, full, x)
+
+
+class _LatentBuffers:
+    """One projection's latents of one layer right-aligned in ``capacity`` slots: fp (B, C, R), or packed codes
+    (B, C, words) int32 with scale / zero (B, C, groups) (palu.quant's layout, every slot quantized)."""
+
+    def __init__(self, store, quant, starts: list[int], lengths: list[int], capacity: int) -> None:
+        self.quant = quant
+        if quant.enabled:
+            q = store.quantized()
+            parts = {"codes": q.codes, "scale": q.scale, "zero": q.zero}
+        else:
+            parts = {"fp": store.fp.view()}
+        self.bufs = {k: _right_aligned(t, starts, lengths, capacity) for k, t in parts.items() if t is not None}
+
+    def write(self, latent: torch.Tensor, idx: torch.Tensor) -> None:
+        """Store latent (B, 1, R) at slot idx[b] (quantized first, as the eager cache quantizes it)."""
+        if not self.quant.enabled:
+            _scatter_slot(self.bufs["fp"], idx, latent)
+            return
+        from .modules.cache import quantize_into_views
+
+        staged = {k: buf.new_empty(buf.shape[0], 1, *buf.shape[2:]) for k, buf in self.bufs.items()}
+        quantize_into_views(latent, self.quant, staged["codes"], staged["scale"], staged.get("zero"))
+        for k, buf in self.bufs.items():
+            _scatter_slot(buf, idx, staged[k])
+
+    def view(self, first: int):
+        """kernels.LatentView of slots [first, capacity)."""
+        from kernels import LatentView
+
+        span = {k: buf[:, first:] for k, buf in self.bufs.items()}
+        if not self.quant.enabled:
+            return LatentView(span["fp"], None, None, None)
+        return LatentView(None, span["codes"], span["scale"], span.get("zero"), bits=self.quant.bits,
+                          quant_group_size=self.quant.group_size)
+
+    def slot_bytes(self) -> int:
+        return sum(buf[0, 0].numel() * buf.element_size() for buf in self.bufs.values())
+
+    def nbytes(self) -> int:
+        return sum(buf.numel() * buf.element_size() for buf in self.bufs.values())
 
 
 class GraphDecoder:
@@ -94,28 +152,22 @@ class GraphDecoder:
         self.modules = list(palu_modules(model))
         batch = next_token.shape[0]
         layers = [cache.layers[m.layer_idx] for m in self.modules]
-        for layer in layers:
-            if not isinstance(layer, PaluLatentLayer) or layer.kv_start is None or layer.k.n_quantized:
-                raise ValueError("the cache must hold fp latents in every layer with kv_start set (a prefill with "
-                                 "left padding only), as PaluAttention leaves it")
+        for m, layer in zip(self.modules, layers):
+            whole = layer.k.n_quantized == layer.get_seq_length() if m.quant.enabled else not layer.k.n_quantized
+            if not isinstance(layer, PaluLatentLayer) or layer.kv_start is None or not whole:
+                raise ValueError("the cache must hold every layer's latents in the model's format (all quantized with "
+                                 "latent quantization, else all fp) with kv_start set (a prefill with left padding "
+                                 "only), as PaluAttention leaves it")
         starts = layers[0].kv_start.tolist()  # one sync, at setup
         slots = layers[0].get_seq_length()
         self.lengths = [slots - s for s in starts]  # valid slots per sequence
         self.capacity = -(-max(capacity, max(self.lengths) + 1) // cfg.bucket) * cfg.bucket
         # Right-aligned copies: sequence b's valid slots [start_b, S) go to [capacity - n_b, capacity).
-        self.k, self.v, self.pos = [], [], []
-        for layer in layers:
-            k, v, p = layer.k.fp.view(), layer.v.fp.view(), layer.positions.view()
-            kb = k.new_zeros(batch, self.capacity, k.shape[2])
-            vb = v.new_zeros(batch, self.capacity, v.shape[2])
-            pb = p.new_zeros(batch, self.capacity)
-            for b, (start, n) in enumerate(zip(starts, self.lengths)):
-                kb[b, self.capacity - n:] = k[b, start:]
-                vb[b, self.capacity - n:] = v[b, start:]
-                pb[b, self.capacity - n:] = p[b, start:]
-            self.k.append(kb)
-            self.v.append(vb)
-            self.pos.append(pb)
+        self.k = [_LatentBuffers(layer.k, m.quant, starts, self.lengths, self.capacity)
+                  for m, layer in zip(self.modules, layers)]
+        self.v = [_LatentBuffers(layer.v, m.quant, starts, self.lengths, self.capacity)
+                  for m, layer in zip(self.modules, layers)]
+        self.pos = [_right_aligned(layer.positions.view(), starts, self.lengths, self.capacity) for layer in layers]
         lengths = torch.tensor(self.lengths, device=device)
         self.write_slot = (self.capacity - lengths - 1).to(torch.int64)  # (B,) where the fed token goes
         self.kv_start = torch.zeros(batch, dtype=torch.int32, device=device)  # span-relative, set per span
@@ -131,10 +183,8 @@ class GraphDecoder:
         batch = self.token.shape[0]
         first = self.capacity - span
         idx = self.write_slot.view(batch, 1)
-        from kernels import LatentView
-
-        views = [DecodeSlots(LatentView(kb[:, first:], None, None, None), LatentView(vb[:, first:], None, None, None),
-                             pb[:, first:], self.kv_start) for kb, vb, pb in zip(self.k, self.v, self.pos)]
+        views = [DecodeSlots(kb.view(first), vb.view(first), pb[:, first:], self.kv_start)
+                 for kb, vb, pb in zip(self.k, self.v, self.pos)]
 
         def body() -> None:
             h = inner.embed_tokens(self.token)
@@ -144,10 +194,9 @@ class GraphDecoder:
                 # PaluAttention's decode path, over the span's views instead of a cache layer
                 x = layer.input_layernorm(h)
                 q = m.q_proj(x).view(batch, 1, m.num_heads, m.head_dim).transpose(1, 2)  # before RoPE
-                k_lat, v_lat = m.k_proj.down(x), m.v_proj.down(x)  # (B, 1, R)
-                kb.scatter_(1, idx[:, :, None].expand(batch, 1, kb.shape[2]), k_lat)
-                vb.scatter_(1, idx[:, :, None].expand(batch, 1, vb.shape[2]), v_lat)
-                pb.scatter_(1, idx, pos32)
+                kb.write(m.k_proj.down(x), idx)  # (B, 1, R_k) at each sequence's write slot
+                vb.write(m.v_proj.down(x), idx)
+                _scatter_slot(pb, idx, pos32)
                 h = h + m.decode_output(q, (cos, sin), slots)
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
             logits = model.lm_head(inner.norm(h))
@@ -191,9 +240,9 @@ class GraphDecoder:
         """Bytes of the latent and position buffers: all ``capacity`` slots, or (``used_only``) the slots the
         sequences fill (written tokens included), as :func:`palu.modules.cache.cache_nbytes` counts a cache."""
         if not used_only:
-            return sum(t.numel() * t.element_size() for t in self.k + self.v + self.pos)
+            return sum(b.nbytes() for b in self.k + self.v) + sum(p.numel() * p.element_size() for p in self.pos)
         slots = sum(self.lengths) + self.fed * len(self.lengths)
-        return sum(slots * (t[0, 0].numel() * t.element_size()) for t in self.k + self.v + self.pos)
+        return slots * (sum(b.slot_bytes() for b in self.k + self.v) + sum(p.element_size() for p in self.pos))
 
 
 @dataclasses.dataclass

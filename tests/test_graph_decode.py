@@ -54,6 +54,21 @@ def test_eager_steps_give_generate_tokens(arch, v_rank, num_heads):
     assert got.cache_bytes == per_slot * (3 * 23 - 4 - 1)
 
 
+@pytest.mark.parametrize("bits,sym", [(4, False), (2, True), (8, False)])
+def test_eager_steps_with_quantized_latents(bits, sym):
+    """Quantized latents (no full-precision window): each new token is quantized into its slot of the packed
+    buffers as the eager cache quantizes it, and the tokens are model.generate's."""
+    model = _model()
+    configure(model, quant=LatentQuantConfig(bits=bits, group_size=8, sym=sym))
+    x, mask = _prompts()
+    want = _generate(model, x, mask, 10)
+    got = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=10, bucket=4, use_graph=False))
+    assert torch.equal(got.sequences, want)
+    words, groups = (20 * bits + 31) // 32 + (24 * bits + 31) // 32, 20 // 8 + 1 + 24 // 8
+    per_slot = 2 * (words * 4 + groups * 4 * (1 if sym else 2) + 4)  # codes, fp32 scale (and zero), position
+    assert got.cache_bytes == per_slot * (3 * 20 - 4 - 1)
+
+
 def test_eos_pads_and_stops():
     model = _model()
     x, mask = _prompts()
@@ -71,8 +86,8 @@ def test_eos_pads_and_stops():
 def test_refusals_come_before_the_prefill():
     model = _model()
     x, mask = _prompts()
-    configure(model, quant=LatentQuantConfig(bits=4))
-    with pytest.raises(ValueError, match="fp16/bf16 latents"):
+    configure(model, quant=LatentQuantConfig(bits=4, residual_length=4))
+    with pytest.raises(ValueError, match="residual_length"):
         graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=4, use_graph=False))
     configure(model, quant=LatentQuantConfig(bits=16))
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
@@ -108,15 +123,17 @@ def test_capacity_is_enforced():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("v_rank", [24, 12], ids=["unfolded", "folded"])
-def test_gpu_graphs_replay_the_eager_steps(dtype, v_rank):
+@pytest.mark.parametrize("v_rank,bits", [(24, 16), (12, 16), (24, 4)], ids=["unfolded", "folded", "4-bit"])
+def test_gpu_graphs_replay_the_eager_steps(dtype, v_rank, bits):
     """Replayed graphs (a new capture every 4 tokens) give exactly the tokens of the same steps run eagerly (same
     spans, so the same kernels and splits), and fp16 ones those of eager model.generate (other splits: equal unless a
     near-tie flips)."""
     model = _model("llama", v_rank, device="cuda", dtype=dtype)
+    if bits < 16:
+        configure(model, quant=LatentQuantConfig(bits=bits, group_size=8))
     x, mask = _prompts("cuda")
     eager = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=20, bucket=4, use_graph=False)).sequences
     graphed = graph_generate(model, x, mask, GraphDecodeConfig(max_new_tokens=20, bucket=4)).sequences
     assert torch.equal(graphed, eager)
-    if dtype == torch.float16:
+    if dtype == torch.float16 and bits == 16:
         assert torch.equal(graphed, _generate(model, x, mask, 20))
