@@ -139,11 +139,12 @@ class GraphDecoder:
 
     cache: every layer a PaluLatentLayer of S slots with kv_start set (a prefill's left padding); next_token (B, 1)
     int64, the token to feed first; next_position (B,) int64, its position. ``step()`` feeds it and returns the
-    following token (B, 1); ``capacity`` bounds the slots (S plus the tokens to be fed).
+    following token (B, 1); ``capacity`` bounds the slots (S plus the tokens to be fed). ``consume``: empty each
+    cache layer once copied, so that the copies need one layer's latents more than the cache, not twice the cache.
     """
 
     def __init__(self, model, cache: PaluCache, next_token: torch.Tensor, next_position: torch.Tensor,
-                 capacity: int, cfg: GraphDecodeConfig) -> None:
+                 capacity: int, cfg: GraphDecodeConfig, consume: bool = False) -> None:
         device = next_token.device
         why = graph_decode_problem(model, device, cfg.use_graph, capacity)
         if why:
@@ -151,10 +152,10 @@ class GraphDecoder:
         self.model, self.cfg = model, cfg
         self.modules = list(palu_modules(model))
         batch = next_token.shape[0]
-        layers = [cache.layers[m.layer_idx] for m in self.modules]
+        layers = [cache.layers[m.layer_idx] if m.layer_idx < len(cache.layers) else None for m in self.modules]
         for m, layer in zip(self.modules, layers):
-            whole = layer.k.n_quantized == layer.get_seq_length() if m.quant.enabled else not layer.k.n_quantized
-            if not isinstance(layer, PaluLatentLayer) or layer.kv_start is None or not whole:
+            if not isinstance(layer, PaluLatentLayer) or layer.kv_start is None or not (
+                    layer.k.n_quantized == layer.get_seq_length() if m.quant.enabled else not layer.k.n_quantized):
                 raise ValueError("the cache must hold every layer's latents in the model's format (all quantized with "
                                  "latent quantization, else all fp) with kv_start set (a prefill with left padding "
                                  "only), as PaluAttention leaves it")
@@ -163,11 +164,13 @@ class GraphDecoder:
         self.lengths = [slots - s for s in starts]  # valid slots per sequence
         self.capacity = -(-max(capacity, max(self.lengths) + 1) // cfg.bucket) * cfg.bucket
         # Right-aligned copies: sequence b's valid slots [start_b, S) go to [capacity - n_b, capacity).
-        self.k = [_LatentBuffers(layer.k, m.quant, starts, self.lengths, self.capacity)
-                  for m, layer in zip(self.modules, layers)]
-        self.v = [_LatentBuffers(layer.v, m.quant, starts, self.lengths, self.capacity)
-                  for m, layer in zip(self.modules, layers)]
-        self.pos = [_right_aligned(layer.positions.view(), starts, self.lengths, self.capacity) for layer in layers]
+        self.k, self.v, self.pos = [], [], []
+        for m, layer in zip(self.modules, layers):
+            self.k.append(_LatentBuffers(layer.k, m.quant, starts, self.lengths, self.capacity))
+            self.v.append(_LatentBuffers(layer.v, m.quant, starts, self.lengths, self.capacity))
+            self.pos.append(_right_aligned(layer.positions.view(), starts, self.lengths, self.capacity))
+            if consume:
+                layer.reset()
         lengths = torch.tensor(self.lengths, device=device)
         self.write_slot = (self.capacity - lengths - 1).to(torch.int64)  # (B,) where the fed token goes
         self.kv_start = torch.zeros(batch, dtype=torch.int32, device=device)  # span-relative, set per span
@@ -276,7 +279,7 @@ def graph_generate(model, input_ids: torch.Tensor, attention_mask: Optional[torc
     cache_bytes = cache.nbytes()
     if cfg.max_new_tokens > 1:
         decoder = GraphDecoder(model, cache, first, position_ids[:, -1] + 1,
-                               input_ids.shape[1] + cfg.max_new_tokens, cfg)
+                               input_ids.shape[1] + cfg.max_new_tokens, cfg, consume=True)
         del cache
         eos = None if cfg.eos_token_id is None else torch.tensor(list(cfg.eos_token_id), device=device)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)

@@ -121,6 +121,22 @@ def test_capacity_is_enforced():
             dec.step()
 
 
+def test_consume_frees_the_cache_and_decodes_the_same():
+    model = _model()
+    x, mask = _prompts()
+    tokens = []
+    for consume in (False, True):
+        cache = PaluCache()
+        with torch.no_grad():
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(x, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+            dec = GraphDecoder(model, cache, out.logits[:, -1:].argmax(-1), pos[:, -1] + 1, 16,
+                               GraphDecodeConfig(max_new_tokens=4, bucket=4, use_graph=False), consume=consume)
+            assert (cache.nbytes() == 0) == consume
+            tokens.append(torch.cat([dec.step().clone() for _ in range(3)], dim=1))
+    assert torch.equal(tokens[0], tokens[1])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("v_rank,bits", [(24, 16), (12, 16), (24, 4)], ids=["unfolded", "folded", "4-bit"])

@@ -217,7 +217,7 @@ def graph_decoder_decode(cfg: LatencyConfig, bucket: int = 256) -> dict[str, Any
     position = torch.full((cfg.batch_size,), cfg.prompt_len, dtype=torch.long, device=cfg.device)
     decoder = GraphDecoder(model, cache, token, position, cfg.prompt_len + steps,
                            GraphDecodeConfig(max_new_tokens=steps, bucket=bucket,
-                                             use_graph=str(cfg.device).startswith("cuda")))
+                                             use_graph=str(cfg.device).startswith("cuda")), consume=True)
     del cache  # the decoder holds right-aligned copies
     if str(cfg.device).startswith("cuda"):
         torch.cuda.empty_cache()
