@@ -27,6 +27,7 @@
 #              nvidia-smi sampling SM clock, power and throttle reasons every 100 ms ($OUT/clocks.csv)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   profile_model  the same for the whole model's step (--scope model) at 32K, B=1 and 2
+#   graph_decode  run_latency_attention.py --scope model --graph_decode at 32K (fp16 and 4-bit), its GPU tests
 #   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
 #              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
 #              the merge)
@@ -151,6 +152,14 @@ clocks)  # SM clock and power sampled every 100 ms while SDPA and the fused kern
   ;;
 profile)
   run timeout 240 python3 benchmarks/profile_step.py 4096 65536 --output_json "$OUT/profile_step_fp16.json"
+  ;;
+graph_decode)  # whole model at 32K through palu.graph_decode (fp16 and 4-bit latents) vs the eager and graphed baselines,
+  # then the graph decoder's GPU tests
+  run timeout 240 python3 run_latency_attention.py --scope model --graph_decode --palu --prompt_len 32768 --batch_size 1 2 \
+      --reps 20 --warmup 3 --output_json "$OUT/model_graph_decode.json"
+  run timeout 200 python3 run_latency_attention.py --scope model --graph_decode --palu --lt_bits 4 --prompt_len 32768 \
+      --batch_size 1 2 --reps 20 --warmup 3 --output_json "$OUT/model_graph_decode_int4.json"
+  run timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py
   ;;
 profile_model)  # per-kernel device time and launches of the whole model's step at 32K, B=1 and 2 (fp16 latents)
   for b in 1 2; do
