@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--graph_decode", action="store_true",
                    help="model scope, with --palu: time Palu through palu.graph_decode.GraphDecoder (fp or --lt_bits latents), "
                         "against the eager DynamicCache baseline and the baseline's static step in one CUDA graph")
-    p.add_argument("--bucket", type=int, default=256, help="--graph_decode: slots by which a graph's span grows")
+    p.add_argument("--bucket", type=int, default=None, help="--graph_decode: slots by which a graph's span grows (256)")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     cli.add_fused_kernel_arg(p)
     p.add_argument("--num_layers", type=int, default=32, help="model scope: decoder layers")
@@ -86,10 +86,12 @@ def main(argv=None) -> int:
             (args.scope != "model", "--graph_decode times whole-model decoding: add --scope model"),
             (not args.palu, "--graph_decode times Palu's decoding: add --palu"),
             (args.cuda_graph, "--graph_decode already replays graphs and adds the static-graph baseline: drop --cuda_graph"),
-            (args.bucket < 1, f"--bucket must be >= 1, got {args.bucket}"),
+            (args.bucket is not None and args.bucket < 1, f"--bucket must be >= 1, got {args.bucket}"),
         ] if bad), None)
         if why:
             cli.fail(why)
+    elif args.bucket is not None:
+        cli.fail("--bucket sets --graph_decode's span: add --graph_decode, or drop --bucket")
     rows = []
     for prompt_len in args.prompt_len:
         for batch in args.batch_size:
@@ -137,7 +139,7 @@ def _runs(cfg: LatencyConfig, args) -> list:
         runs = [lambda: model_decode(cfg, False, "dynamic")]
         if str(cfg.device).startswith("cuda"):
             runs.append(lambda: model_decode(dataclasses.replace(cfg, cuda_graph=True), False))
-        runs.append(lambda: graph_decoder_decode(cfg, args.bucket))
+        runs.append(lambda: graph_decoder_decode(cfg, args.bucket or 256))
     else:
         runs = [lambda: model_decode(cfg, False, "dynamic")]
         if args.palu:

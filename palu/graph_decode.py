@@ -277,11 +277,11 @@ def graph_generate(model, input_ids: torch.Tensor, attention_mask: Optional[torc
     del out
     tokens = [first]
     cache_bytes = cache.nbytes()
+    eos = None if cfg.eos_token_id is None else torch.tensor(list(cfg.eos_token_id), device=device)
     if cfg.max_new_tokens > 1:
         decoder = GraphDecoder(model, cache, first, position_ids[:, -1] + 1,
                                input_ids.shape[1] + cfg.max_new_tokens, cfg, consume=True)
         del cache
-        eos = None if cfg.eos_token_id is None else torch.tensor(list(cfg.eos_token_id), device=device)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
         for i in range(cfg.max_new_tokens - 1):
             if eos is not None:
@@ -291,8 +291,8 @@ def graph_generate(model, input_ids: torch.Tensor, attention_mask: Optional[torc
             tokens.append(decoder.step().clone())
         cache_bytes = decoder.nbytes(used_only=True)
     new = torch.cat(tokens, dim=1)
-    if cfg.eos_token_id is not None:  # tokens after a sequence's first EOS become padding, as generate() pads them
-        hit = torch.isin(new, torch.tensor(list(cfg.eos_token_id), device=device))
+    if eos is not None:  # tokens after a sequence's first EOS become padding, as generate() pads them
+        hit = torch.isin(new, eos)
         after = (hit.int().cumsum(1) - hit.int()) > 0
         new = new.masked_fill(after, cfg.pad_token_id)
     return GraphGenerateOutput(torch.cat([input_ids, new], dim=1), cache_bytes)

@@ -209,6 +209,7 @@ def test_latency_graph_decode_smoke_on_cpu(tmp_path):
 @pytest.mark.parametrize("extra,message", [
     (["--scope", "attention"], "--scope model"),
     (["--scope", "model", "--cuda_graph"], "drop --cuda_graph"),
+    (["--scope", "model", "--bucket", "0"], "--bucket must be >= 1"),
 ])
 def test_latency_graph_decode_bad_flags_fail_before_work(tmp_path, capsys, extra, message):
     out = tmp_path / "lat.json"
@@ -217,3 +218,11 @@ def test_latency_graph_decode_bad_flags_fail_before_work(tmp_path, capsys, extra
                                                "--output_json", str(out)])
     assert message in str(exc.value.code) + capsys.readouterr().err
     assert not out.exists()
+
+
+def test_latency_bucket_without_graph_decode_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _script("run_latency_attention").main(["--device", "cpu", "--scope", "model", "--palu", "--bucket", "64",
+                                               "--output_json", str(tmp_path / "lat.json")])
+    assert "add --graph_decode" in str(exc.value.code) + capsys.readouterr().err
+    assert not (tmp_path / "lat.json").exists()

@@ -116,7 +116,10 @@ class PaluAttention(nn.Module):
         if self._should_fold():
             weight, bias = self._folded_o_proj()
             return F.linear(z.transpose(1, 2).reshape(b, s_q, -1), weight, bias)
-        v = torch.einsum("bhqr,hdr->bqhd", z, self._head_up(self.v_proj)).reshape(b, s_q, -1)
+        return self._project_values(torch.einsum("bhqr,hdr->bqhd", z, self._head_up(self.v_proj)).reshape(b, s_q, -1))
+
+    def _project_values(self, v: torch.Tensor) -> torch.Tensor:
+        """Values (B, S_q, H·D) without their bias -> o_proj(v + b_v) (B, S_q, d_model)."""
         b_v = self._head_bias(self.v_proj)
         return self.o_proj(v + b_v if b_v is not None else v)
 
@@ -184,9 +187,7 @@ class PaluAttention(nn.Module):
         if self._should_fold():
             return self._output(self._triton_decode(q, layer, rope))
         b = q.shape[0]
-        v = self._triton_decode(q, layer, rope, v_up=self.v_proj.up).reshape(b, 1, -1)  # (B, 1, H·D)
-        b_v = self._head_bias(self.v_proj)
-        return self.o_proj(v + b_v if b_v is not None else v)
+        return self._project_values(self._triton_decode(q, layer, rope, v_up=self.v_proj.up).reshape(b, 1, -1))
 
     def _use_triton(self, q: torch.Tensor, layer: PaluLatentLayer) -> bool:
         if self.backend == Backend.TORCH or q.shape[2] != 1 or layer.kv_start is None:
