@@ -26,7 +26,7 @@
 #   clocks     benchmarks/clock_probe.py (SDPA, then the fused kernel, 3 s each back to back, 64K at B=1 and 8) with
 #              nvidia-smi sampling SM clock, power and throttle reasons every 100 ms ($OUT/clocks.csv)
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
-#   profile_model  the same for the whole model's step (--scope model) at 32K, B=1 and 2
+#   profile_model  the same for the whole model's step at 32K, B=1 and 2 (--scope decoder: Palu's GraphDecoder step)
 #   graph_decode  run_latency_attention.py --scope model --graph_decode at 32K (fp16 and 4-bit), its GPU tests
 #   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
 #              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
@@ -133,8 +133,8 @@ sweep_cols)
 sweep_single_pass)
   run timeout 400 python3 benchmarks/fold_heads_sweep.py "$OUT/single_pass_sweep.json" single_pass
   ;;
-sweep_splits)
-  run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/sweep_splits.json" splits
+sweep_splits)  # shapes from $SPLIT_SHAPES (seq_len,batch,bits;...), else the script's
+  run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/sweep_splits.json" splits "${SPLIT_SHAPES:-}"
   ;;
 sweep_fold_rows)
   run timeout 200 python3 benchmarks/fold_heads_sweep.py "$OUT/sweep_fold_rows.json" fold_rows
@@ -161,9 +161,10 @@ graph_decode)  # whole model at 32K through palu.graph_decode (fp16 and 4-bit la
       --batch_size 1 2 --reps 20 --warmup 3 --output_json "$OUT/model_graph_decode_int4.json"
   run timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py
   ;;
-profile_model)  # per-kernel device time and launches of the whole model's step at 32K, B=1 and 2 (fp16 latents)
+profile_model)  # per-kernel device time and launches of the whole model's step at 32K, B=1 and 2 (fp16 latents):
+  # the baseline's static step and Palu's GraphDecoder step (eager; its graphs replay the same kernels)
   for b in 1 2; do
-    run timeout 300 python3 benchmarks/profile_step.py 32768 --scope model --batch_size $b --steps 5 \
+    run timeout 300 python3 benchmarks/profile_step.py 32768 --scope decoder --batch_size $b --steps 5 \
         --output_json "$OUT/profile_model_b$b.json"
   done
   ;;

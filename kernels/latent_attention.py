@@ -560,6 +560,9 @@ class DecodeEnds:
 NO_ENDS = DecodeEnds()
 MERGE_UP_BLOCK_D = 32  # head_dim rows per merge-up program: 4 programs per head at D = 128 (128 at B = 1 x 32 heads)
 MERGE_UP_BLOCK_R = 64
+MERGE_UP_WARPS = 4
+MERGE_BLOCK_RV = 64  # z columns per merge program (no up-projection)
+MERGE_WARPS = 4
 
 
 def rotate_query(q: torch.Tensor, ends: DecodeEnds) -> torch.Tensor:
@@ -584,14 +587,14 @@ def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32, end
         _merge_up_kernel[(batch * num_heads, cdiv(d, block_d))](
             part_m, part_l, part_acc, up, up.stride(0), up.stride(1), out, num_splits, rv_max, num_heads,
             HEAD_DIM=d, GS=ends.gs, N_REP=ends.n_rep, SPLITS_PAD=next_pow2(num_splits),
-            RV_CEIL=cdiv(rv_max, block_r) * block_r, BLOCK_R=block_r, BLOCK_D=block_d,
+            RV_CEIL=cdiv(rv_max, block_r) * block_r, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=MERGE_UP_WARPS,
         )
         return out
     out = torch.empty(batch, num_heads, rv_max, dtype=out_dtype, device=part_acc.device)
-    block_rv = min(64, _pad(rv_max))
+    block_rv = min(MERGE_BLOCK_RV, _pad(rv_max))
     _merge_splits_kernel[(batch * num_heads, cdiv(rv_max, block_rv))](
         part_m, part_l, part_acc, out, num_splits, rv_max,
-        SPLITS_PAD=next_pow2(num_splits), BLOCK_RV=block_rv,
+        SPLITS_PAD=next_pow2(num_splits), BLOCK_RV=block_rv, num_warps=MERGE_WARPS,
     )
     return out
 

@@ -86,10 +86,14 @@ def _right_aligned(t: torch.Tensor, starts: list[int], lengths: list[int], capac
     return out
 
 
-def _scatter_slot(buf: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> None:
-    """buf (B, C, *tail)[b, idx[b]] = x[b, 0]: x (B, 1, *tail), idx (B, 1) int64 (a device tensor: graph-safe)."""
-    full = idx.view(idx.shape[0], 1, *([1] * (buf.dim() - 2))).expand(x.shape)
-    buf.scatter_(1, full, x)
+def _write_slots(slot: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """buf[b, slot[b]] = row[b] for each (row (B, 1, W), buf (B, C, W)) pair; slot (B,) int64, a device tensor
+    (graph-safe). On CUDA one Triton launch per four pairs (kernels.slot_write), elsewhere plain indexing."""
+    if slot.is_cuda:
+        from kernels.slot_write import write_slots
+    else:
+        from kernels.slot_write import write_slots_ref as write_slots
+    write_slots(slot, pairs)
 
 
 class _LatentBuffers:
@@ -105,17 +109,16 @@ class _LatentBuffers:
             parts = {"fp": store.fp.view()}
         self.bufs = {k: _right_aligned(t, starts, lengths, capacity) for k, t in parts.items() if t is not None}
 
-    def write(self, latent: torch.Tensor, idx: torch.Tensor) -> None:
-        """Store latent (B, 1, R) at slot idx[b] (quantized first, as the eager cache quantizes it)."""
+    def pairs(self, latent: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(row, buffer) pairs that store latent (B, 1, R) at a slot (see :func:`_write_slots`): fp, the latent
+        itself; quantized, its codes / scale / zero, quantized first into staging rows as the eager cache does."""
         if not self.quant.enabled:
-            _scatter_slot(self.bufs["fp"], idx, latent)
-            return
+            return [(latent, self.bufs["fp"])]
         from .modules.cache import quantize_into_views
 
         staged = {k: buf.new_empty(buf.shape[0], 1, *buf.shape[2:]) for k, buf in self.bufs.items()}
         quantize_into_views(latent, self.quant, staged["codes"], staged["scale"], staged.get("zero"))
-        for k, buf in self.bufs.items():
-            _scatter_slot(buf, idx, staged[k])
+        return [(staged[k], buf) for k, buf in self.bufs.items()]
 
     def view(self, first: int):
         """kernels.LatentView of slots [first, capacity)."""
@@ -185,7 +188,6 @@ class GraphDecoder:
         model, inner = self.model, self.model.model
         batch = self.token.shape[0]
         first = self.capacity - span
-        idx = self.write_slot.view(batch, 1)
         views = [DecodeSlots(kb.view(first), vb.view(first), pb[:, first:], self.kv_start)
                  for kb, vb, pb in zip(self.k, self.v, self.pos)]
 
@@ -197,9 +199,9 @@ class GraphDecoder:
                 # PaluAttention's decode path, over the span's views instead of a cache layer
                 x = layer.input_layernorm(h)
                 q = m.q_proj(x).view(batch, 1, m.num_heads, m.head_dim).transpose(1, 2)  # before RoPE
-                kb.write(m.k_proj.down(x), idx)  # (B, 1, R_k) at each sequence's write slot
-                vb.write(m.v_proj.down(x), idx)
-                _scatter_slot(pb, idx, pos32)
+                # (B, 1, R_k), (B, 1, R_v) latents and the position at each sequence's write slot, one launch
+                _write_slots(self.write_slot, kb.pairs(m.k_proj.down(x)) + vb.pairs(m.v_proj.down(x))
+                             + [(pos32, pb.unsqueeze(-1))])
                 h = h + m.decode_output(q, (cos, sin), slots)
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
             logits = model.lm_head(inner.norm(h))

@@ -1,0 +1,139 @@
+"""Per-call time of the small kernels around the decode kernel in graph decoding (Llama-2-7B shape at 50%: 32 heads,
+head_dim 128, 8 groups of 4 heads, r_k 128 / r_v 384 per group, fp16), replayed from a CUDA graph as the decoder
+replays them:
+  write   the new token's key latent, value latent and position at a device-held slot: three Tensor.scatter_
+          (the twenty-fourth session's decoder) against kernels.slot_write.write_slots (one launch)
+  merge   the splits' merge with the value up-projection (_merge_up_kernel) per MERGE_UP_BLOCK_D / MERGE_UP_BLOCK_R /
+          MERGE_UP_WARPS, the splits the single-pass kernel writes at 32K
+  merge_z the merge without it (_merge_splits_kernel, what run_latency_kernel.py times) per MERGE_BLOCK_RV /
+          MERGE_WARPS, the splits at 16K and 32K
+Usage (CUDA machine, repo root): PYTHONPATH=. python benchmarks/small_kernels_sweep.py OUT.json [batch ...]
+"""
+import itertools
+import json
+import sys
+
+import torch
+
+import kernels.latent_attention as la
+from kernels.single_pass_ws import sp_chunks
+from kernels.slot_write import write_slots
+
+H, D, G, GS, RK, RV = 32, 128, 8, 4, 128, 384
+CALLS = 20  # calls per graph; a replay's time / CALLS is one call's time with its launch gap
+
+
+def per_call_us(fn, replays: int = 20) -> float:
+    """Median over ``replays`` graph replays of CALLS calls of fn, per call (us)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(CALLS):
+            fn()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / CALLS)
+    return sorted(times)[len(times) // 2]
+
+
+def write_rows(batch: int) -> dict:
+    dev, slots = "cuda", 33024
+    kb = torch.zeros(batch, slots, G * RK, dtype=torch.float16, device=dev)
+    vb = torch.zeros(batch, slots, G * RV, dtype=torch.float16, device=dev)
+    pb = torch.zeros(batch, slots, dtype=torch.int32, device=dev)
+    k = torch.randn(batch, 1, G * RK, dtype=torch.float16, device=dev)
+    v = torch.randn(batch, 1, G * RV, dtype=torch.float16, device=dev)
+    pos = torch.randint(0, 1 << 20, (batch, 1), dtype=torch.int32, device=dev)
+    slot = torch.randint(0, slots, (batch,), device=dev)
+
+    def scatter():
+        idx = slot.view(batch, 1)
+        for buf, x in ((kb, k), (vb, v)):
+            buf.scatter_(1, idx.view(batch, 1, 1).expand(x.shape), x)
+        pb.scatter_(1, idx, pos)
+
+    return {"scatter_x3_us": per_call_us(scatter),
+            "write_slots_us": per_call_us(lambda: write_slots(slot, [(k, kb), (v, vb), (pos, pb.unsqueeze(-1))]))}
+
+
+def merge_rows(batch: int) -> list:
+    dev = "cuda"
+    _, chunks = sp_chunks(32768, batch * G, torch.cuda.get_device_properties(0).multi_processor_count, None)
+    splits = 2 * chunks
+    part_m = torch.randn(batch, H, splits, device=dev)
+    part_l = torch.rand(batch, H, splits, device=dev) + 1
+    part_acc = torch.randn(batch, H, splits, RV, device=dev)
+    up = torch.randn(G, GS * D, RV, dtype=torch.float16, device=dev) / 20
+    ends = la.DecodeEnds(v_up=up, head_dim=D, gs=GS, n_rep=1)
+    saved = (la.MERGE_UP_BLOCK_D, la.MERGE_UP_BLOCK_R, la.MERGE_UP_WARPS)
+    check = la._merge(part_m, part_l, part_acc, torch.float32, ends)
+    rows = []
+    for block_d, block_r, warps in itertools.product((16, 32, 64, 128), (64, 128, 512), (2, 4, 8)):
+        la.MERGE_UP_BLOCK_D, la.MERGE_UP_BLOCK_R, la.MERGE_UP_WARPS = block_d, block_r, warps
+        try:
+            err = (la._merge(part_m, part_l, part_acc, torch.float32, ends) - check).abs().max().item()
+            us = per_call_us(lambda: la._merge(part_m, part_l, part_acc, torch.float16, ends))
+        except Exception as exc:  # e.g. out of registers / shared memory
+            rows.append({"block_d": block_d, "block_r": block_r, "warps": warps, "error": str(exc)[:300]})
+            continue
+        rows.append({"block_d": block_d, "block_r": block_r, "warps": warps, "splits": splits, "us": us,
+                     "max_abs_diff_vs_default": err})
+        print(f"merge_up B={batch} splits={splits} block_d={block_d} block_r={block_r} warps={warps}: {us:.2f} us "
+              f"(diff {err:.1e})", flush=True)
+    la.MERGE_UP_BLOCK_D, la.MERGE_UP_BLOCK_R, la.MERGE_UP_WARPS = saved
+    return rows
+
+
+def merge_z_rows(batch: int) -> list:
+    dev, rows = "cuda", []
+    saved = (la.MERGE_BLOCK_RV, la.MERGE_WARPS)
+    for seq_len in (16384, 32768):
+        _, chunks = sp_chunks(seq_len, batch * G, torch.cuda.get_device_properties(0).multi_processor_count, None)
+        splits = 2 * chunks
+        part_m = torch.randn(batch, H, splits, device=dev)
+        part_l = torch.rand(batch, H, splits, device=dev) + 1
+        part_acc = torch.randn(batch, H, splits, RV, device=dev)
+        check = la._merge(part_m, part_l, part_acc, torch.float32)
+        for block_rv, warps in itertools.product((32, 64, 128, 256, 512), (1, 2, 4, 8)):
+            la.MERGE_BLOCK_RV, la.MERGE_WARPS = block_rv, warps
+            err = (la._merge(part_m, part_l, part_acc, torch.float32) - check).abs().max().item()
+            us = per_call_us(lambda: la._merge(part_m, part_l, part_acc, torch.float16))
+            rows.append({"seq_len": seq_len, "splits": splits, "block_rv": block_rv, "warps": warps, "us": us,
+                         "max_abs_diff_vs_default": err})
+            print(f"merge_z B={batch} S={seq_len} splits={splits} block_rv={block_rv} warps={warps}: {us:.2f} us",
+                  flush=True)
+    la.MERGE_BLOCK_RV, la.MERGE_WARPS = saved
+    return rows
+
+
+def main() -> int:
+    out_path = sys.argv[1]
+    batches = [int(b) for b in sys.argv[2:]] or [1, 2, 8]
+    result = {"argv": sys.argv, "device": torch.cuda.get_device_name(), "calls_per_graph": CALLS,
+              "defaults": {"MERGE_UP_BLOCK_D": la.MERGE_UP_BLOCK_D, "MERGE_UP_BLOCK_R": la.MERGE_UP_BLOCK_R,
+                           "MERGE_UP_WARPS": la.MERGE_UP_WARPS, "MERGE_BLOCK_RV": la.MERGE_BLOCK_RV,
+                           "MERGE_WARPS": la.MERGE_WARPS}, "write": {}, "merge_up": {}, "merge_z": {}}
+    for b in batches:
+        result["write"][b] = write_rows(b)
+        print(f"write B={b}: {result['write'][b]}", flush=True)
+    for b in batches:
+        result["merge_up"][b] = merge_rows(b)
+        if b == 1:  # run_latency_kernel.py's roofline shapes (B = 1 at 16K)
+            result["merge_z"][b] = merge_z_rows(b)
+    with open(out_path, "w") as f:
+        json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
