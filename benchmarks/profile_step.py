@@ -3,8 +3,9 @@ from torch.profiler (CUPTI), plus the graph replay time.
 
 ``--scope module`` (default): one attention module (layer 0 of a 1-layer model). ``--scope model``: the whole model's
 step (:func:`palu.bench.model_step.static_model_step`, ``--num_layers`` layers). ``--scope decoder``: Palu's step as
-:class:`palu.graph_decode.GraphDecoder` runs it (its body eagerly; the baseline row stays the static model step). The sum of kernel times against the
-replay time shows how much of a step is launch gaps; the launch count per step is what an eager step pays the host for.
+:class:`palu.graph_decode.GraphDecoder` runs it (its body eagerly; the baseline row stays the static model step).
+The sum of kernel times against the replay time shows how much of a step is launch gaps; the launch count per step is
+what an eager step pays the host for.
 Usage (CUDA machine, repo root):
     PYTHONPATH=. python benchmarks/profile_step.py 4096 65536 --output_json prof.json
     PYTHONPATH=. python benchmarks/profile_step.py 32768 --scope model --batch_size 2 --output_json prof_model.json
