@@ -5,6 +5,8 @@ replays them:
           (the twenty-fourth session's decoder) against kernels.slot_write.write_slots (one launch)
   merge   the splits' merge with the value up-projection (_merge_up_kernel) per MERGE_UP_BLOCK_D / MERGE_UP_BLOCK_R /
           MERGE_UP_WARPS, the splits the single-pass kernel writes at 32K
+  fold_rows  the single-pass path's folded query rows (q rotated in the kernel) per FOLD_ROWS_RANK_BLOCK /
+          FOLD_ROWS_WARPS
   merge_z the merge without it (_merge_splits_kernel, what run_latency_kernel.py times) per MERGE_BLOCK_RV /
           MERGE_WARPS, the splits at 16K and 32K
 Usage (CUDA machine, repo root): PYTHONPATH=. python benchmarks/small_kernels_sweep.py OUT.json [batch ...]
@@ -116,16 +118,45 @@ def merge_z_rows(batch: int) -> list:
     return rows
 
 
+def fold_rows_rows(batch: int) -> list:
+    dev, rows = "cuda", []
+    q = torch.randn(batch, H, D, dtype=torch.float16, device=dev)
+    k_up = torch.randn(G, GS * D, RK, dtype=torch.float16, device=dev) / 11
+    k_offsets = torch.arange(0, G + 1, dtype=torch.int32, device=dev) * RK
+    cos, sin = torch.rand(batch, D, dtype=torch.float16, device=dev), torch.rand(batch, D, dtype=torch.float16,
+                                                                                  device=dev)
+    ends = la.DecodeEnds(q_cos=cos, q_sin=sin, rope_sb=D)
+
+    def fold():
+        return la._folded_rows(q, k_up, k_offsets, None, D ** -0.5, 1.0, GS, 1, D // 2, RK, interleave=True,
+                               ends=ends)[0]
+
+    saved = (la.FOLD_ROWS_RANK_BLOCK, la.FOLD_ROWS_WARPS)
+    check = fold()
+    for block, warps in itertools.product((0, 16, 32, 64), (1, 2, 4, 8)):
+        la.FOLD_ROWS_RANK_BLOCK, la.FOLD_ROWS_WARPS = block, warps
+        same = torch.equal(fold(), check)
+        us = per_call_us(fold)
+        rows.append({"rank_block": block, "warps": warps, "us": us, "equal_to_default": same})
+        print(f"fold_rows B={batch} rank_block={block} warps={warps}: {us:.2f} us (equal {same})", flush=True)
+    la.FOLD_ROWS_RANK_BLOCK, la.FOLD_ROWS_WARPS = saved
+    return rows
+
+
 def main() -> int:
     out_path = sys.argv[1]
     batches = [int(b) for b in sys.argv[2:]] or [1, 2, 8]
     result = {"argv": sys.argv, "device": torch.cuda.get_device_name(), "calls_per_graph": CALLS,
               "defaults": {"MERGE_UP_BLOCK_D": la.MERGE_UP_BLOCK_D, "MERGE_UP_BLOCK_R": la.MERGE_UP_BLOCK_R,
                            "MERGE_UP_WARPS": la.MERGE_UP_WARPS, "MERGE_BLOCK_RV": la.MERGE_BLOCK_RV,
-                           "MERGE_WARPS": la.MERGE_WARPS}, "write": {}, "merge_up": {}, "merge_z": {}}
+                           "MERGE_WARPS": la.MERGE_WARPS, "FOLD_ROWS_RANK_BLOCK": la.FOLD_ROWS_RANK_BLOCK,
+                           "FOLD_ROWS_WARPS": la.FOLD_ROWS_WARPS}, "write": {}, "fold_rows": {}, "merge_up": {},
+              "merge_z": {}}
     for b in batches:
         result["write"][b] = write_rows(b)
         print(f"write B={b}: {result['write'][b]}", flush=True)
+    for b in batches:
+        result["fold_rows"][b] = fold_rows_rows(b)
     for b in batches:
         result["merge_up"][b] = merge_rows(b)
         if b == 1:  # run_latency_kernel.py's roofline shapes (B = 1 at 16K)

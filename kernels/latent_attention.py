@@ -856,6 +856,7 @@ def latent_decode_attention(
 # seventeenth session). A block of 32 gives four programs per head. Timed (gpu_kernels.sh sweep_fold_rows, nineteenth
 # session): 32 and 64 won at some shapes and lost at others (4K fp16 23.9 / 23.9 vs 23.7 us), so it stays off.
 FOLD_ROWS_RANK_BLOCK = 0
+FOLD_ROWS_WARPS = 4
 FOLD_BLOCK_S = 64  # score kernel: slots per dot (wgmma M)
 FOLD_SMEM_BUDGET = 160 * 1024  # score kernel: folded matrices + latent stages (choose_fold_heads measured within it)
 
@@ -948,7 +949,7 @@ def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, ha
         rows, rows.stride(0), rows.stride(1), brows, *brows_strides, float(sm_scale) * LOG2E * float(rope_scale),
         num_groups, q if ends.q_cos is None else ends.q_cos, q if ends.q_sin is None else ends.q_sin, ends.rope_sb,
         HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, RK_BLOCK=rk_block,
-        HAS_BIAS=has_bias, INTERLEAVE=interleave, Q_ROPE=ends.q_cos is not None, num_warps=4,
+        HAS_BIAS=has_bias, INTERLEAVE=interleave, Q_ROPE=ends.q_cos is not None, num_warps=FOLD_ROWS_WARPS,
     )
     return rows, brows, brows_strides
 
