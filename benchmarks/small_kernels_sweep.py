@@ -10,6 +10,9 @@ replays them:
   merge_z the merge without it (_merge_splits_kernel, what run_latency_kernel.py times) per MERGE_BLOCK_RV /
           MERGE_WARPS, the splits at 16K and 32K
 Usage (CUDA machine, repo root): PYTHONPATH=. python benchmarks/small_kernels_sweep.py OUT.json [batch ...]
+The JSON's "best" holds the constants with the least time summed over the batches (merge_z: batch 1) among the
+variants that agree with the default, and OUT.json.consts the same as NAME=VALUE,... for
+benchmarks/graph_decode_ab.py.
 """
 import itertools
 import json
@@ -143,6 +146,31 @@ def fold_rows_rows(batch: int) -> list:
     return rows
 
 
+def _fastest(per_batch: dict, keys: tuple, ok) -> dict:
+    """The variant (its keys' values) measured at every batch with the least time summed over them, among rows
+    where ok(row)."""
+    total, count = {}, {}
+    for rows in per_batch.values():
+        for row in rows:
+            if "us" in row and ok(row):
+                key = tuple(row[k] for k in keys)
+                total[key] = total.get(key, 0.0) + row["us"]
+                count[key] = count.get(key, 0) + 1
+    return dict(zip(keys, min((k for k in total if count[k] == len(per_batch)), key=total.get)))
+
+
+def best_constants(result: dict) -> dict:
+    fold = _fastest(result["fold_rows"], ("rank_block", "warps"), lambda r: r["equal_to_default"])
+    up = _fastest(result["merge_up"], ("block_d", "block_r", "warps"), lambda r: r["max_abs_diff_vs_default"] < 1e-3)
+    z = _fastest({b: [r for r in rows if r["seq_len"] == 16384] for b, rows in result["merge_z"].items()},
+                 ("block_rv", "warps"), lambda r: r["max_abs_diff_vs_default"] < 1e-3) if result["merge_z"] else {}
+    best = {"FOLD_ROWS_RANK_BLOCK": fold["rank_block"], "FOLD_ROWS_WARPS": fold["warps"],
+            "MERGE_UP_BLOCK_D": up["block_d"], "MERGE_UP_BLOCK_R": up["block_r"], "MERGE_UP_WARPS": up["warps"]}
+    if z:
+        best.update({"MERGE_BLOCK_RV": z["block_rv"], "MERGE_WARPS": z["warps"]})
+    return best
+
+
 def main() -> int:
     out_path = sys.argv[1]
     batches = [int(b) for b in sys.argv[2:]] or [1, 2, 8]
@@ -161,8 +189,12 @@ def main() -> int:
         result["merge_up"][b] = merge_rows(b)
         if b == 1:  # run_latency_kernel.py's roofline shapes (B = 1 at 16K)
             result["merge_z"][b] = merge_z_rows(b)
+    result["best"] = best_constants(result)
+    print(f"best: {result['best']}", flush=True)
     with open(out_path, "w") as f:
         json.dump(result, f, indent=2)
+    with open(out_path + ".consts", "w") as f:
+        f.write(",".join(f"{k}={v}" for k, v in result["best"].items()))
     return 0
 
 
