@@ -2,6 +2,12 @@
 as plain indexing stores it (write_slots_ref), leaving every other slot untouched."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -90,3 +96,35 @@ def test_gpu_decoder_shapes(batch):
         write_slots_ref(slot, want)
         for (_, d), (_, w) in zip(got, want):
             assert torch.equal(d, w)
+
+
+_BUILD = """
+import json, torch
+from kernels.offline_build import compile_only, resource_usage
+from kernels.slot_write import write_slots
+B = 2
+slot = torch.zeros(B, dtype=torch.int64)
+fp = [(torch.zeros(B, 1, w, dtype=torch.float16), torch.zeros(B, 64, w, dtype=torch.float16)) for w in (1024, 3072)]
+pos = (torch.zeros(B, 1, dtype=torch.int32), torch.zeros(B, 64, dtype=torch.int32).unsqueeze(-1))
+quant = [(torch.zeros(B, 1, w, dtype=dt), torch.zeros(B, 64, w, dtype=dt))
+         for w, dt in ((128, torch.int32), (32, torch.float16), (32, torch.float16))] * 2
+with compile_only() as built:
+    write_slots(slot, fp + [pos])
+    write_slots(slot, quant + [pos])
+print(json.dumps([resource_usage(k) for k in built]))
+"""
+
+
+def test_builds_for_sm90(tmp_path):
+    """The decoder's two launch shapes (fp latents + position; quantized parts + position, two launches) compile for
+    sm_90 without a GPU (kernels.offline_build), without spilling: a compile error shows up on CI, not on the device."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter never compiles
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _BUILD], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    builds = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [b["name"] for b in builds] == ["_write_slots_kernel"] * 3
+    assert all(b["local"] == 0 and b["stack"] == 0 for b in builds), builds
