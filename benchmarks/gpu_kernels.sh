@@ -28,6 +28,9 @@
 #   profile    benchmarks/profile_step.py: per-kernel device time of one module step at 4K and 64K
 #   profile_model  the same for the whole model's step at 32K, B=1 and 2 (--scope decoder: Palu's GraphDecoder step)
 #   graph_decode  run_latency_attention.py --scope model --graph_decode at 32K (fp16 and 4-bit), its GPU tests
+#   small_kernels  benchmarks/small_kernels_sweep.py (slot writes; fold rows, merge and merge-up launch constants, B=1
+#              and 2), then benchmarks/graph_decode_ab.py: the graphed static baseline and Palu's graph decoding at 32K
+#              with the default constants and with the sweep's fastest, one process; the slot-write GPU tests
 #   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
 #              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
 #              the merge)
@@ -160,6 +163,12 @@ graph_decode)  # whole model at 32K through palu.graph_decode (fp16 and 4-bit la
   run timeout 200 python3 run_latency_attention.py --scope model --graph_decode --palu --lt_bits 4 --prompt_len 32768 \
       --batch_size 1 2 --reps 20 --warmup 3 --output_json "$OUT/model_graph_decode_int4.json"
   run timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py
+  ;;
+small_kernels)
+  run timeout 200 python3 benchmarks/small_kernels_sweep.py "$OUT/small_kernels.json" 1 2
+  C=""; [ -f "$OUT/small_kernels.json.consts" ] && C="@$OUT/small_kernels.json.consts"
+  run timeout 240 env PYTHONPATH=.:benchmarks python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" $C
+  run timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_slot_write.py
   ;;
 profile_model)  # per-kernel device time and launches of the whole model's step at 32K, B=1 and 2 (fp16 latents):
   # the baseline's static step and Palu's GraphDecoder step (eager; its graphs replay the same kernels)
