@@ -3,7 +3,8 @@ quantized ones without a full-precision window).
 
 Eager decoding (``model.generate``) is bound by the host on the GPUs measured: Python and ~20 launches per layer cost
 more than the GPU's work (kernels/NOTES.md, twenty-third session). A graph replays a step with the host out of the
-way, but needs fixed shapes and pointers, while the cache grows by a token a step. No kernel changes are needed:
+way, but needs fixed shapes and pointers, while the cache grows by a token a step. The attention kernels need no
+change:
 
 * Attention does not depend on the order of the slots (each slot stores its RoPE position), so each sequence's
   latents sit right-aligned in a buffer of ``capacity`` slots and every new token is written *before* them:
@@ -12,7 +13,8 @@ way, but needs fixed shapes and pointers, while the cache grows by a token a ste
   slots before each sequence's first one with the kernels' left-padding start ``kv_start[b]``, a device tensor.
   The write slot, the position and kv_start advance on the device inside the step, so one graph serves every
   step of a span; when the longest sequence outgrows it, that step runs eagerly and a new graph is captured
-  (every ``bucket`` tokens).
+  (every ``bucket`` tokens). Each layer's new latents and position go to the write slot in one launch
+  (:mod:`kernels.slot_write`).
 
 :class:`GraphDecoder` decodes from a filled :class:`~palu.modules.cache.PaluCache` (a prefill's, or the latency
 benchmark's random one); :func:`graph_generate` runs the prefill through ``model.forward`` and then it.
