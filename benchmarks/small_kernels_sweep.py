@@ -23,32 +23,20 @@ import torch
 import kernels.latent_attention as la
 from kernels.single_pass_ws import sp_chunks
 from kernels.slot_write import write_slots
+from palu.bench.latency import graph_replay
+from palu.bench.timing import time_fn
 
 H, D, G, GS, RK, RV = 32, 128, 8, 4, 128, 384
 CALLS = 20  # calls per graph; a replay's time / CALLS is one call's time with its launch gap
 
 
-def per_call_us(fn, replays: int = 20) -> float:
-    """Median over ``replays`` graph replays of CALLS calls of fn, per call (us)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+def per_call_us(fn) -> float:
+    """One call of fn (us) with its launch gap: the median of 20 replays of a graph of CALLS calls, over CALLS."""
+    def calls() -> None:
         for _ in range(CALLS):
             fn()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / CALLS)
-    return sorted(times)[len(times) // 2]
+
+    return time_fn(graph_replay(calls), 3, 20)["median_ms"] * 1e3 / CALLS
 
 
 def write_rows(batch: int) -> dict:
