@@ -69,6 +69,40 @@ def test_eager_steps_with_quantized_latents(bits, sym):
     assert got.cache_bytes == per_slot * (3 * 20 - 4 - 1)
 
 
+@pytest.mark.parametrize("bits", [16, 4])
+def test_kernel_writes_fill_the_buffers_as_indexing_does(bits, monkeypatch):
+    """The Triton slot writes the decoder runs on CUDA (kernels.slot_write, here through the interpreter) leave every
+    buffer (latents or codes / scales / zeros, positions) bit-equal to plain indexing's after a few steps. Tokens
+    alone would not show a wrong latent: a tiny model's greedy tokens survived a key latent left unwritten."""
+    import palu.graph_decode as gd
+    from kernels.slot_write import write_slots
+
+    decoders = []
+
+    class Recording(gd.GraphDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            decoders.append(self)
+
+    monkeypatch.setattr(gd, "GraphDecoder", Recording)
+    model = _model()
+    if bits < 16:
+        configure(model, quant=LatentQuantConfig(bits=bits, group_size=8))
+    x, mask = _prompts()
+    cfg = GraphDecodeConfig(max_new_tokens=6, bucket=4, use_graph=False)
+    want = graph_generate(model, x, mask, cfg).sequences
+    monkeypatch.setattr(gd, "_write_slots", write_slots)
+    assert torch.equal(graph_generate(model, x, mask, cfg).sequences, want)
+    ref, kernel = decoders
+    for a, b in zip(ref.k + ref.v, kernel.k + kernel.v):
+        assert a.bufs.keys() == b.bufs.keys() == ({"fp"} if bits == 16 else {"codes", "scale", "zero"})
+        for name in a.bufs:
+            assert torch.equal(a.bufs[name], b.bufs[name]), name
+    for a, b in zip(ref.pos, kernel.pos):
+        assert torch.equal(a, b)
+    assert int(ref.write_slot.min()) < ref.capacity - 11  # the steps wrote before the prompt's slots
+
+
 def test_eos_pads_and_stops():
     model = _model()
     x, mask = _prompts()
