@@ -570,9 +570,9 @@ def rotate_query(q: torch.Tensor, ends: DecodeEnds) -> torch.Tensor:
     dtype); q itself without them."""
     if ends.q_cos is None:
         return q
-    half = q.shape[-1] // 2
-    rotated = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
-    return q * ends.q_cos[:, None] + rotated * ends.q_sin[:, None]
+    from .reference import rotate_half_ref
+
+    return q * ends.q_cos[:, None] + rotate_half_ref(q) * ends.q_sin[:, None]
 
 
 def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32, ends: DecodeEnds = NO_ENDS

@@ -185,6 +185,11 @@ def build_input_ids(
 
 
 # ---------------------------------------------------------------------------- generation
+def _first_line_complete(tokenizer, new_tokens) -> bool:
+    """Whether the answer so far (leading newlines ignored) has a complete first line."""
+    return "\n" in tokenizer.decode(new_tokens, skip_special_tokens=True).lstrip("\n")
+
+
 class FirstLineDone(StoppingCriteria):
     """Stop once the answer (leading newlines ignored) has a complete first line; batch size 1."""
 
@@ -193,8 +198,7 @@ class FirstLineDone(StoppingCriteria):
         self.prompt_len = prompt_len
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
-        done = "\n" in text.lstrip("\n")
+        done = _first_line_complete(self.tokenizer, input_ids[0, self.prompt_len:])
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -202,7 +206,7 @@ def first_line_end(tokenizer, new_tokens: list[int]) -> int:
     """How many of ``new_tokens`` generate() keeps under :class:`FirstLineDone` (it stops after the token that
     completes the first line)."""
     for k in range(1, len(new_tokens) + 1):
-        if "\n" in tokenizer.decode(new_tokens[:k], skip_special_tokens=True).lstrip("\n"):
+        if _first_line_complete(tokenizer, new_tokens[:k]):
             return k
     return len(new_tokens)
 
