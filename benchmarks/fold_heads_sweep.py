@@ -112,9 +112,8 @@ def _target(name: str) -> tuple:
     return la, name
 
 
-def _set_process_constants(spec: str) -> dict:
-    """Apply "NAME=VALUE,..." (VALUE a Python literal) before the first compile; a constant that is a
-    Gluon constexpr stays one. Returns what was set, for the JSON."""
+def parse_constants(spec: str) -> dict:
+    """{name: value} of "NAME=VALUE,..." (VALUE a Python literal), each name a constant of its module."""
     done = {}
     for item in filter(None, spec.split(",")):
         name, eq, text = item.partition("=")
@@ -125,7 +124,15 @@ def _set_process_constants(spec: str) -> dict:
             raise SystemExit(f"{name}: {module.__name__} has no constant {attr} (prefixes: ws., sp., spq., wu., "
                              "or none for kernels.latent_attention)")
         done[name] = ast.literal_eval(text)
-        set_constant(module, attr, done[name])
+    return done
+
+
+def _set_process_constants(spec: str) -> dict:
+    """Apply "NAME=VALUE,..." before the first compile; a constant that is a Gluon constexpr stays one. Returns
+    what was set, for the JSON."""
+    done = parse_constants(spec)
+    for name, value in done.items():
+        set_constant(*_target(name), value)
     return done
 
 

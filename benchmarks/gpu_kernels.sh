@@ -167,7 +167,7 @@ graph_decode)  # whole model at 32K through palu.graph_decode (fp16 and 4-bit la
 small_kernels)
   run timeout 200 python3 benchmarks/small_kernels_sweep.py "$OUT/small_kernels.json" 1 2
   C=""; [ -f "$OUT/small_kernels.json.consts" ] && C="@$OUT/small_kernels.json.consts"
-  run timeout 240 env PYTHONPATH=.:benchmarks python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" $C
+  run timeout 240 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" $C
   run timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_slot_write.py
   ;;
 profile_model)  # per-kernel device time and launches of the whole model's step at 32K, B=1 and 2 (fp16 latents):

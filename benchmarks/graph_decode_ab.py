@@ -15,19 +15,17 @@ import sys
 
 import torch
 
-from fold_heads_sweep import _target
+from fold_heads_sweep import _target, parse_constants
+from kernels.offline_build import set_constant
 from palu.bench.latency import LatencyConfig, graph_decoder_decode, model_decode
 
 
 def parse(spec: str) -> dict:
+    """parse_constants of spec, or of the contents of FILE for "@FILE"."""
     if spec.startswith("@"):
         with open(spec[1:]) as f:
             spec = f.read().strip()
-    out = {}
-    for item in filter(None, spec.split(",")):
-        name, _, text = item.partition("=")
-        out[name] = int(text)
-    return out
+    return parse_constants(spec)
 
 
 def main() -> int:
@@ -48,8 +46,7 @@ def main() -> int:
             print(f"baseline static step in one graph B={b}: {baseline[b]:.3f} ms per token", flush=True)
         for consts in sets:
             for name, value in {**defaults, **consts}.items():
-                module, attr = _target(name)
-                setattr(module, attr, value)
+                set_constant(*_target(name), value)
             for b in args.batch_size:
                 cfg = LatencyConfig(prompt_len=args.prompt_len, batch_size=b, reps=args.reps, warmup=3)
                 out = graph_decoder_decode(cfg)

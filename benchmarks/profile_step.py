@@ -88,14 +88,14 @@ def main() -> int:
             for palu in (False, True):
                 body, keep = step_body(cfg, palu, args.scope, args.num_layers)
                 kernels, launches = kernel_table(body, args.steps)
-                graph_ms = (float("nan") if palu and args.scope == "decoder"  # its graphs: --graph_decode timings
-                            else time_fn(graph_replay(body), 5, 50)["median_ms"])
+                graph_us = (None if palu and args.scope == "decoder"  # its graphs: --graph_decode timings
+                            else time_fn(graph_replay(body), 5, 50)["median_ms"] * 1e3)
                 total, n_launch = sum(kernels.values()), sum(launches.values())
                 rows.append({"prompt_len": n, "batch_size": args.batch_size, "palu": palu, "lt_bits": args.lt_bits,
-                             "scope": args.scope, "graph_us": graph_ms * 1e3, "kernel_sum_us": total,
+                             "scope": args.scope, "graph_us": graph_us, "kernel_sum_us": total,
                              "launches_per_step": n_launch, "kernels_us": kernels, "kernel_launches": launches})
                 print(f"len {n} B={args.batch_size} {args.scope} {'palu' if palu else 'static'}: graph "
-                      f"{graph_ms * 1e3:.1f} us, kernels {total:.1f} us, {n_launch:.0f} launches per step "
+                      f"{'n/a' if graph_us is None else f'{graph_us:.1f} us'}, kernels {total:.1f} us, {n_launch:.0f} launches per step "
                       f"({len(kernels)} kinds)", flush=True)
                 for name, us in kernels.items():
                     print(f"    {us:9.2f} us {launches[name]:6.1f}x  {name[:100]}", flush=True)

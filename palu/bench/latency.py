@@ -209,6 +209,7 @@ def graph_decoder_decode(cfg: LatencyConfig, bucket: int = 256) -> dict[str, Any
     timed steps cross a multiple of ``bucket`` slots."""
     from ..graph_decode import GraphDecodeConfig, GraphDecoder
 
+    on_cuda = str(cfg.device).startswith("cuda")
     model = build_model(cfg, None, True)
     peak_memory_reset(cfg.device)
     steps = cfg.warmup + cfg.reps
@@ -216,20 +217,19 @@ def graph_decoder_decode(cfg: LatencyConfig, bucket: int = 256) -> dict[str, Any
     token = torch.randint(0, model.config.vocab_size, (cfg.batch_size, 1), device=cfg.device)
     position = torch.full((cfg.batch_size,), cfg.prompt_len, dtype=torch.long, device=cfg.device)
     decoder = GraphDecoder(model, cache, token, position, cfg.prompt_len + steps,
-                           GraphDecodeConfig(max_new_tokens=steps, bucket=bucket,
-                                             use_graph=str(cfg.device).startswith("cuda")), consume=True)
+                           GraphDecodeConfig(max_new_tokens=steps, bucket=bucket, use_graph=on_cuda), consume=True)
     del cache  # the decoder holds right-aligned copies
-    if str(cfg.device).startswith("cuda"):
+    if on_cuda:
         torch.cuda.empty_cache()
     timing = time_fn(decoder.step, cfg.warmup, cfg.reps, cfg.device)
     out = {
-        "palu": True, "cache": "palu_graph_decode", "layers": model.config.num_hidden_layers, "cuda_graph": True,
+        "palu": True, "cache": "palu_graph_decode", "layers": model.config.num_hidden_layers, "cuda_graph": on_cuda,
         "bucket": bucket, "time_per_token_ms": timing["median_ms"],
         "tokens_per_s": cfg.batch_size * 1e3 / timing["median_ms"], "cache_bytes": decoder.nbytes(),
         "peak_memory_bytes": peak_memory_bytes(cfg.device), "timing": timing,
     }
     del model, decoder
-    if str(cfg.device).startswith("cuda"):
+    if on_cuda:
         torch.cuda.empty_cache()
     return out
 
