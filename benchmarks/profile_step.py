@@ -94,9 +94,9 @@ def main() -> int:
                 rows.append({"prompt_len": n, "batch_size": args.batch_size, "palu": palu, "lt_bits": args.lt_bits,
                              "scope": args.scope, "graph_us": graph_us, "kernel_sum_us": total,
                              "launches_per_step": n_launch, "kernels_us": kernels, "kernel_launches": launches})
-                print(f"len {n} B={args.batch_size} {args.scope} {'palu' if palu else 'static'}: graph "
-                      f"{'n/a' if graph_us is None else f'{graph_us:.1f} us'}, kernels {total:.1f} us, {n_launch:.0f} launches per step "
-                      f"({len(kernels)} kinds)", flush=True)
+                graph = "n/a" if graph_us is None else f"{graph_us:.1f} us"
+                print(f"len {n} B={args.batch_size} {args.scope} {'palu' if palu else 'static'}: graph {graph}, "
+                      f"kernels {total:.1f} us, {n_launch:.0f} launches per step ({len(kernels)} kinds)", flush=True)
                 for name, us in kernels.items():
                     print(f"    {us:9.2f} us {launches[name]:6.1f}x  {name[:100]}", flush=True)
                 del body, keep
