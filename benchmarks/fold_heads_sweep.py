@@ -18,6 +18,7 @@ build in a process ("Global variable changed"), so such variants need one proces
 """
 import ast
 import dataclasses
+import importlib
 import json
 import math
 import sys
@@ -93,22 +94,17 @@ VARIANT_SETS = {
 }
 
 
+PREFIXES = {"ws.": "kernels.fold_scores_ws", "sp.": "kernels.single_pass_ws", "spq.": "kernels.single_pass_ws_quant",
+            "wu.": "kernels.word_unpack", "ld.": "kernels.latent_down", "gd.": "palu.graph_decode"}
+
+
 def _target(name: str) -> tuple:
     """(module, attribute) of a variant constant: "ws.X" is kernels.fold_scores_ws.X, "sp.X"
     kernels.single_pass_ws.X, "spq.X" kernels.single_pass_ws_quant.X, "wu.X" kernels.word_unpack.X (the quantized
-    kernel's unpacking), else kernels.latent_attention."""
-    if name.startswith("ws."):
-        import kernels.fold_scores_ws as ws
-        return ws, name[3:]
-    if name.startswith("sp."):
-        import kernels.single_pass_ws as sp
-        return sp, name[3:]
-    if name.startswith("spq."):
-        import kernels.single_pass_ws_quant as spq
-        return spq, name[4:]
-    if name.startswith("wu."):
-        import kernels.word_unpack as wu
-        return wu, name[3:]
+    kernel's unpacking), "ld.X" kernels.latent_down.X, "gd.X" palu.graph_decode.X, else kernels.latent_attention."""
+    for prefix, module in PREFIXES.items():
+        if name.startswith(prefix):
+            return importlib.import_module(module), name[len(prefix):]
     return la, name
 
 
@@ -121,8 +117,8 @@ def parse_constants(spec: str) -> dict:
             raise SystemExit(f"module constants are NAME=VALUE (e.g. sp.SP_CONSUMER_REGS=240), got {item!r}")
         module, attr = _target(name)
         if not hasattr(module, attr):
-            raise SystemExit(f"{name}: {module.__name__} has no constant {attr} (prefixes: ws., sp., spq., wu., "
-                             "or none for kernels.latent_attention)")
+            raise SystemExit(f"{name}: {module.__name__} has no constant {attr} (prefixes: "
+                             f"{', '.join(PREFIXES)}, or none for kernels.latent_attention)")
         done[name] = ast.literal_eval(text)
     return done
 

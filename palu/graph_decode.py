@@ -13,8 +13,9 @@ change:
   slots before each sequence's first one with the kernels' left-padding start ``kv_start[b]``, a device tensor.
   The write slot, the position and kv_start advance on the device inside the step, so one graph serves every
   step of a span; when the longest sequence outgrows it, that step runs eagerly and a new graph is captured
-  (every ``bucket`` tokens). Each layer's new latents and position go to the write slot in one launch
-  (:mod:`kernels.slot_write`).
+  (every ``bucket`` tokens). Each layer's new latents and position go to the write slot in one launch: with fp
+  latents the launch that also computes them (:mod:`kernels.latent_down`, both down-projections), with quantized
+  ones a slot write after their quantization (:mod:`kernels.slot_write`).
 
 :class:`GraphDecoder` decodes from a filled :class:`~palu.modules.cache.PaluCache` (a prefill's, or the latency
 benchmark's random one); :func:`graph_generate` runs the prefill through ``model.forward`` and then it.
@@ -88,14 +89,45 @@ def _right_aligned(t: torch.Tensor, starts: list[int], lengths: list[int], capac
     return out
 
 
+FUSED_DOWN = True  # fp latents on CUDA: both down-projections and the step's writes in one launch
+
+
+def _kernels_for(t: torch.Tensor) -> bool:
+    """Whether the step's writes run the Triton kernels (CUDA) rather than plain torch (elsewhere)."""
+    return t.is_cuda
+
+
 def _write_slots(slot: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """buf[b, slot[b]] = row[b] for each (row (B, 1, W), buf (B, C, W)) pair; slot (B,) int64, a device tensor
-    (graph-safe). On CUDA one Triton launch per four pairs (kernels.slot_write), elsewhere plain indexing."""
-    if slot.is_cuda:
+    (graph-safe). With the kernels one Triton launch per four pairs (kernels.slot_write), else plain indexing."""
+    if _kernels_for(slot):
         from kernels.slot_write import write_slots
     else:
         from kernels.slot_write import write_slots_ref as write_slots
     write_slots(slot, pairs)
+
+
+def _fused_down(x: torch.Tensor, m) -> bool:
+    """Whether module m's key and value down-projections of x (B, 1, d_model) and their writes go through
+    kernels.latent_down: fp latents (quantized ones are quantized first), kernels on, plain bias-free Linear down
+    weights of x's dtype."""
+    return FUSED_DOWN and _kernels_for(x) and not m.quant.enabled and all(
+        type(p.down) is torch.nn.Linear and p.down.bias is None and p.down.weight.dtype == x.dtype
+        for p in (m.k_proj, m.v_proj))
+
+
+def _store_latents(x: torch.Tensor, m, kb: "_LatentBuffers", vb: "_LatentBuffers", pos_buf: torch.Tensor,
+                   slot: torch.Tensor, pos32: torch.Tensor) -> None:
+    """Module m's key and value latents of x (B, 1, d_model) and the position pos32 (B, 1) at each sequence's
+    write slot: one launch with kernels.latent_down (two skinny cuBLAS GEMMs, their split-K reductions and the
+    slot write otherwise), else the down-projections and one slot-write launch."""
+    if _fused_down(x, m):
+        from kernels.latent_down import project_latents
+
+        project_latents(x, [(m.k_proj.down.weight, kb.bufs["fp"]), (m.v_proj.down.weight, vb.bufs["fp"])], slot,
+                        (pos32, pos_buf.unsqueeze(-1)))
+        return
+    _write_slots(slot, kb.pairs(m.k_proj.down(x)) + vb.pairs(m.v_proj.down(x)) + [(pos32, pos_buf.unsqueeze(-1))])
 
 
 class _LatentBuffers:
@@ -201,9 +233,8 @@ class GraphDecoder:
                 # PaluAttention's decode path, over the span's views instead of a cache layer
                 x = layer.input_layernorm(h)
                 q = m.q_proj(x).view(batch, 1, m.num_heads, m.head_dim).transpose(1, 2)  # before RoPE
-                # (B, 1, R_k), (B, 1, R_v) latents and the position at each sequence's write slot, one launch
-                _write_slots(self.write_slot, kb.pairs(m.k_proj.down(x)) + vb.pairs(m.v_proj.down(x))
-                             + [(pos32, pb.unsqueeze(-1))])
+                # (B, 1, R_k), (B, 1, R_v) latents and the position at each sequence's write slot
+                _store_latents(x, m, kb, vb, pb, self.write_slot, pos32)
                 h = h + m.decode_output(q, (cos, sin), slots)
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
             logits = model.lm_head(inner.norm(h))

@@ -69,13 +69,14 @@ def test_eager_steps_with_quantized_latents(bits, sym):
     assert got.cache_bytes == per_slot * (3 * 20 - 4 - 1)
 
 
-@pytest.mark.parametrize("bits", [16, 4])
-def test_kernel_writes_fill_the_buffers_as_indexing_does(bits, monkeypatch):
-    """The Triton slot writes the decoder runs on CUDA (kernels.slot_write, here through the interpreter) leave every
-    buffer (latents or codes / scales / zeros, positions) bit-equal to plain indexing's after a few steps. Tokens
-    alone would not show a wrong latent: a tiny model's greedy tokens survived a key latent left unwritten."""
+@pytest.mark.parametrize("bits,fused", [(16, False), (16, True), (4, True)], ids=["fp-write", "fp-fused", "4bit"])
+def test_kernel_writes_fill_the_buffers_as_indexing_does(bits, fused, monkeypatch):
+    """The Triton writes the decoder runs on CUDA (here through the interpreter) fill every buffer (latents or codes /
+    scales / zeros, positions) as plain torch does after a few steps: the slot writes (kernels.slot_write) bit-equal;
+    the fused down-projection and write of fp latents (kernels.latent_down) equal to fp32 rounding (its dot sums in
+    another order than F.linear), positions bit-equal. Tokens alone would not show a wrong latent: a tiny model's
+    greedy tokens survived a key latent left unwritten."""
     import palu.graph_decode as gd
-    from kernels.slot_write import write_slots
 
     decoders = []
 
@@ -85,19 +86,34 @@ def test_kernel_writes_fill_the_buffers_as_indexing_does(bits, monkeypatch):
             decoders.append(self)
 
     monkeypatch.setattr(gd, "GraphDecoder", Recording)
+    monkeypatch.setattr(gd, "FUSED_DOWN", fused)
     model = _model()
     if bits < 16:
         configure(model, quant=LatentQuantConfig(bits=bits, group_size=8))
     x, mask = _prompts()
     cfg = GraphDecodeConfig(max_new_tokens=6, bucket=4, use_graph=False)
     want = graph_generate(model, x, mask, cfg).sequences
-    monkeypatch.setattr(gd, "_write_slots", write_slots)
-    assert torch.equal(graph_generate(model, x, mask, cfg).sequences, want)
+    import kernels.latent_down as ld
+
+    launches, project = [], ld.project_latents
+
+    def recording(*args, **kwargs):
+        launches.append(1)
+        return project(*args, **kwargs)
+
+    monkeypatch.setattr(gd, "_kernels_for", lambda t: True)
+    with monkeypatch.context() as patch:
+        patch.setattr(ld, "project_latents", recording)
+        assert torch.equal(graph_generate(model, x, mask, cfg).sequences, want)
+    assert bool(launches) == (fused and bits == 16)  # the fused launch ran exactly where it applies
     ref, kernel = decoders
     for a, b in zip(ref.k + ref.v, kernel.k + kernel.v):
         assert a.bufs.keys() == b.bufs.keys() == ({"fp"} if bits == 16 else {"codes", "scale", "zero"})
         for name in a.bufs:
-            assert torch.equal(a.bufs[name], b.bufs[name]), name
+            if fused and bits == 16:
+                torch.testing.assert_close(a.bufs[name], b.bufs[name], atol=1e-5, rtol=1e-5)
+            else:
+                assert torch.equal(a.bufs[name], b.bufs[name]), name
     for a, b in zip(ref.pos, kernel.pos):
         assert torch.equal(a, b)
     assert int(ref.write_slot.min()) < ref.capacity - 11  # the steps wrote before the prompt's slots
