@@ -6,6 +6,7 @@ value latents, fp16, 32K slots), replayed from a CUDA graph as the decoder repla
 Each row gives the achieved weight bandwidth (33.5 MB of weights per call) and its fraction of the device's peak
 (--peak_gbs, default the H100 SXM's 3350 GB/s).
 Usage (CUDA machine, repo root): PYTHONPATH=. python benchmarks/latent_down_sweep.py OUT.json [--batch_size 1 2 8]
+    [--quick]
 OUT.json.consts holds the fastest variant over the batches (summed) as NAME=VALUE,... for
 benchmarks/graph_decode_ab.py (names as benchmarks/fold_heads_sweep.py's, prefix ld.).
 """
@@ -26,6 +27,7 @@ D_MODEL, RK, RV, SLOTS = 4096, 1024, 3072, 33024
 CALLS = 20  # calls per graph; a replay's time / CALLS is one call's time with its launch gap
 NAMES = ("DOWN_BLOCK_N", "DOWN_BLOCK_K", "DOWN_WARPS", "DOWN_STAGES")
 GRID = list(itertools.product((16, 32, 64), (128, 256, 512), (4, 8), (3, 5)))
+QUICK_GRID = list(itertools.product((16, 32, 64), (256, 512), (4,), (3, 5)))  # --quick: a third of the variants
 
 
 def per_call_us(fn) -> float:
@@ -37,7 +39,7 @@ def per_call_us(fn) -> float:
     return time_fn(graph_replay(calls), 3, 20)["median_ms"] * 1e3 / CALLS
 
 
-def sweep(batch: int, peak_gbs: float) -> dict:
+def sweep(batch: int, peak_gbs: float, grid: list) -> dict:
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(batch)
     x = torch.randn(batch, 1, D_MODEL, device=dev, generator=g).half()
@@ -68,7 +70,7 @@ def sweep(batch: int, peak_gbs: float) -> dict:
     def call():
         ld.project_latents(x, [(wk, kb), (wv, vb)], slot, (pos, pb))
 
-    for variant in GRID:
+    for variant in grid:
         for n, v in zip(NAMES, variant):
             setattr(ld, n, v)
         try:
@@ -93,10 +95,11 @@ def main() -> int:
     p.add_argument("output_json")
     p.add_argument("--batch_size", type=int, nargs="+", default=[1, 2, 8])
     p.add_argument("--peak_gbs", type=float, default=3350.0)
+    p.add_argument("--quick", action="store_true", help="12 variants instead of 36")
     args = p.parse_args()
     result = {"argv": sys.argv, "device": torch.cuda.get_device_name(), "calls_per_graph": CALLS,
               "peak_gbs": args.peak_gbs, "defaults": {n: getattr(ld, n) for n in NAMES},
-              "batches": [sweep(b, args.peak_gbs) for b in args.batch_size]}
+              "batches": [sweep(b, args.peak_gbs, QUICK_GRID if args.quick else GRID) for b in args.batch_size]}
     total = {}
     for b in result["batches"]:
         for r in b["fused"]:
