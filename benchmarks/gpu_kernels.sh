@@ -33,7 +33,7 @@
 #              with the default constants and with the sweep's fastest, one process; the slot-write GPU tests
 #   latent_down  the fused key / value down-projection and store (kernels.latent_down): its GPU tests and the graph
 #              decoder's, benchmarks/latent_down_sweep.py (B=1, 2, 8 against cuBLAS + slot write), then
-#              benchmarks/graph_decode_ab.py at 32K: defaults, without the fused launch, the sweep's fastest constants
+#              benchmarks/graph_decode_ab.py at 32K: defaults, with the fused launch, with it at the sweep's fastest constants
 #   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
 #              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
 #              the merge)
@@ -177,8 +177,8 @@ latent_down)
   run timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_latent_down.py \
       tests/test_graph_decode.py
   run timeout 200 python3 benchmarks/latent_down_sweep.py "$OUT/latent_down.json" --batch_size 1 2 8
-  C=""; [ -f "$OUT/latent_down.json.consts" ] && C="@$OUT/latent_down.json.consts"
-  run timeout 220 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=False" $C
+  C=""; [ -f "$OUT/latent_down.json.consts" ] && C="gd.FUSED_DOWN=True,$(cat "$OUT/latent_down.json.consts")"
+  run timeout 220 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=True" $C
   ;;
 profile_model)  # per-kernel device time and launches of the whole model's step at 32K, B=1 and 2 (fp16 latents):
   # the baseline's static step and Palu's GraphDecoder step (eager; its graphs replay the same kernels)

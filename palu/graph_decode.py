@@ -89,7 +89,10 @@ def _right_aligned(t: torch.Tensor, starts: list[int], lengths: list[int], capac
     return out
 
 
-FUSED_DOWN = True  # fp latents on CUDA: both down-projections and the step's writes in one launch
+# fp latents on CUDA: both down-projections and the step's writes in one launch (kernels.latent_down). Off until it
+# has run on a GPU: tested in the interpreter and built for sm_90 offline only (twenty-sixth session); the next device
+# call (benchmarks/gpu_kernels.sh latent_down) runs its GPU tests and the A/B that decides the default.
+FUSED_DOWN = False
 
 
 def _kernels_for(t: torch.Tensor) -> bool:

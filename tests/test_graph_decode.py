@@ -69,13 +69,8 @@ def test_eager_steps_with_quantized_latents(bits, sym):
     assert got.cache_bytes == per_slot * (3 * 20 - 4 - 1)
 
 
-@pytest.mark.parametrize("bits,fused", [(16, False), (16, True), (4, True)], ids=["fp-write", "fp-fused", "4bit"])
-def test_kernel_writes_fill_the_buffers_as_indexing_does(bits, fused, monkeypatch):
-    """The Triton writes the decoder runs on CUDA (here through the interpreter) fill every buffer (latents or codes /
-    scales / zeros, positions) as plain torch does after a few steps: the slot writes (kernels.slot_write) bit-equal;
-    the fused down-projection and write of fp latents (kernels.latent_down) equal to fp32 rounding (its dot sums in
-    another order than F.linear), positions bit-equal. Tokens alone would not show a wrong latent: a tiny model's
-    greedy tokens survived a key latent left unwritten."""
+def _record_decoders(monkeypatch) -> list:
+    """A list that collects every GraphDecoder graph_generate creates from now on."""
     import palu.graph_decode as gd
 
     decoders = []
@@ -86,6 +81,19 @@ def test_kernel_writes_fill_the_buffers_as_indexing_does(bits, fused, monkeypatc
             decoders.append(self)
 
     monkeypatch.setattr(gd, "GraphDecoder", Recording)
+    return decoders
+
+
+@pytest.mark.parametrize("bits,fused", [(16, False), (16, True), (4, True)], ids=["fp-write", "fp-fused", "4bit"])
+def test_kernel_writes_fill_the_buffers_as_indexing_does(bits, fused, monkeypatch):
+    """The Triton writes the decoder runs on CUDA (here through the interpreter) fill every buffer (latents or codes /
+    scales / zeros, positions) as plain torch does after a few steps: the slot writes (kernels.slot_write) bit-equal;
+    the fused down-projection and write of fp latents (kernels.latent_down) equal to fp32 rounding (its dot sums in
+    another order than F.linear), positions bit-equal. Tokens alone would not show a wrong latent: a tiny model's
+    greedy tokens survived a key latent left unwritten."""
+    import palu.graph_decode as gd
+
+    decoders = _record_decoders(monkeypatch)
     monkeypatch.setattr(gd, "FUSED_DOWN", fused)
     model = _model()
     if bits < 16:
@@ -203,3 +211,27 @@ def test_gpu_graphs_replay_the_eager_steps(dtype, v_rank, bits):
     assert torch.equal(graphed, eager)
     if dtype == torch.float16 and bits == 16:
         assert torch.equal(graphed, _generate(model, x, mask, 20))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_fused_down_projection_gives_the_same_tokens(dtype, monkeypatch):
+    """With kernels.latent_down (both down-projections and the writes in one launch), replayed graphs give the
+    tokens of the cuBLAS projections and slot writes (the latents differ by fp32 summation order: equal unless a
+    near-tie flips), and every buffer matches to the latents' rounding."""
+    import palu.graph_decode as gd
+
+    decoders = _record_decoders(monkeypatch)
+    model = _model("llama", 24, device="cuda", dtype=dtype)
+    x, mask = _prompts("cuda")
+    cfg = GraphDecodeConfig(max_new_tokens=20, bucket=4)
+    monkeypatch.setattr(gd, "FUSED_DOWN", False)
+    want = graph_generate(model, x, mask, cfg).sequences
+    monkeypatch.setattr(gd, "FUSED_DOWN", True)
+    assert torch.equal(graph_generate(model, x, mask, cfg).sequences, want)
+    ref, fused = decoders
+    tol = 1e-2 if dtype == torch.float16 else 4e-2
+    for a, b in zip(ref.k + ref.v, fused.k + fused.v):
+        torch.testing.assert_close(a.bufs["fp"], b.bufs["fp"], atol=tol, rtol=tol)
+    for a, b in zip(ref.pos, fused.pos):
+        assert torch.equal(a, b)

@@ -3,17 +3,13 @@ own device-held slot (and its position beside them), as F.linear + plain indexin
 leaving every other slot untouched."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import kernels.latent_down as ld
 from kernels.latent_down import project_latents, project_latents_ref
+
+from .offline import build_in_subprocess
 
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5}
 
@@ -143,13 +139,6 @@ print(json.dumps([resource_usage(k) for k in built]))
 def test_builds_for_sm90(tmp_path):
     """The decoder's launch at the default and the swept constants compiles for sm_90 without a GPU
     (kernels.offline_build), without spilling: a compile error shows up on CI, not on the device."""
-    repo = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter never compiles
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", _BUILD], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    builds = json.loads(proc.stdout.strip().splitlines()[-1])
+    builds = build_in_subprocess(_BUILD, tmp_path)
     assert [b["name"] for b in builds] == ["_latent_down_kernel"] * 4
     assert all(b["local"] == 0 and b["stack"] == 0 for b in builds), builds

@@ -2,16 +2,12 @@
 as plain indexing stores it (write_slots_ref), leaving every other slot untouched."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from kernels.slot_write import BLOCK, MAX_PAIRS, write_slots, write_slots_ref
+
+from .offline import build_in_subprocess
 
 assert MAX_PAIRS < 6  # the six-pair case below takes two launches
 
@@ -118,13 +114,6 @@ print(json.dumps([resource_usage(k) for k in built]))
 def test_builds_for_sm90(tmp_path):
     """The decoder's two launch shapes (fp latents + position; quantized parts + position, two launches) compile for
     sm_90 without a GPU (kernels.offline_build), without spilling: a compile error shows up on CI, not on the device."""
-    repo = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter never compiles
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", _BUILD], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    builds = json.loads(proc.stdout.strip().splitlines()[-1])
+    builds = build_in_subprocess(_BUILD, tmp_path)
     assert [b["name"] for b in builds] == ["_write_slots_kernel"] * 3
     assert all(b["local"] == 0 and b["stack"] == 0 for b in builds), builds
