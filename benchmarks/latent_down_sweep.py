@@ -20,23 +20,12 @@ import torch.nn.functional as F
 
 import kernels.latent_down as ld
 from kernels.slot_write import write_slots
-from palu.bench.latency import graph_replay
-from palu.bench.timing import time_fn
+from small_kernels_sweep import CALLS, per_call_us
 
 D_MODEL, RK, RV, SLOTS = 4096, 1024, 3072, 33024
-CALLS = 20  # calls per graph; a replay's time / CALLS is one call's time with its launch gap
 NAMES = ("DOWN_BLOCK_N", "DOWN_BLOCK_K", "DOWN_WARPS", "DOWN_STAGES")
 GRID = list(itertools.product((16, 32, 64), (128, 256, 512), (4, 8), (3, 5)))
 QUICK_GRID = list(itertools.product((16, 32, 64), (256, 512), (4,), (3, 5)))  # --quick: a third of the variants
-
-
-def per_call_us(fn) -> float:
-    """One call of fn (us) with its launch gap: the median of 20 replays of a graph of CALLS calls, over CALLS."""
-    def calls() -> None:
-        for _ in range(CALLS):
-            fn()
-
-    return time_fn(graph_replay(calls), 3, 20)["median_ms"] * 1e3 / CALLS
 
 
 def sweep(batch: int, peak_gbs: float, grid: list) -> dict:

@@ -559,7 +559,7 @@ class DecodeEnds:
 
 NO_ENDS = DecodeEnds()
 MERGE_UP_BLOCK_D = 32  # head_dim rows per merge-up program: 4 programs per head at D = 128 (128 at B = 1 x 32 heads)
-MERGE_UP_BLOCK_R = 512
+MERGE_UP_BLOCK_R = 512  # one iteration over the value ranks: all loads in flight at once (64: 6.1 vs 4.4 us, H100)
 MERGE_UP_WARPS = 4
 MERGE_BLOCK_RV = 64  # z columns per merge program (no up-projection)
 MERGE_WARPS = 4
@@ -854,7 +854,9 @@ def latent_decode_attention(
 # Rank columns per fold-rows program (0: the whole padded rank). Its grid is one program per query head, 32
 # at the Llama shape and batch 1, which leaves most SMs idle: 3.5 of the 27.9 us of a 4K fp16 decode call (H200,
 # seventeenth session). A block of 32 gives four programs per head. Timed (gpu_kernels.sh sweep_fold_rows, nineteenth
-# session): 32 and 64 won at some shapes and lost at others (4K fp16 23.9 / 23.9 vs 23.7 us), so it stays off.
+# session): 32 and 64 won at some shapes and lost at others (4K fp16 23.9 / 23.9 vs 23.7 us). Replayed from CUDA
+# graphs on an H100 (small_kernels_sweep.py, twenty-sixth session) at 32K, B = 1 / 2: 64 ranks with 8 warps 2.6 /
+# 2.9 us, the whole rank with 4 warps 3.8 / 3.9 us; the graph decoder's step was faster with them too.
 FOLD_ROWS_RANK_BLOCK = 64
 FOLD_ROWS_WARPS = 8
 FOLD_BLOCK_S = 64  # score kernel: slots per dot (wgmma M)

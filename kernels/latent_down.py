@@ -13,7 +13,6 @@ rounding to the destination's dtype (cuBLAS's split-K rounds the same fp32 sum, 
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import torch
@@ -21,9 +20,10 @@ import triton
 import triton.language as tl
 
 from .host_math import cdiv, next_pow2
+from .latent_attention import _interpreting
 
 MAX_WEIGHTS = 2
-# Launch constants (small_kernels_sweep.py measures variants; offline sm_90 builds of each: no spills).
+# Launch constants (benchmarks/latent_down_sweep.py times variants; offline sm_90 builds of four: no spills).
 DOWN_BLOCK_N = 32  # weight rows per program: 4096 latents -> 128 programs, about one per H100 SM
 DOWN_BLOCK_K = 256  # d_model columns per step (a 32 x 256 fp16 tile is 16 KB)
 DOWN_WARPS = 4
@@ -82,7 +82,7 @@ def _latent_down_kernel(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Grid (cdiv(n0, BLOCK_N) + cdiv(n1, BLOCK_N), cdiv(B, BLOCK_B)): the first programs project onto weight 0,
-    the rest onto weight 1; the programs of row block 0 also store the extra value of their sequences."""
+    the rest onto weight 1; program 0 of each batch block also stores the extra value of its sequences."""
     pid = tl.program_id(0)
     b0 = tl.program_id(1) * BLOCK_B
     blocks0 = tl.cdiv(n0, BLOCK_N)
@@ -176,6 +176,6 @@ def project_latents(x: torch.Tensor, pairs: Sequence[tuple[torch.Tensor, torch.T
         w1, w1.stride(0), w1.shape[0], d1, d1.stride(0), d1.stride(1),
         *e_args,
         NUM_W=len(pairs), HAS_SLOT=slot is not None, HAS_EXTRA=extra is not None, IEEE=x.dtype == torch.float32,
-        INTERPRET=os.environ.get("TRITON_INTERPRET", "0") == "1",
+        INTERPRET=_interpreting(),
         BLOCK_B=block_b, BLOCK_N=DOWN_BLOCK_N, BLOCK_K=DOWN_BLOCK_K, num_warps=DOWN_WARPS, num_stages=DOWN_STAGES,
     )

@@ -91,6 +91,7 @@ def test_kernel_writes_fill_the_buffers_as_indexing_does(bits, fused, monkeypatc
     the fused down-projection and write of fp latents (kernels.latent_down) equal to fp32 rounding (its dot sums in
     another order than F.linear), positions bit-equal. Tokens alone would not show a wrong latent: a tiny model's
     greedy tokens survived a key latent left unwritten."""
+    import kernels.latent_down as ld
     import palu.graph_decode as gd
 
     decoders = _record_decoders(monkeypatch)
@@ -101,8 +102,6 @@ def test_kernel_writes_fill_the_buffers_as_indexing_does(bits, fused, monkeypatc
     x, mask = _prompts()
     cfg = GraphDecodeConfig(max_new_tokens=6, bucket=4, use_graph=False)
     want = graph_generate(model, x, mask, cfg).sequences
-    import kernels.latent_down as ld
-
     launches, project = [], ld.project_latents
 
     def recording(*args, **kwargs):
@@ -110,9 +109,8 @@ def test_kernel_writes_fill_the_buffers_as_indexing_does(bits, fused, monkeypatc
         return project(*args, **kwargs)
 
     monkeypatch.setattr(gd, "_kernels_for", lambda t: True)
-    with monkeypatch.context() as patch:
-        patch.setattr(ld, "project_latents", recording)
-        assert torch.equal(graph_generate(model, x, mask, cfg).sequences, want)
+    monkeypatch.setattr(ld, "project_latents", recording)
+    assert torch.equal(graph_generate(model, x, mask, cfg).sequences, want)
     assert bool(launches) == (fused and bits == 16)  # the fused launch ran exactly where it applies
     ref, kernel = decoders
     for a, b in zip(ref.k + ref.v, kernel.k + kernel.v):
