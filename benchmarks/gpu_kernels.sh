@@ -35,6 +35,8 @@
 #              decoder's, benchmarks/latent_down_sweep.py (B=1, 2, 8 against cuBLAS + slot write), then
 #              benchmarks/graph_decode_ab.py at 32K: defaults, with the fused launch, with it at the sweep's fastest
 #              constants
+#   latent_down_quick  the same trimmed to ~5 min (a short device budget): the two test files in parallel, the A/B
+#              without and with gd.FUSED_DOWN, the sweep's --quick variants at B=1, 2
 #   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
 #              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
 #              the merge)
@@ -180,6 +182,15 @@ latent_down)
   run timeout 200 python3 benchmarks/latent_down_sweep.py "$OUT/latent_down.json" --batch_size 1 2 8
   C=""; [ -f "$OUT/latent_down.json.consts" ] && C="gd.FUSED_DOWN=True,$(cat "$OUT/latent_down.json.consts")"
   run timeout 220 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=True" $C
+  ;;
+latent_down_quick)  # the same in ~5 min: both GPU test files at once, the whole-model A/B without and with the fused
+  # launch, then latent_down_sweep.py --quick at B=1, 2
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_latent_down.py \
+      > "$OUT/tests_latent_down.log" 2>&1 &
+  run timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py
+  wait; tail -3 "$OUT/tests_latent_down.log" | tee -a "$LOG"
+  run timeout 170 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=True"
+  run timeout 120 python3 benchmarks/latent_down_sweep.py "$OUT/latent_down.json" --quick --batch_size 1 2
   ;;
 profile_model)  # per-kernel device time and launches of the whole model's step at 32K, B=1 and 2 (fp16 latents):
   # the baseline's static step and Palu's GraphDecoder step (eager; its graphs replay the same kernels)
