@@ -7,10 +7,11 @@ channels per value-kernel program. The data behind choose_fold_heads, FOLD_STAGE
 and the auto rule in kernels/latent_attention.py; "single_pass": the single-pass kernel's variants;
 "ws": the warp-specialized Gluon score kernel (kernels.fold_scores_ws) against the Triton one;
 "single_pass_ws": the Gluon single-pass kernel (kernels.single_pass_ws) and its variants against the fold path;
-"splits": the single-pass kernels' slot splits at short contexts; "fold_rows": rank columns per fold-rows program.
+"splits": the single-pass kernels' slot splits at short contexts; "fold_rows": rank columns per fold-rows program;
+"pdl": programmatic dependent launch along the Gluon path's three launches (DECODE_PDL) against the default.
 Usage (CUDA machine, repo root):
   PYTHONPATH=. python benchmarks/fold_heads_sweep.py out.json \
-      [heads|tiles|value_cols|default|reconstruction|single_pass|ws|single_pass_ws|splits|fold_rows] \
+      [heads|tiles|value_cols|default|reconstruction|single_pass|ws|single_pass_ws|splits|fold_rows|pdl] \
       [seq,batch,bits;...] [NAME=VALUE,...]
 The last argument sets module constants (names as in VARIANT_SETS, e.g. sp.SP_CONSUMER_REGS=240) for the
 whole process before anything compiles: a Gluon kernel refuses a global that changes after its first
@@ -82,6 +83,10 @@ VARIANT_SETS = {
         "auto": ({}, {}),
         **{f"fold_rows_block={n}": ({}, {"FOLD_ROWS_RANK_BLOCK": n}) for n in (32, 64)},
     },
+    "pdl": {  # programmatic dependent launch along fold rows -> single pass -> merge (DECODE_PDL)
+        "auto": ({}, {"DECODE_PDL": False}),
+        "pdl": ({}, {"DECODE_PDL": True}),
+    },
     "default": {"auto": ({}, {})},  # the shipped configuration alone (A/B runs of two source trees)
     "reconstruction": {"rope_qk": (dict(method="rope_qk"), {})},  # the GQA path alone, likewise
     "tiles": {  # the Triton score kernel, two heads per program: latent tiles in flight and slots per tile
@@ -142,6 +147,7 @@ def main() -> int:
         "single_pass": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (4096, 8, 16),
                   (65536, 1, 4), (4096, 1, 4)],
         "default": [(4096, 1, 16), (65536, 1, 16), (65536, 8, 16), (4096, 8, 16), (65536, 1, 4)],
+        "pdl": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (65536, 8, 16), (16384, 8, 16)],
         "ws": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16), (4096, 8, 16)],
         "single_pass_ws": [(4096, 1, 16), (16384, 1, 16), (65536, 1, 16), (262144, 1, 16), (65536, 8, 16),
                            (4096, 8, 16)],

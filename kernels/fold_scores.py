@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 from .rope_qk import cos_or_sin, load_latent_tile, quant_params
 
@@ -89,7 +90,7 @@ def _fold_rows_kernel(
     brows_ptr, brows_sb, brows_sg, score_scale, num_groups, cos_ptr, sin_ptr, rope_sb,
     HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, HG: tl.constexpr, N_REP: tl.constexpr,
     RK_PAD: tl.constexpr, RK_BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVE: tl.constexpr = False,
-    Q_ROPE: tl.constexpr = False,
+    Q_ROPE: tl.constexpr = False, PDL_TRIGGER: tl.constexpr = False,
 ):
     """Grid (B * G * HG, RK_PAD / RK_BLOCK): the folded rows of one query head (b, g, local head t), columns
     [pid1 * RK_BLOCK, + RK_BLOCK), written to
@@ -105,7 +106,11 @@ def _fold_rows_kernel(
     (``rope_sb`` their batch stride, 0 to broadcast), each product and the sum rounded to q's dtype as transformers'
     ``q * cos + rotate_half(q) * sin`` rounds them: bit-identical in the interpreter; compiled (H100), within the fp16
     rounding of q (the compiler does not keep every intermediate rounding). It saves the module the five elementwise
-    launches of RoPE on q per decode step."""
+    launches of RoPE on q per decode step.
+
+    PDL_TRIGGER: the next launch, a programmatic dependent, may start at once (it waits for these rows itself)."""
+    if PDL_TRIGGER:
+        gdc_launch_dependents()
     pid = tl.program_id(0)
     t = pid % HG
     g = (pid // HG) % num_groups

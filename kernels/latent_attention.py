@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from .host_math import cdiv, next_pow2
 from ._autotune import prune_softmax_v_configs, softmax_v_configs
@@ -274,9 +275,12 @@ def _split_weights(part_m_ptr, part_l_ptr, row, num_splits, SPLITS_PAD: tl.const
 @triton.jit(do_not_specialize=["num_splits"])  # changes as the cache grows: one build for every step
 def _merge_splits_kernel(
     part_m_ptr, part_l_ptr, part_acc_ptr, out_ptr, num_splits, rv_max,
-    SPLITS_PAD: tl.constexpr, BLOCK_RV: tl.constexpr,
+    SPLITS_PAD: tl.constexpr, BLOCK_RV: tl.constexpr, PDL: tl.constexpr = False,
 ):
-    """Grid (B*H, cdiv(rv_max, BLOCK_RV)): z = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i."""
+    """Grid (B*H, cdiv(rv_max, BLOCK_RV)): z = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i. PDL: launched as a
+    dependent of the kernel that writes the partials: waits for it before anything else."""
+    if PDL:
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     col = tl.program_id(1) * BLOCK_RV + tl.arange(0, BLOCK_RV)
     split, split_mask, weight, l = _split_weights(part_m_ptr, part_l_ptr, row, num_splits, SPLITS_PAD)
@@ -290,11 +294,14 @@ def _merge_splits_kernel(
 def _merge_up_kernel(
     part_m_ptr, part_l_ptr, part_acc_ptr, up_ptr, up_sg, up_sr, out_ptr, num_splits, rv_max, num_heads,
     HEAD_DIM: tl.constexpr, GS: tl.constexpr, N_REP: tl.constexpr, SPLITS_PAD: tl.constexpr,
-    RV_CEIL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    RV_CEIL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Grid (B*H, cdiv(D, BLOCK_D)): values out[b, h, d] = sum_r U_h[d, r] z[b, h, r], z the merge of the splits
     (as :func:`_merge_splits_kernel`, kept in fp32) and U_h the up-projection rows of head h's KV head
-    (up: (G, GS * D, rv_max)). Replaces the merge's z and the module's per-head einsum (a bmm and its copies)."""
+    (up: (G, GS * D, rv_max)). Replaces the merge's z and the module's per-head einsum (a bmm and its copies).
+    PDL: as :func:`_merge_splits_kernel`."""
+    if PDL:
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     kv_head = (tl.program_id(0) % num_heads) // N_REP
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -563,6 +570,24 @@ MERGE_UP_BLOCK_R = 512  # one iteration over the value ranks: all loads in fligh
 MERGE_UP_WARPS = 4
 MERGE_BLOCK_RV = 64  # z columns per merge program (no up-projection)
 MERGE_WARPS = 4
+# Programmatic dependent launch (sm_90+) along the fp16 Gluon path's three launches: fold rows -> single pass ->
+# merge. The single pass is scheduled while the fold rows still run and reads its first key tiles before it waits
+# for them (griddepcontrol.wait, only in its producer warp: the rows are the one input the fold rows write, and every
+# write of the single pass comes after that wait); the merge waits at its start, its launch hidden behind the single
+# pass's tail. Off until measured on an H100 (gpu_kernels.sh pdl).
+DECODE_PDL = False
+
+
+def decode_pdl(device: torch.device) -> bool:
+    """Whether this decode call's launches use programmatic dependent launch (DECODE_PDL on a CUDA device of
+    compute capability 9.0 or more; never in the interpreter)."""
+    return (DECODE_PDL and device.type == "cuda" and not _interpreting()
+            and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def _pdl_launch(pdl: bool) -> dict:
+    """The launch option of a programmatic dependent launch (none otherwise: the interpreter takes no such option)."""
+    return {"launch_pdl": True} if pdl else {}
 
 
 def rotate_query(q: torch.Tensor, ends: DecodeEnds) -> torch.Tensor:
@@ -575,10 +600,11 @@ def rotate_query(q: torch.Tensor, ends: DecodeEnds) -> torch.Tensor:
     return q * ends.q_cos[:, None] + rotate_half_ref(q) * ends.q_sin[:, None]
 
 
-def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32, ends: DecodeEnds = NO_ENDS
-           ) -> torch.Tensor:
+def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32, ends: DecodeEnds = NO_ENDS,
+           pdl: bool = False) -> torch.Tensor:
     """z (B, H, rv_max) in out_dtype from the splits' partial states (fp32 math, one rounding); with ends.v_up the
-    values (B, H, D) of :func:`_merge_up_kernel` instead."""
+    values (B, H, D) of :func:`_merge_up_kernel` instead. pdl: launched as a programmatic dependent of the launch
+    before it, which wrote the partials (:func:`decode_pdl`)."""
     batch, num_heads, num_splits, rv_max = part_acc.shape
     if ends.v_up is not None:
         up, d = ends.v_up, ends.head_dim
@@ -587,14 +613,15 @@ def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32, end
         _merge_up_kernel[(batch * num_heads, cdiv(d, block_d))](
             part_m, part_l, part_acc, up, up.stride(0), up.stride(1), out, num_splits, rv_max, num_heads,
             HEAD_DIM=d, GS=ends.gs, N_REP=ends.n_rep, SPLITS_PAD=next_pow2(num_splits),
-            RV_CEIL=cdiv(rv_max, block_r) * block_r, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=MERGE_UP_WARPS,
+            RV_CEIL=cdiv(rv_max, block_r) * block_r, BLOCK_R=block_r, BLOCK_D=block_d, PDL=pdl,
+            num_warps=MERGE_UP_WARPS, **_pdl_launch(pdl),
         )
         return out
     out = torch.empty(batch, num_heads, rv_max, dtype=out_dtype, device=part_acc.device)
     block_rv = min(MERGE_BLOCK_RV, _pad(rv_max))
     _merge_splits_kernel[(batch * num_heads, cdiv(rv_max, block_rv))](
         part_m, part_l, part_acc, out, num_splits, rv_max,
-        SPLITS_PAD=next_pow2(num_splits), BLOCK_RV=block_rv, num_warps=MERGE_WARPS,
+        SPLITS_PAD=next_pow2(num_splits), BLOCK_RV=block_rv, PDL=pdl, num_warps=MERGE_WARPS, **_pdl_launch(pdl),
     )
     return out
 
@@ -929,12 +956,13 @@ def choose_fold_chunks(num_slots: int, batch_groups: int, num_sms: int) -> tuple
 
 
 def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad, rk_pad,
-                 interleave=False, ends: DecodeEnds = NO_ENDS) -> tuple:
+                 interleave=False, ends: DecodeEnds = NO_ENDS, pdl: bool = False) -> tuple:
     """(rows, brows, brows strides (b, g)): the folded query rows of every head, once per call
     (:func:`kernels.fold_scores._fold_rows_kernel`; read by all score programs of their (b, g)),
     (B, G, HG * 2 * half_pad, rk_pad) in q's dtype, and the folded key bias (B, G, HG * 2 * half_pad)
     fp32, or without a bias a pointer that is never read (the rows) and zero strides. With ends' cos / sin, q is
-    the query before RoPE (rotated by the kernel)."""
+    the query before RoPE (rotated by the kernel). pdl: the kernel lets the next launch (a programmatic dependent)
+    start at once."""
     from .fold_scores import _fold_rows_kernel
 
     batch, _, head_dim = q.shape
@@ -951,7 +979,8 @@ def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, ha
         rows, rows.stride(0), rows.stride(1), brows, *brows_strides, float(sm_scale) * LOG2E * float(rope_scale),
         num_groups, q if ends.q_cos is None else ends.q_cos, q if ends.q_sin is None else ends.q_sin, ends.rope_sb,
         HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, RK_BLOCK=rk_block,
-        HAS_BIAS=has_bias, INTERLEAVE=interleave, Q_ROPE=ends.q_cos is not None, num_warps=FOLD_ROWS_WARPS,
+        HAS_BIAS=has_bias, INTERLEAVE=interleave, Q_ROPE=ends.q_cos is not None, PDL_TRIGGER=pdl,
+        num_warps=FOLD_ROWS_WARPS,
     )
     return rows, brows, brows_strides
 
@@ -1113,13 +1142,14 @@ def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv
 
     batch, num_heads, head_dim = q.shape
     elt = q.element_size()
+    n_q, n_fp = k_latent.num_quantized, k_latent.num_fp
+    pdl = not n_q and decode_pdl(q.device)  # fp16 slots only: three launches, each the next one's primary
     rows, _, _ = _folded_rows(q, k_up, k_offsets, None, sm_scale, rope_scale, gs, 1, head_dim // 2, rank,
-                              interleave=True, ends=ends)
+                              interleave=True, ends=ends, pdl=pdl)
 
     def parts_fn(n: int) -> tuple:
         return _partials(batch, num_heads, n, rank_v, q.device)
 
-    n_q, n_fp = k_latent.num_quantized, k_latent.num_fp
     parts = []
     if n_q:
         heads_q = spq_fold_heads(gs, head_dim, rank, rank_v, elt, k_latent.bits, k_latent.quant_group_size,
@@ -1134,9 +1164,9 @@ def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv
         # decode step (1.2 us of a 27.9 us step at 4K on an H200, seventeenth session's sweep_splits breakdown)
         fp_start = kv_start - n_q if n_q else kv_start
         parts.append(ws_single_pass(rows, k_latent.fp, v_latent.fp, positions[:, n_q:], fp_start, inv_freq,
-                                    num_heads, rank, rank_v, gs, heads_fp, num_sms, splits_fp, parts_fn))
+                                    num_heads, rank, rank_v, gs, heads_fp, num_sms, splits_fp, parts_fn, pdl=pdl))
     if len(parts) == 1:
-        return _merge(*parts[0], out_dtype, ends)
+        return _merge(*parts[0], out_dtype, ends, pdl=pdl)
     return _merge(*(torch.cat(p, dim=2) for p in zip(*parts)), out_dtype, ends)
 
 

@@ -295,14 +295,43 @@ def l2_prefetch_tile(prefetch, t, lo, hi, BLOCK_S: gl.constexpr, KB: gl.constexp
 
 
 @gluon.jit
+def gdc_wait_gl():
+    """griddepcontrol.wait: until the grid this one was launched as a programmatic dependent of has completed and
+    its writes are visible (a no-op without such a launch)."""
+    gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def gdc_launch_dependents_gl():
+    """griddepcontrol.launch_dependents: the next grid, if launched as a programmatic dependent, may start once
+    every program of this one has said so (or exited)."""
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
+def _key_tile(lat_desc, kbufs, kready, kempty, b, lo, k_off, j, BLOCK_S: gl.constexpr, KST: gl.constexpr):
+    """TMA of key tile j into ring buffer j % KST once the consumer of tile j - KST released it."""
+    s = j % KST
+    mbarrier.wait(kempty.index(s), ((j // KST) & 1) ^ 1)
+    mbarrier.expect(kready.index(s), lat_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(lat_desc, [b, lo + j * BLOCK_S, k_off], kready.index(s), kbufs.index(s))
+
+
+@gluon.jit
 def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
               rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_ptr, kv_start, inv_freq_ptr, part_ptrs, split0,
               hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
-              KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr, prefetch, PF: gl.constexpr):
+              KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr, prefetch, PF: gl.constexpr,
+              PDL: gl.constexpr):
     """One warp (the consumers' signature, then the L2 prefetch's bases and distance PF): the rows once; then per
     step j tile j + PF into L2 (SP_L2_PREFETCH), the key tile j (once tile j - KST released it) and the value
     boxes of tile j - 1 (once box i - VST was released). Empty barriers start released (parity 1). Keys run one
-    tile ahead: a consumer needs them first."""
+    tile ahead: a consumer needs them first.
+
+    PDL (a programmatic dependent of the fold rows' launch): the first KST key tiles are asked for before waiting
+    for that launch (the latents were written before it started), then the rows; once every load is issued, the
+    merge's launch may start."""
     VB: gl.constexpr = val_desc.block_type.shape[2]
     NVB: gl.constexpr = RV // VB
     KBYTES: gl.constexpr = lat_desc.block_type.nbytes // BLOCK_S
@@ -310,16 +339,20 @@ def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kr
     if PF > 0:  # tiles 1 .. PF - 1 (tile 0 is loaded at once)
         for t in range(1, gl.minimum(PF, n_blocks)):
             l2_prefetch_tile(prefetch, t, lo, hi, BLOCK_S, KBYTES, VBYTES)
+    first = 0  # key tiles already asked for
+    if PDL:
+        first = gl.minimum(n_blocks, KST)
+        for j in range(first):
+            _key_tile(lat_desc, kbufs, kready, kempty, b, lo, k_off, j, BLOCK_S, KST)
+        gdc_wait_gl()
     load_rows(rows_desc, rows_smem, rows_bar, rows_row0, HP, HALF)
     for j in range(n_blocks + 1):
         if PF > 0:
             if j + PF < n_blocks:
                 l2_prefetch_tile(prefetch, j + PF, lo, hi, BLOCK_S, KBYTES, VBYTES)
         if j < n_blocks:
-            s = j % KST
-            mbarrier.wait(kempty.index(s), ((j // KST) & 1) ^ 1)
-            mbarrier.expect(kready.index(s), lat_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(lat_desc, [b, lo + j * BLOCK_S, k_off], kready.index(s), kbufs.index(s))
+            if j >= first:
+                _key_tile(lat_desc, kbufs, kready, kempty, b, lo, k_off, j, BLOCK_S, KST)
         jv = j - 1
         if jv >= 0:
             for k in gl.static_range(NVB):
@@ -338,6 +371,8 @@ def _producer(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kr
                     mbarrier.expect(ready, val_desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(val_desc, [b, lo + jv * BLOCK_S, v_off + k * VB], ready,
                                                 vbufs.index(sb))
+    if PDL:
+        gdc_launch_dependents_gl()
 
 
 @gluon.jit
@@ -672,12 +707,14 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
                            num_groups, batch_groups, chunk_len, head_splits, lat_ptr, val_ptr,
                            HG: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
                            BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr,
-                           ROWS_PER_TILE: gl.constexpr, SCORE_PIPE: gl.constexpr, PF: gl.constexpr):
+                           ROWS_PER_TILE: gl.constexpr, SCORE_PIPE: gl.constexpr, PF: gl.constexpr,
+                           PDL: gl.constexpr = False):
     """Grid (B * G * head_splits * chunks,): program p covers local heads h0 + [0, HP) of (b, g) over slots
     [chunk * chunk_len, +chunk_len) (chunk slowest); part_*: (B, H, num_splits = 2 * chunks[, RV]) fp32.
     lat_desc / val_desc: TMA descriptors of the key / value latents (B, S, G * rank[_v]), boxes
     (1, BLOCK_S, rank) / (1, BLOCK_S, VBOX); rows_desc: of the interleaved folded rows, box (DOT_COLS, rank).
-    lat_ptr / val_ptr: the same latents' data (strides from the descriptors), for the L2 prefetch of PF tiles ahead."""
+    lat_ptr / val_ptr: the same latents' data (strides from the descriptors), for the L2 prefetch of PF tiles ahead.
+    PDL: launched as a programmatic dependent of the fold rows (see _producer)."""
     b, g, lo, hi, n_blocks, split0, kv_start, rows_row0, part_ptrs = sp_program(
         kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, num_slots, num_groups, batch_groups,
         chunk_len, head_splits, HG, HP, HALF, RV, BLOCK_S)
@@ -709,7 +746,7 @@ def _ws_single_pass_kernel(lat_desc, val_desc, rows_desc, pos_ptr, pos_sb, kv_st
                     SCORE_PIPE)),
         (_producer, (lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty,
                      rows_bar, b, rows_row0, k_off, v_off, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs,
-                     split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, prefetch, PF)),
+                     split0, hi, 0, BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, prefetch, PF, PDL)),
     ], [4, 1], [SP_CONSUMER_REGS, SP_PRODUCER_REGS])
 
 
@@ -737,8 +774,10 @@ def sp_launch(rows: torch.Tensor, half: int, heads_per_group: int, fold_heads: i
 
 def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, positions: torch.Tensor,
                    kv_start: torch.Tensor, inv_freq: torch.Tensor, num_heads: int, rank: int, rank_v: int,
-                   heads_per_group: int, fold_heads: int, num_sms: int, num_splits: Optional[int], parts_fn) -> tuple:
+                   heads_per_group: int, fold_heads: int, num_sms: int, num_splits: Optional[int], parts_fn,
+                   pdl: bool = False) -> tuple:
     """Partials (m, l, acc) of the whole call from the Gluon kernel; ``parts_fn(num_splits)`` allocates them.
+    pdl: launched as a programmatic dependent of the fold rows' launch just before it.
 
     rows: interleaved folded rows (B, G, heads_per_group * D, rank) (``_fold_rows_kernel(..., INTERLEAVE=True)``);
     k_fp (B, S, G * rank), v_fp (B, S, G * rank_v) in rows' dtype; positions (B, S) int32; kv_start (B,) int32;
@@ -759,6 +798,6 @@ def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, p
         k_fp, v_fp,
         HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
         VST=sp_value_stages(rank_v), THREAD_L=SP_THREAD_L, ROWS_PER_TILE=SP_ROWS_PER_TILE, SCORE_PIPE=SP_SCORE_PIPE,
-        PF=SP_L2_PREFETCH, num_warps=4, maxnreg=SP_MAXNREG,
+        PF=SP_L2_PREFETCH, PDL=pdl, num_warps=4, maxnreg=SP_MAXNREG, **({"launch_pdl": True} if pdl else {}),
     )
     return parts

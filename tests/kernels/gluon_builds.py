@@ -142,8 +142,10 @@ def decode_steps() -> dict:
     the Gluon kernel, the merge) at the Llama shape: fp16 latents from 1000 slots for 40 steps (slot counts that are
     and are not multiples of 16, and one more chunk from 1025 slots), then 4-bit slots behind a 16-slot
     full-precision window, the quantized part one slot longer each step (the window's positions start one slot later
-    each time); then the Triton value kernel and merge of the other paths over the same fp16 steps."""
-    from kernels.latent_attention import LatentView, _fold_values, _single_pass_decode_ws
+    each time); fp16 steps again with programmatic dependent launch (DECODE_PDL on an sm_90 device); then the Triton
+    value kernel and merge of the other paths over the same fp16 steps."""
+    import kernels.latent_attention as la
+    from kernels.latent_attention import LatentView, _fold_values, _single_pass_decode_ws, decode_pdl
     from kernels.offline_build import compile_only
 
     batch, groups, gs, head_dim, rank, rank_v, cap, window, bits, qg = 1, 8, 4, 128, 128, 384, 1200, 16, 4, 32
@@ -161,15 +163,22 @@ def decode_steps() -> dict:
         return LatentView(fp=fp, codes=codes if n_q else None, scale=meta if n_q else None,
                           zero=meta.clone() if n_q else None, bits=bits, quant_group_size=qg)
 
-    phases = {"fp16": [(0, n) for n in range(1000, 1040)], "quantized": [(n, window) for n in range(1000, 1020)]}
+    phases = {"fp16": [(0, n) for n in range(1000, 1040)], "quantized": [(n, window) for n in range(1000, 1020)],
+              "fp16_pdl": [(0, n) for n in range(1000, 1010)]}
     out = {}
     for phase, steps in phases.items():
+        # decode_pdl asks the device (a CPU tensor here); the phase stands for an sm_90 device with DECODE_PDL on
+        la.decode_pdl = (lambda device: True) if phase == "fp16_pdl" else decode_pdl
         with compile_only(90) as built:
             for n_q, n_fp in steps:
                 _single_pass_decode_ws(q, view(rank, n_q, n_fp), view(rank_v, n_q, n_fp), k_up, k_off,
                                        positions[:, : n_q + n_fp], kv_start, inv_freq, 1.0, 0.1, gs, rank, rank_v,
                                        132, None, None, dt)
+        la.decode_pdl = decode_pdl
         out[phase] = _builds_per_kernel(built)
+        if phase.endswith("pdl"):  # per kernel: launched as a dependent, and its griddepcontrol instructions
+            out["pdl_launches"] = {k.metadata.name: [bool(k.metadata.launch_pdl), k.asm["ptx"].count("griddepcontrol")]
+                                   for k in built}
     # The Triton value kernel and the merge (GQA and the shapes outside the Gluon kernels' scope): their scores'
     # strides follow the slot count too. A fixed block and split count: no autotuning (it would time the kernels).
     v_off = torch.arange(groups + 1, dtype=torch.int32) * rank_v

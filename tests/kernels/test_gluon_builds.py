@@ -44,6 +44,11 @@ def test_decode_steps_reuse_one_build(tmp_path_factory):
     assert per_phase["quantized"] == {"_fold_rows_kernel": 1, "_ws_single_pass_quant_kernel": 1,
                                       "_ws_single_pass_kernel": 1, "_merge_splits_kernel": 1}
     assert per_phase["triton_values"] == {"_softmax_v_split_kernel": 1, "_merge_splits_kernel": 1}
+    # DECODE_PDL: the fold rows trigger the single pass (launched as their dependent: one wait, one trigger of the
+    # merge), the merge waits; still one build each
+    assert per_phase["fp16_pdl"] == per_phase["fp16"]
+    assert per_phase["pdl_launches"] == {"_fold_rows_kernel": [False, 1], "_ws_single_pass_kernel": [True, 2],
+                                         "_merge_splits_kernel": [True, 1]}
 
 
 def test_every_shape_builds(builds):

@@ -154,6 +154,19 @@ class _TorchStandIn:
         return run
 
 
+def test_programmatic_dependent_launch_only_on_a_gpu(monkeypatch):
+    """DECODE_PDL applies to CUDA devices of sm_90 or later, never on the CPU or in the interpreter (which has no
+    such launch option)."""
+    import kernels.latent_attention as la
+
+    monkeypatch.setattr(la, "DECODE_PDL", True)
+    assert not la.decode_pdl(torch.device("cpu"))
+    assert la._pdl_launch(False) == {} and la._pdl_launch(True) == {"launch_pdl": True}
+    monkeypatch.setattr(la, "DECODE_PDL", False)
+    if torch.cuda.is_available():
+        assert not la.decode_pdl(torch.device("cuda"))
+
+
 def test_an_odd_key_ring_is_refused(device, monkeypatch):
     """With an odd number of key buffers the two consumers would share one buffer's ready barrier."""
     monkeypatch.setattr(sp, "SP_KEY_STAGES", 3)
@@ -300,6 +313,39 @@ def test_gpu_auto_takes_it_and_agrees_with_the_fold_path(monkeypatch):
         torch.cuda.synchronize()
     names = [e.name for e in prof.events()]
     assert any("_ws_single_pass_kernel" in n for n in names) and not any("fold_scores" in n for n in names)
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("num_slots,batch", [(37, 3), (4099, 2), (70000, 1)])
+def test_gpu_programmatic_dependent_launch_gives_the_same_output(num_slots, batch, monkeypatch):
+    """DECODE_PDL: the single pass starts while the fold rows run and the merge while the single pass ends; both
+    wait for what they read, so the output is the same bit for bit as without, eager and replayed from a CUDA graph
+    (twenty replays: a missing wait shows up as a replay that differs), with z and with the up-projected values."""
+    import kernels.latent_attention as la
+
+    case = dataclasses.replace(LLAMA, num_slots=num_slots, batch=batch)
+    inputs = make_inputs(case, torch.device("cuda"))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    v_up = torch.randn(8, 4 * 128, 384, device="cuda", generator=gen, dtype=case.dtype) / 20
+    for extra in ({}, {"v_up": v_up}):
+        def call():
+            return latent_decode_attention(**inputs, **extra, method="single_pass", warp_specialized=True)
+
+        monkeypatch.setattr(la, "DECODE_PDL", False)
+        want = call()
+        monkeypatch.setattr(la, "DECODE_PDL", True)
+        assert la.decode_pdl(inputs["q"].device)
+        assert torch.equal(call(), want)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = call()
+        for _ in range(20):
+            out.zero_()
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, want), extra.keys()
 
 
 def test_the_kernel_benchmark_can_time_it():
