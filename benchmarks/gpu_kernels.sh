@@ -196,16 +196,18 @@ latent_down_quick)  # the same in ~5 min: both GPU test files at once, the whole
   ;;
 down_pdl)  # the fused down-projection and programmatic dependent launch in ~6 min (a short device budget): the GPU
   # tests of both (three processes at once), the whole-model A/B at 32K (defaults, gd.FUSED_DOWN, both), the decode
-  # call with and without DECODE_PDL at $PDL_SHAPES (fold_heads_sweep.py shapes; % of the roofline from its bytes)
+  # call with and without DECODE_PDL at $PDL_SHAPES (fold_heads_sweep.py shapes; empty: skipped). Shorter: $GD_TESTS_K
+  # (a -k filter of the graph decoder's tests), $AB_BATCH (the A/B's batch sizes, default "1 2")
   timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_latent_down.py \
       > "$OUT/tests_latent_down.log" 2>&1 &
   timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_single_pass_ws.py \
       -k programmatic > "$OUT/tests_pdl.log" 2>&1 &
-  run timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py
+  run timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py ${GD_TESTS_K:+-k "$GD_TESTS_K"}
   wait; tail -3 "$OUT/tests_latent_down.log" "$OUT/tests_pdl.log" | tee -a "$LOG"
   run timeout 170 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=True" \
-      "gd.FUSED_DOWN=True,DECODE_PDL=True"
-  run timeout 80 python3 benchmarks/fold_heads_sweep.py "$OUT/pdl_kernel.json" pdl "${PDL_SHAPES:-16384,1,16;65536,1,16}"
+      "gd.FUSED_DOWN=True,DECODE_PDL=True" --batch_size ${AB_BATCH:-1 2}
+  [ "${PDL_SHAPES-x}" = "" ] || run timeout 80 python3 benchmarks/fold_heads_sweep.py "$OUT/pdl_kernel.json" pdl \
+      "${PDL_SHAPES:-16384,1,16;65536,1,16}"
   ;;
 profile_model)  # per-kernel device time and launches of the whole model's step at 32K, B=1 and 2 (fp16 latents):
   # the baseline's static step and Palu's GraphDecoder step (eager; its graphs replay the same kernels)
