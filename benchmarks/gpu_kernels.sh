@@ -35,8 +35,6 @@
 #              decoder's, benchmarks/latent_down_sweep.py (B=1, 2, 8 against cuBLAS + slot write), then
 #              benchmarks/graph_decode_ab.py at 32K: defaults, with the fused launch, with it at the sweep's fastest
 #              constants
-#   latent_down_quick  the same trimmed to ~5 min (a short device budget): the two test files in parallel, the A/B
-#              without and with gd.FUSED_DOWN, the sweep's --quick variants at B=1, 2
 #   down_pdl   the fused down-projection (gd.FUSED_DOWN) and programmatic dependent launch (DECODE_PDL): GPU tests,
 #              whole-model A/B of both at 32K, the decode call with and without DECODE_PDL
 #   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
@@ -185,15 +183,6 @@ latent_down)
   C=""; [ -f "$OUT/latent_down.json.consts" ] && C="gd.FUSED_DOWN=True,$(cat "$OUT/latent_down.json.consts")"
   run timeout 220 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=True" $C
   ;;
-latent_down_quick)  # the same in ~5 min: both GPU test files at once, the whole-model A/B without and with the fused
-  # launch, then latent_down_sweep.py --quick at B=1, 2
-  timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_latent_down.py \
-      > "$OUT/tests_latent_down.log" 2>&1 &
-  run timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py
-  wait; tail -3 "$OUT/tests_latent_down.log" | tee -a "$LOG"
-  run timeout 170 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=True"
-  run timeout 120 python3 benchmarks/latent_down_sweep.py "$OUT/latent_down.json" --quick --batch_size 1 2
-  ;;
 down_pdl)  # the fused down-projection and programmatic dependent launch in ~6 min (a short device budget): the GPU
   # tests of both (three processes at once), the whole-model A/B at 32K (defaults, gd.FUSED_DOWN, both), the decode
   # call with and without DECODE_PDL at $PDL_SHAPES (fold_heads_sweep.py shapes; empty: skipped). Shorter: $GD_TESTS_K
@@ -202,7 +191,8 @@ down_pdl)  # the fused down-projection and programmatic dependent launch in ~6 m
       > "$OUT/tests_latent_down.log" 2>&1 &
   timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_single_pass_ws.py \
       -k programmatic > "$OUT/tests_pdl.log" 2>&1 &
-  run timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py ${GD_TESTS_K:+-k "$GD_TESTS_K"}
+  run timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py \
+      ${GD_TESTS_K:+-k "$GD_TESTS_K"}
   wait; tail -3 "$OUT/tests_latent_down.log" "$OUT/tests_pdl.log" | tee -a "$LOG"
   run timeout 170 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=True" \
       "gd.FUSED_DOWN=True,DECODE_PDL=True" --batch_size ${AB_BATCH:-1 2}

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_wait
 
-from .host_math import cdiv, next_pow2
+from .host_math import cdiv, next_pow2, pdl_launch
 from ._autotune import prune_softmax_v_configs, softmax_v_configs
 from .rope_qk import load_latent_tile, online_softmax_step, quant_params, rope_qk_tuned, _rope_qk_kernel
 
@@ -574,7 +574,7 @@ MERGE_WARPS = 4
 # merge. The single pass is scheduled while the fold rows still run and reads its first key tiles before it waits
 # for them (griddepcontrol.wait, only in its producer warp: the rows are the one input the fold rows write, and every
 # write of the single pass comes after that wait); the merge waits at its start, its launch hidden behind the single
-# pass's tail. Off until measured on an H100 (gpu_kernels.sh pdl).
+# pass's tail. Off until measured on an H100 (gpu_kernels.sh down_pdl).
 DECODE_PDL = False
 
 
@@ -583,11 +583,6 @@ def decode_pdl(device: torch.device) -> bool:
     compute capability 9.0 or more; never in the interpreter)."""
     return (DECODE_PDL and device.type == "cuda" and not _interpreting()
             and torch.cuda.get_device_capability(device)[0] >= 9)
-
-
-def _pdl_launch(pdl: bool) -> dict:
-    """The launch option of a programmatic dependent launch (none otherwise: the interpreter takes no such option)."""
-    return {"launch_pdl": True} if pdl else {}
 
 
 def rotate_query(q: torch.Tensor, ends: DecodeEnds) -> torch.Tensor:
@@ -614,14 +609,14 @@ def _merge(part_m, part_l, part_acc, out_dtype: torch.dtype = torch.float32, end
             part_m, part_l, part_acc, up, up.stride(0), up.stride(1), out, num_splits, rv_max, num_heads,
             HEAD_DIM=d, GS=ends.gs, N_REP=ends.n_rep, SPLITS_PAD=next_pow2(num_splits),
             RV_CEIL=cdiv(rv_max, block_r) * block_r, BLOCK_R=block_r, BLOCK_D=block_d, PDL=pdl,
-            num_warps=MERGE_UP_WARPS, **_pdl_launch(pdl),
+            num_warps=MERGE_UP_WARPS, **pdl_launch(pdl),
         )
         return out
     out = torch.empty(batch, num_heads, rv_max, dtype=out_dtype, device=part_acc.device)
     block_rv = min(MERGE_BLOCK_RV, _pad(rv_max))
     _merge_splits_kernel[(batch * num_heads, cdiv(rv_max, block_rv))](
         part_m, part_l, part_acc, out, num_splits, rv_max,
-        SPLITS_PAD=next_pow2(num_splits), BLOCK_RV=block_rv, PDL=pdl, num_warps=MERGE_WARPS, **_pdl_launch(pdl),
+        SPLITS_PAD=next_pow2(num_splits), BLOCK_RV=block_rv, PDL=pdl, num_warps=MERGE_WARPS, **pdl_launch(pdl),
     )
     return out
 

@@ -39,7 +39,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_wait)
 
-from .host_math import cdiv
+from .host_math import cdiv, pdl_launch
 from .fold_scores_ws import (_cos_sin, _program_slots, fold_keys_unsupported, hopper_unsupported, load_rows,
                              mbarriers, nvmma_desc, rows_buffers, slot_chunks, tma_aligned)
 from .word_unpack import _unpack_key_regs
@@ -798,6 +798,6 @@ def ws_single_pass(rows: torch.Tensor, k_fp: torch.Tensor, v_fp: torch.Tensor, p
         k_fp, v_fp,
         HG=heads_per_group, HP=fold_heads, HALF=half, RV=rank_v, BLOCK_S=SP_BLOCK_S, KST=SP_KEY_STAGES,
         VST=sp_value_stages(rank_v), THREAD_L=SP_THREAD_L, ROWS_PER_TILE=SP_ROWS_PER_TILE, SCORE_PIPE=SP_SCORE_PIPE,
-        PF=SP_L2_PREFETCH, PDL=pdl, num_warps=4, maxnreg=SP_MAXNREG, **({"launch_pdl": True} if pdl else {}),
+        PF=SP_L2_PREFETCH, PDL=pdl, num_warps=4, maxnreg=SP_MAXNREG, **pdl_launch(pdl),
     )
     return parts

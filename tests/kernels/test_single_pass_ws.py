@@ -158,10 +158,11 @@ def test_programmatic_dependent_launch_only_on_a_gpu(monkeypatch):
     """DECODE_PDL applies to CUDA devices of sm_90 or later, never on the CPU or in the interpreter (which has no
     such launch option)."""
     import kernels.latent_attention as la
+    from kernels.host_math import pdl_launch
 
     monkeypatch.setattr(la, "DECODE_PDL", True)
     assert not la.decode_pdl(torch.device("cpu"))
-    assert la._pdl_launch(False) == {} and la._pdl_launch(True) == {"launch_pdl": True}
+    assert pdl_launch(False) == {} and pdl_launch(True) == {"launch_pdl": True}
     monkeypatch.setattr(la, "DECODE_PDL", False)
     if torch.cuda.is_available():
         assert not la.decode_pdl(torch.device("cuda"))
