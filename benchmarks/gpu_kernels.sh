@@ -191,9 +191,9 @@ down_pdl)  # the fused down-projection and programmatic dependent launch in ~6 m
       > "$OUT/tests_latent_down.log" 2>&1 &
   timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_single_pass_ws.py \
       -k programmatic > "$OUT/tests_pdl.log" 2>&1 &
-  run timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py \
+  run timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py \
       ${GD_TESTS_K:+-k "$GD_TESTS_K"}
-  wait; tail -3 "$OUT/tests_latent_down.log" "$OUT/tests_pdl.log" | tee -a "$LOG"
+  wait; tail -n 3 "$OUT/tests_latent_down.log" "$OUT/tests_pdl.log" | tee -a "$LOG"
   run timeout 170 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=True" \
       "gd.FUSED_DOWN=True,DECODE_PDL=True" --batch_size ${AB_BATCH:-1 2}
   [ "${PDL_SHAPES-x}" = "" ] || run timeout 80 python3 benchmarks/fold_heads_sweep.py "$OUT/pdl_kernel.json" pdl \

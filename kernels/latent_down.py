@@ -27,7 +27,21 @@ MAX_WEIGHTS = 2
 DOWN_BLOCK_N = 32  # weight rows per program: 4096 latents -> 128 programs, about one per H100 SM
 DOWN_BLOCK_K = 256  # d_model columns per step (a 32 x 256 fp16 tile is 16 KB)
 DOWN_WARPS = 4
-DOWN_STAGES = 4  # tiles in flight per program: the kernel is bound by the weights' read latency per SM
+DOWN_STAGES = 4  # tiles in flight per program at most: the kernel is bound by the weights' read latency per SM
+DOWN_MAX_BLOCK_B = 32  # sequences per program at most (64 needs twice the shared memory its tiles suggest)
+DOWN_SMEM_BUDGET = 227 * 1024  # sm_90's shared memory per block
+
+
+def down_launch(batch: int, elt: int, block_n: int, block_k: int, max_stages: int) -> tuple[int, int]:
+    """(BLOCK_B, num_stages) for ``batch`` sequences of ``elt``-byte elements: the fewest sequences per program the
+    dot allows (16), up to DOWN_MAX_BLOCK_B, and the most stages up to ``max_stages`` whose x and weight tiles fit
+    ``DOWN_SMEM_BUDGET``. The estimate, 2 * (stages - 1) * (BLOCK_B + BLOCK_N) * BLOCK_K * elt, equals the shared
+    memory of offline sm_90 builds at BLOCK_B 16 and 32 (fp16 and fp32, 2 to 4 stages); BLOCK_B 64 fp16 at 4 stages
+    needed 384 KB and failed to launch on the H100 (twenty-eighth session), hence the cap."""
+    block_b = min(DOWN_MAX_BLOCK_B, max(16, next_pow2(batch)))
+    per_stage = 2 * (block_b + block_n) * block_k * elt
+    stages = max(1, min(max_stages, 1 + DOWN_SMEM_BUDGET // per_stage))
+    return block_b, stages
 
 
 @triton.jit
@@ -161,7 +175,7 @@ def project_latents(x: torch.Tensor, pairs: Sequence[tuple[torch.Tensor, torch.T
     """As :func:`project_latents_ref`, in one launch (no host sync: graph-safe). x (B, K) or (B, 1, K)."""
     x = _check(x, pairs, slot, extra)
     batch, k = x.shape
-    block_b = min(64, max(16, next_pow2(batch)))
+    block_b, stages = down_launch(batch, x.element_size(), DOWN_BLOCK_N, DOWN_BLOCK_K, DOWN_STAGES)
     (w0, d0), (w1, d1) = pairs[0], pairs[-1]
     blocks = sum(cdiv(w.shape[0], DOWN_BLOCK_N) for w, _ in pairs)
     if extra is not None:  # the extra value's pointers and strides (x's, never read, without one)
@@ -177,5 +191,5 @@ def project_latents(x: torch.Tensor, pairs: Sequence[tuple[torch.Tensor, torch.T
         *e_args,
         NUM_W=len(pairs), HAS_SLOT=slot is not None, HAS_EXTRA=extra is not None, IEEE=x.dtype == torch.float32,
         INTERPRET=_interpreting(),
-        BLOCK_B=block_b, BLOCK_N=DOWN_BLOCK_N, BLOCK_K=DOWN_BLOCK_K, num_warps=DOWN_WARPS, num_stages=DOWN_STAGES,
+        BLOCK_B=block_b, BLOCK_N=DOWN_BLOCK_N, BLOCK_K=DOWN_BLOCK_K, num_warps=DOWN_WARPS, num_stages=stages,
     )

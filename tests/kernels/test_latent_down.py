@@ -42,6 +42,7 @@ def _clone(pairs, extra):
     (3, 96, [40, 72]),  # K and both widths off the blocks
     (2, 2 * 256 + 64, [2 * 32 + 16, 32]),  # several K steps, a last partial row block
     (17, 64, [16, 24]),  # more sequences than one 16-row block
+    (40, 64, [16, 24]),  # more sequences than one program takes (DOWN_MAX_BLOCK_B)
 ])
 def test_interpreter_matches_linear_and_indexing(device, dtype, batch, k, widths, monkeypatch):
     monkeypatch.setattr(ld, "DOWN_BLOCK_K", 64)  # several K steps at test sizes
@@ -105,7 +106,7 @@ def test_bad_arguments_are_refused(device, bad, match):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 2, 8, 33])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_gpu_decoder_shapes(batch, dtype):
     """The graph decoder's launch at the benchmark shape: d_model 4096 onto 1024 key and 3072 value latents, int32
     positions, 4096 slots."""
@@ -142,3 +143,31 @@ def test_builds_for_sm90(tmp_path):
     builds = build_in_subprocess(_BUILD, tmp_path)
     assert [b["name"] for b in builds] == ["_latent_down_kernel"] * 4
     assert all(b["local"] == 0 and b["stack"] == 0 for b in builds), builds
+
+
+_BUILD_BATCHES = """
+import json, torch
+import kernels.latent_down as ld
+from kernels.offline_build import compile_only, resource_usage
+out = []
+for dtype in (torch.float16, torch.float32):
+    for batch in (1, 17, 33):
+        x = torch.zeros(batch, 1, 4096, dtype=dtype)
+        pairs = [(torch.zeros(n, 4096, dtype=dtype), torch.zeros(batch, 64, n, dtype=dtype)) for n in (1024, 3072)]
+        with compile_only() as built:
+            ld.project_latents(x, pairs, torch.zeros(batch, dtype=torch.int64))
+        block_b, stages = ld.down_launch(batch, x.element_size(), ld.DOWN_BLOCK_N, ld.DOWN_BLOCK_K, ld.DOWN_STAGES)
+        est = 2 * (stages - 1) * (block_b + ld.DOWN_BLOCK_N) * ld.DOWN_BLOCK_K * x.element_size()
+        out.append(dict(resource_usage(built[0]), batch=batch, elt=x.element_size(), estimate=est))
+print(json.dumps(out))
+"""
+
+
+def test_builds_fit_shared_memory_at_any_batch(tmp_path):
+    """Wider batches and fp32 build with fewer stages, within sm_90's shared memory (the H100 refused to launch B=33
+    fp16 at 4 stages of 64-sequence tiles: 384 KB), and down_launch's estimate is the build's shared memory."""
+    builds = build_in_subprocess(_BUILD_BATCHES, tmp_path)
+    assert len(builds) == 6
+    for b in builds:
+        assert b["shared"] <= ld.DOWN_SMEM_BUDGET and b["shared"] == b["estimate"], b
+        assert b["local"] == 0 and b["stack"] == 0, b
