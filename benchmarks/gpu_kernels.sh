@@ -180,11 +180,11 @@ latent_down)
   run timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_latent_down.py \
       tests/test_graph_decode.py
   run timeout 200 python3 benchmarks/latent_down_sweep.py "$OUT/latent_down.json" --batch_size 1 2 8
-  C=""; [ -f "$OUT/latent_down.json.consts" ] && C="gd.FUSED_DOWN=True,$(cat "$OUT/latent_down.json.consts")"
-  run timeout 220 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=True" $C
+  C=""; [ -f "$OUT/latent_down.json.consts" ] && C="@$OUT/latent_down.json.consts"
+  run timeout 220 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=False" $C
   ;;
 down_pdl)  # the fused down-projection and programmatic dependent launch in ~6 min (a short device budget): the GPU
-  # tests of both (three processes at once), the whole-model A/B at 32K (defaults, gd.FUSED_DOWN, both), the decode
+  # tests of both (three processes at once), the whole-model A/B at 32K (defaults, gd.FUSED_DOWN off, DECODE_PDL on), the decode
   # call with and without DECODE_PDL at $PDL_SHAPES (fold_heads_sweep.py shapes; empty: skipped). Shorter: $GD_TESTS_K
   # (a -k filter of the graph decoder's tests), $AB_BATCH (the A/B's batch sizes, default "1 2")
   timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/kernels/test_latent_down.py \
@@ -194,8 +194,8 @@ down_pdl)  # the fused down-projection and programmatic dependent launch in ~6 m
   run timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/test_graph_decode.py \
       ${GD_TESTS_K:+-k "$GD_TESTS_K"}
   wait; tail -n 3 "$OUT/tests_latent_down.log" "$OUT/tests_pdl.log" | tee -a "$LOG"
-  run timeout 170 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=True" \
-      "gd.FUSED_DOWN=True,DECODE_PDL=True" --batch_size ${AB_BATCH:-1 2}
+  run timeout 170 python3 benchmarks/graph_decode_ab.py "$OUT/graph_decode_ab.json" "" "gd.FUSED_DOWN=False" \
+      "DECODE_PDL=True" --batch_size ${AB_BATCH:-1 2}
   [ "${PDL_SHAPES-x}" = "" ] || run timeout 80 python3 benchmarks/fold_heads_sweep.py "$OUT/pdl_kernel.json" pdl \
       "${PDL_SHAPES:-16384,1,16;65536,1,16}"
   ;;

@@ -574,7 +574,9 @@ MERGE_WARPS = 4
 # merge. The single pass is scheduled while the fold rows still run and reads its first key tiles before it waits
 # for them (griddepcontrol.wait, only in its producer warp: the rows are the one input the fold rows write, and every
 # write of the single pass comes after that wait); the merge waits at its start, its launch hidden behind the single
-# pass's tail. Off until measured on an H100 (gpu_kernels.sh down_pdl).
+# pass's tail. Bit-equal to the default launches on an H100 (twenty-eighth session), but off: the whole model at 32K
+# gained 0.3-1.3% per token over two calls, the lone decode call at 16K lost 2 us of 58
+# (benchmarks/results/kernel/h100/session28/).
 DECODE_PDL = False
 
 

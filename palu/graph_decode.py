@@ -89,10 +89,10 @@ def _right_aligned(t: torch.Tensor, starts: list[int], lengths: list[int], capac
     return out
 
 
-# fp latents on CUDA: both down-projections and the step's writes in one launch (kernels.latent_down). Off until it
-# has run on a GPU: tested in the interpreter and built for sm_90 offline only (twenty-sixth session); the next device
-# call (benchmarks/gpu_kernels.sh latent_down) runs its GPU tests and the A/B that decides the default.
-FUSED_DOWN = False
+# fp latents on CUDA: both down-projections and the step's writes in one launch (kernels.latent_down). On since the
+# twenty-eighth session's H100 A/B at 32K (benchmarks/results/kernel/h100/session28/): 9.84 -> 9.53 ms per token at
+# B=1, 12.77 -> 12.42 at B=2 (two skinny cuBLAS GEMMs with their split-K reductions and a slot write before).
+FUSED_DOWN = True
 
 
 def _kernels_for(t: torch.Tensor) -> bool:
