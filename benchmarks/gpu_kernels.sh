@@ -33,10 +33,10 @@
 #              with the default constants and with the sweep's fastest, one process; the slot-write GPU tests
 #   latent_down  the fused key / value down-projection and store (kernels.latent_down): its GPU tests and the graph
 #              decoder's, benchmarks/latent_down_sweep.py (B=1, 2, 8 against cuBLAS + slot write), then
-#              benchmarks/graph_decode_ab.py at 32K: defaults, with the fused launch, with it at the sweep's fastest
-#              constants
+#              benchmarks/graph_decode_ab.py at 32K: defaults (the fused launch), without it, with it at the sweep's
+#              fastest constants
 #   down_pdl   the fused down-projection (gd.FUSED_DOWN) and programmatic dependent launch (DECODE_PDL): GPU tests,
-#              whole-model A/B of both at 32K, the decode call with and without DECODE_PDL
+#              whole-model A/B at 32K (defaults, fused launch off, PDL on), the decode call with and without DECODE_PDL
 #   ncu        Nsight Compute (--set full) of one 64K decode call per width in $NCU_BITS (default "16 4"): details and
 #              per-instruction stalls of its kernels (on sm_90: the Gluon single-pass kernel, fp16 or quantized, and
 #              the merge)

@@ -32,15 +32,22 @@ DOWN_MAX_BLOCK_B = 32  # sequences per program at most (64 needs twice the share
 DOWN_SMEM_BUDGET = 227 * 1024  # sm_90's shared memory per block
 
 
+def down_shared_bytes(block_b: int, block_n: int, block_k: int, elt: int, stages: int) -> int:
+    """Shared memory of a build with these tiles and stages: 2 * (stages - 1) * (BLOCK_B + BLOCK_N) * BLOCK_K * elt,
+    equal to offline sm_90 builds at BLOCK_B 16 and 32 (fp16 and fp32, 2 to 4 stages). BLOCK_B 64 took twice that:
+    fp16 at 4 stages needed 384 KB and failed to launch on the H100 (twenty-eighth session), hence
+    DOWN_MAX_BLOCK_B."""
+    return 2 * (stages - 1) * (block_b + block_n) * block_k * elt
+
+
 def down_launch(batch: int, elt: int, block_n: int, block_k: int, max_stages: int) -> tuple[int, int]:
     """(BLOCK_B, num_stages) for ``batch`` sequences of ``elt``-byte elements: the fewest sequences per program the
-    dot allows (16), up to DOWN_MAX_BLOCK_B, and the most stages up to ``max_stages`` whose x and weight tiles fit
-    ``DOWN_SMEM_BUDGET``. The estimate, 2 * (stages - 1) * (BLOCK_B + BLOCK_N) * BLOCK_K * elt, equals the shared
-    memory of offline sm_90 builds at BLOCK_B 16 and 32 (fp16 and fp32, 2 to 4 stages); BLOCK_B 64 fp16 at 4 stages
-    needed 384 KB and failed to launch on the H100 (twenty-eighth session), hence the cap."""
+    dot allows (16), up to DOWN_MAX_BLOCK_B, and the most stages up to ``max_stages`` whose tiles fit
+    ``DOWN_SMEM_BUDGET`` (:func:`down_shared_bytes`)."""
     block_b = min(DOWN_MAX_BLOCK_B, max(16, next_pow2(batch)))
-    per_stage = 2 * (block_b + block_n) * block_k * elt
-    stages = max(1, min(max_stages, 1 + DOWN_SMEM_BUDGET // per_stage))
+    stages = max_stages
+    while stages > 1 and down_shared_bytes(block_b, block_n, block_k, elt, stages) > DOWN_SMEM_BUDGET:
+        stages -= 1
     return block_b, stages
 
 

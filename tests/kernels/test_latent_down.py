@@ -157,7 +157,7 @@ for dtype in (torch.float16, torch.float32):
         with compile_only() as built:
             ld.project_latents(x, pairs, torch.zeros(batch, dtype=torch.int64))
         block_b, stages = ld.down_launch(batch, x.element_size(), ld.DOWN_BLOCK_N, ld.DOWN_BLOCK_K, ld.DOWN_STAGES)
-        est = 2 * (stages - 1) * (block_b + ld.DOWN_BLOCK_N) * ld.DOWN_BLOCK_K * x.element_size()
+        est = ld.down_shared_bytes(block_b, ld.DOWN_BLOCK_N, ld.DOWN_BLOCK_K, x.element_size(), stages)
         out.append(dict(resource_usage(built[0]), batch=batch, elt=x.element_size(), estimate=est))
 print(json.dumps(out))
 """
@@ -165,7 +165,7 @@ print(json.dumps(out))
 
 def test_builds_fit_shared_memory_at_any_batch(tmp_path):
     """Wider batches and fp32 build with fewer stages, within sm_90's shared memory (the H100 refused to launch B=33
-    fp16 at 4 stages of 64-sequence tiles: 384 KB), and down_launch's estimate is the build's shared memory."""
+    fp16 at 4 stages of 64-sequence tiles: 384 KB), and down_shared_bytes is the build's shared memory."""
     builds = build_in_subprocess(_BUILD_BATCHES, tmp_path)
     assert len(builds) == 6
     for b in builds:
