@@ -48,6 +48,11 @@
 #   variant_tests  the single-pass kernels' GPU tests (fp16 file; quantized: fp16 at two shapes, options, launches;
 #              backends agreeing) with module constants $VARIANT_CONSTS set (benchmarks/pytest_constants.py; a
 #              Triton cache of their own), in parallel under $VARIANT_TEST_S s (default 280)
+#   spq_ablate  where the 4-bit kernel's time goes: benchmarks/ablations/spq_time_split.patch applied to a copy of
+#              the tree (never to the tree), then each ablation set of $SPQ_ABLATE (default: none, no value unpacking,
+#              no key unpacking, int8 score wgmmas, half the score wgmmas, no RoPE, no unpacking at all) built at once
+#              (one Triton cache each) and timed one at a time (fold_heads_sweep.py single_pass_ws_only at 64K and
+#              16K, B=1; every ablated output is wrong by design), $OUT/spq_ablate_<name>.json
 #   attention_int4  the module step with 4-bit latents only (the second line of "attention")
 #   smoke      a few fp16 decode-kernel GPU tests and the autotuned benchmark shape, under a time limit
 #   tests_all  every GPU test, thirteen pytest processes in parallel (logs tests_*.log; $TESTS_ALL_S s each, default
@@ -346,6 +351,28 @@ tests)  # the latent-attention sweep alone took more than 330 s on an H200 (four
 tests2)  # 34 of these 35 ran in 420 s (fifth session): the generate test has a part of its own
   run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_quantize.py \
       tests/kernels/test_launch_heuristics.py tests/test_backends_agree.py -k "not generate" -rf --durations=10
+  ;;
+spq_ablate)  # name=CONSTANTS ... (constants as fold_heads_sweep.py takes them; "-" for none)
+  tree=/tmp/spq_ablate_tree
+  rm -rf "$tree" && mkdir -p "$tree" && tar cf - --exclude=./.git --exclude=./.venv --exclude=./benchmarks/results . | tar xf - -C "$tree"
+  (cd "$tree" && { git apply benchmarks/ablations/spq_time_split.patch 2>/dev/null \
+      || patch -p1 < benchmarks/ablations/spq_time_split.patch; }) || { echo "the ablation patch does not apply" >&2; exit 1; }
+  sets=${SPQ_ABLATE:-"none=- no_value_unpack=spq.SPQ_ABL_VDEQ=True no_key_unpack=sp.SP_ABL_KEYS=True
+    int8_scores=sp.SP_ABL_KEYS=True,sp.SP_ABL_INT8=True half_score_mma=sp.SP_ABL_HALF_MMA=True
+    no_rope=sp.SP_ABL_ROPE=True no_unpack=spq.SPQ_ABL_VDEQ=True,sp.SP_ABL_KEYS=True"}
+  for s in $sets; do  # builds, all at once (compiling is CPU-bound); these timings are not kept
+    c=${s#*=}; [ "$c" = - ] && c=""
+    (cd "$tree" && TRITON_CACHE_DIR="/tmp/triton_abl_${s%%=*}" timeout ${SPQ_ABLATE_BUILD_S:-200} python3 \
+        benchmarks/fold_heads_sweep.py "/tmp/abl_warm_${s%%=*}.json" single_pass_ws_only "16384,1,4" "$c" \
+        > "$OUT/spq_ablate_build_${s%%=*}.log" 2>&1) &
+  done
+  wait
+  for s in $sets; do
+    c=${s#*=}; [ "$c" = - ] && c=""
+    (cd "$tree" && TRITON_CACHE_DIR="/tmp/triton_abl_${s%%=*}" run timeout ${SPQ_ABLATE_S:-90} python3 \
+        benchmarks/fold_heads_sweep.py "$OUT/spq_ablate_${s%%=*}.json" single_pass_ws_only \
+        "${SPQ_ABLATE_SHAPES:-65536,1,4;16384,1,4}" "$c")
+  done
   ;;
 tests3)
   run timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_backends_agree.py -k generate -rf \

@@ -42,7 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from .host_math import cdiv, pdl_launch
 from .fold_scores_ws import (_cos_sin, _program_slots, fold_keys_unsupported, hopper_unsupported, load_rows,
                              mbarriers, nvmma_desc, rows_buffers, slot_chunks, tma_aligned)
-from .word_unpack import _unpack_key_regs
+from .word_unpack import _nibble_pair_channel, _unpack_key_regs, _unpack_key_regs_pairs
 
 SP_BLOCK_S = 64  # slots per tile: the score wgmma's M and the value wgmma's K
 # Key tiles in the ring (16 KB each at R = 128). Even: tile j's buffer j % 2 then serves one consumer only,
@@ -456,7 +456,7 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
              hi, ROLE: gl.constexpr, BLOCK_S: gl.constexpr, HP: gl.constexpr, HALF: gl.constexpr, RV: gl.constexpr,
              KST: gl.constexpr, VST: gl.constexpr, THREAD_L: gl.constexpr, KEY_CODES: gl.constexpr = 0,
              KQG: gl.constexpr = 0, KZERO: gl.constexpr = False, KSTEP: gl.constexpr = 1,
-             ROWS_PER_TILE: gl.constexpr = False, SCORE_PIPE: gl.constexpr = False):
+             ROWS_PER_TILE: gl.constexpr = False, SCORE_PIPE: gl.constexpr = False, PAIRS: gl.constexpr = False):
     """One warpgroup: tiles ROLE, ROLE + 2, ... of [lo, hi); writes split split0 + ROLE of its HP heads'
     partials (m, l in log2 units; acc fp32).
 
@@ -469,7 +469,10 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
     ROWS_PER_TILE: the folded rows' wgmma descriptors are built in each tile instead of hoisted out of the loop
     as invariants, which the compiler keeps on the stack when registers run short (SP_ROWS_PER_TILE, and always
     in the quantized kernel). SCORE_PIPE: each score wgmma is issued before the one before it is waited (two
-    accumulators live; SP_SCORE_PIPE / SPQ_SCORE_PIPE)."""
+    accumulators live; SP_SCORE_PIPE / SPQ_SCORE_PIPE). PAIRS (4-bit fp16 codes, SPQ_NIBBLE_PAIRS): the key words
+    unpacked in nibble-pair order (word_unpack.NIBBLE_PAIR_ORDER; the folded rows' rank columns come in that order)
+    and the value boxes hold their channels in it too, so each value accumulator row is stored to the channel it
+    holds."""
     part_m_ptr, part_l_ptr, part_acc_ptr, h_stride_m, h_stride_acc = part_ptrs
     N: gl.constexpr = rows_desc.block_type.shape[0]
     # A rows tile holds HD whole heads, or (CPH > 1) the FC frequencies of one head's CPH-th part (sp_dot_cols)
@@ -545,7 +548,11 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
         slots = start + out_slots
         valid = (slots >= kv_start) & (slots < hi)
         mbarrier.wait(kready.index(sk), (j // KST) & 1)
-        if KEY_CODES:
+        if PAIRS:
+            tile = _unpack_key_regs_pairs(kbufs.index(sk), lat_desc.index(sk), val_desc.index(sk), k_off, BLOCK_S,
+                                          KQG, KZERO, KSTEP, a_layout)
+            mbarrier.arrive(kempty.index(sk), count=1)  # the words are in registers
+        elif KEY_CODES:
             tile = _unpack_key_regs(kbufs.index(sk), lat_desc.index(sk), val_desc.index(sk), k_off, BLOCK_S,
                                     KEY_CODES, KQG, KZERO, KSTEP, vbufs.dtype, a_layout)
             mbarrier.arrive(kempty.index(sk), count=1)  # the words are in registers
@@ -666,6 +673,8 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
     gl.store(part_m_ptr + cols * h_stride_m + split, m_i, mask=cols < HP)
     gl.store(part_l_ptr + cols * h_stride_m + split, l_i, mask=cols < HP)
     ch = gl.arange(0, VB, layout=gl.SliceLayout(1, o_layout))
+    if PAIRS:  # accumulator row i holds channel _nibble_pair_channel(i) of its box
+        ch = _nibble_pair_channel(ch)
     hc = gl.arange(0, NP, layout=ocol_l)
     for k in gl.static_range(NVB):
         gl.store(part_acc_ptr + hc[None, :] * h_stride_acc + split * RV + k * VB + ch[:, None], accs[k],

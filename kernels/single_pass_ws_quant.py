@@ -58,7 +58,7 @@ from .single_pass_ws import (DECODE_STEP_ARGS, DECODE_STEP_PTRS, SP_BLOCK_S, SP_
                              SP_THREAD_L, _consume, p_buffers, pick_fold_heads, single_pass_ws_unsupported, sp_launch,
                              sp_program, sp_shape_unsupported, sp_shared_bytes, sp_value_box, sp_value_stages,
                              value_buffer_free, value_empty_barriers)
-from .word_unpack import SPQ_SCALE_ALIGN, _scale_start, _unpack_chunk
+from .word_unpack import SPQ_SCALE_ALIGN, _scale_start, _unpack_chunk, _unpack_chunk_pairs
 
 SPQ_BITS = (2, 4, 8)
 # Whether method="auto" takes this kernel for quantized latents where it applies (else the Triton kernels):
@@ -96,6 +96,14 @@ SPQ_VALUE_PARTS = gl.constexpr(2)
 # The compiler aligns each buffer: 448-520 B over spq_shared_bytes at the built shapes (more buffers than the
 # fp16 kernel), so programs are kept this much under the limit.
 SPQ_SMEM_MARGIN = 1024
+# 4-bit codes with fp16 latents: unpack in nibble pairs (kernels.word_unpack.NIBBLE_PAIR_ORDER): codes c and c + 4
+# of a word with one AND-OR and packed fp16x2 instructions, the consumers' key operand and the dequant warps' value
+# boxes in that channel order within each octet, the folded rows' rank columns permuted to match (one gather per
+# call, on the host side) and the value accumulators stored to the channels they hold. Offline SASS (sm_90,
+# Llama shape, 4 bits): per tile and warp the dequant loop goes from 808 to 474 instructions and each consumer
+# loop from 1479 to 1301, stack 96 -> 80 B, no local memory (twenty-ninth session, kernels/NOTES.md). Its PTX is
+# checked on the CPU (tests/kernels/test_nibble_pairs.py); not yet run on a GPU (test_gpu_nibble_pairs), so off.
+SPQ_NIBBLE_PAIRS = False
 # 13 warps in four warpgroups (two consumers, the dequant warps, the TMA warp): 128 registers per thread at
 # launch, then per warpgroup at most 4 x 128 in all (setmaxnreg moves registers between warpgroups). 4 and 8 bits:
 # 224 for each consumer, 40 for the dequant warps, 24 for the TMA warp; with the keys unpacked by the consumers and
@@ -129,6 +137,19 @@ def _scale_box(channels: int, quant_group: int) -> int:
 def spq_reg_keys(bits: int) -> bool:
     """Whether the consumers unpack the key codes themselves (SPQ_REG_KEYS; codes of SPQ_REG_KEY_BITS)."""
     return SPQ_REG_KEYS and bits in SPQ_REG_KEY_BITS
+
+
+def spq_nibble_pairs(bits: int, dtype: torch.dtype) -> bool:
+    """Whether a launch unpacks in nibble pairs (SPQ_NIBBLE_PAIRS: 4-bit codes, fp16, keys in the consumers)."""
+    return SPQ_NIBBLE_PAIRS and bits == 4 and dtype == torch.float16 and spq_reg_keys(bits)
+
+
+@functools.lru_cache(maxsize=None)
+def _pair_columns(rank: int, device: torch.device) -> torch.Tensor:
+    """Rank columns in nibble-pair order: column j of the permuted rows is column nibble_pair_channel(j). Built
+    by device arithmetic, not copied from the host: the first call may be inside a CUDA graph's capture."""
+    j = torch.arange(rank, device=device)
+    return j // 8 * 8 + (j % 8) // 2 + (j % 2) * 4
 
 
 def spq_registers(bits: int) -> tuple[int, int, int]:
@@ -243,11 +264,11 @@ def _issue_words(desc_w, desc_s, desc_z, bar, w_ring, w0, s_buf, z_buf, b, row, 
 def _dequant(kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbufs, kready, kempty, vready, vempty, g,
              rank, rank_v, n_blocks, RV: gl.constexpr, BLOCK_S: gl.constexpr, KST: gl.constexpr, VST: gl.constexpr,
              KWS: gl.constexpr, VWS: gl.constexpr, BITS: gl.constexpr, QG: gl.constexpr, HAS_ZERO: gl.constexpr,
-             K_STEP: gl.constexpr, V_STEP: gl.constexpr, REG_KEYS: gl.constexpr):
+             K_STEP: gl.constexpr, V_STEP: gl.constexpr, REG_KEYS: gl.constexpr, PAIRS: gl.constexpr):
     """One warpgroup: per step j the key tile j (unless REG_KEYS: the consumers unpack keys) and the value
     boxes of tile j - 1, unpacked from their word stages into the consumers' rings once their buffers are
     released (empty barriers start released, parity 1); each word stage is handed back to the producer warp
-    once read."""
+    once read. PAIRS: the value boxes in nibble-pair order (word_unpack._unpack_chunk_pairs)."""
     VB: gl.constexpr = vbufs.shape[3]
     NVB: gl.constexpr = RV // VB
     NGV: gl.constexpr = VB // QG
@@ -274,8 +295,12 @@ def _dequant(kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbuf
                 sb = box % VST
                 value_buffer_free(vempty, box, VST, NVB)
                 for h in gl.static_range(SPQ_VALUE_PARTS):
-                    _unpack_chunk(vw.index(sv * NVB + k), vs.index(sv), vz.index(sv), k * NGV, v_sub,
-                                  vbufs.index(sb), PS, BITS, QG, HAS_ZERO, V_STEP, h * PS)
+                    if PAIRS:
+                        _unpack_chunk_pairs(vw.index(sv * NVB + k), vs.index(sv), vz.index(sv), k * NGV, v_sub,
+                                            vbufs.index(sb), PS, BITS, QG, HAS_ZERO, V_STEP, h * PS)
+                    else:
+                        _unpack_chunk(vw.index(sv * NVB + k), vs.index(sv), vz.index(sv), k * NGV, v_sub,
+                                      vbufs.index(sb), PS, BITS, QG, HAS_ZERO, V_STEP, h * PS)
                 fence_async_shared()
                 mbarrier.arrive(vready.index((jv % 2) * VST + sb), count=1)  # tile jv's consumer's barrier
             mbarrier.arrive(vwempty.index(sv), count=1)
@@ -316,14 +341,16 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
                                  KWS: gl.constexpr, VWS: gl.constexpr, BITS: gl.constexpr, QG: gl.constexpr,
                                  HAS_ZERO: gl.constexpr, THREAD_L: gl.constexpr, K_STEP: gl.constexpr,
                                  V_STEP: gl.constexpr, REG_KEYS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                                 DEQUANT_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, SCORE_PIPE: gl.constexpr):
+                                 DEQUANT_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, SCORE_PIPE: gl.constexpr,
+                                 PAIRS: gl.constexpr):
     """Grid and partials as :func:`kernels.single_pass_ws._ws_single_pass_kernel`. kw_desc / vw_desc: TMA
     descriptors of the key / value codes (B, S, G * rank[_v] / VPW) int32, boxes (1, BLOCK_S, rank / VPW) /
     (1, BLOCK_S, VB / VPW); ks/kz_desc, vs/vz_desc: of the scales / zero-points (B, S, G * rank[_v] / QG),
     boxes (1, BLOCK_S, _scale_box) starting at the 16-byte aligned column at or below the group's first quant
     group (kz/vz = ks/vs when symmetric); K_STEP / V_STEP: _scale_step of the key / value scales. REG_KEYS: the
     consumers unpack the key words into their wgmmas' registers (KWS = KST word stages, one per consumer as
-    the fp16 key ring; no fp16 key ring): the codes' bits, else 0. *_REGS: :func:`spq_registers`."""
+    the fp16 key ring; no fp16 key ring): the codes' bits, else 0. *_REGS: :func:`spq_registers`. PAIRS:
+    :func:`spq_nibble_pairs` (the folded rows' rank columns then come in nibble-pair order)."""
     b, g, lo, hi, n_blocks, split0, kv_start, rows_row0, part_ptrs = sp_program(
         kv_start_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_heads, num_splits, num_slots, num_groups, batch_groups,
         chunk_len, head_splits, HG, HP, HALF, RV, BLOCK_S)
@@ -371,14 +398,14 @@ def _ws_single_pass_quant_kernel(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz
         (_consume, (ks, kz, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty, rows_bar, b,
                     rows_row0, k_sub, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs, split0, hi, 0,
                     BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, REG_KEYS, QG, HAS_ZERO, K_STEP,
-                    SPQ_ROWS_PER_TILE, SCORE_PIPE)),
+                    SPQ_ROWS_PER_TILE, SCORE_PIPE, PAIRS)),
         (_consume, (ks, kz, rows_desc, kbufs, vbufs, rows_smem, p_smem, kready, kempty, vready, vempty, rows_bar, b,
                     rows_row0, k_sub, 0, lo, n_blocks, pos_base, kv_start, inv_freq_ptr, part_ptrs, split0, hi, 1,
                     BLOCK_S, HP, HALF, RV, KST, VST, THREAD_L, REG_KEYS, QG, HAS_ZERO, K_STEP,
-                    SPQ_ROWS_PER_TILE, SCORE_PIPE)),
+                    SPQ_ROWS_PER_TILE, SCORE_PIPE, PAIRS)),
         (_dequant, (kw, ks, kz, vw, vs, vz, kwbar, vwbar, kwempty, vwempty, kbufs, vbufs, kready, kempty, vready,
                     vempty, g, rank, rank_v, n_blocks, RV, BLOCK_S, KST, VST, KWS, VWS, BITS, QG, HAS_ZERO, K_STEP,
-                    V_STEP, REG_KEYS)),
+                    V_STEP, REG_KEYS, PAIRS)),
         (_word_producer, (kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, kw, ks, kz, vw, vs, vz,
                           kwbar, vwbar, kwempty, vwempty, rows_smem, rows_bar, b, rows_row0, g, rank, rank_v, lo,
                           n_blocks, HP, HALF, RV, VB, BLOCK_S, KWS, VWS, BITS, QG, HAS_ZERO)),
@@ -422,6 +449,9 @@ def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torc
     ks_desc, vs_desc = _plain_desc(k_latent.scale, sbk), _plain_desc(v_latent.scale, sbv)
     kz_desc = _plain_desc(k_latent.zero, sbk) if has_zero else ks_desc
     vz_desc = _plain_desc(v_latent.zero, sbv) if has_zero else vs_desc
+    pairs = spq_nibble_pairs(bits, rows.dtype)
+    if pairs:  # the score wgmma's K in the order the consumers unpack the key codes
+        rows = rows.index_select(-1, _pair_columns(rank, rows.device))
     rows_desc, head_splits, bgs, chunk_len, chunks, parts = sp_launch(rows, half, heads_per_group, fold_heads,
                                                                       num_slots, num_sms, num_splits, parts_fn)
     kws, vws = spq_word_stages(bits)
@@ -433,6 +463,6 @@ def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torc
         VST=sp_value_stages(rank_v), KWS=kws, VWS=vws, BITS=bits, QG=qg,
         HAS_ZERO=has_zero, THREAD_L=SP_THREAD_L, K_STEP=_scale_step(rank, qg), V_STEP=_scale_step(rank_v, qg),
         REG_KEYS=bits if spq_reg_keys(bits) else 0, CONSUMER_REGS=consumer_regs, DEQUANT_REGS=dequant_regs,
-        PRODUCER_REGS=producer_regs, SCORE_PIPE=SPQ_SCORE_PIPE, num_warps=4, maxnreg=SPQ_MAXNREG,
+        PRODUCER_REGS=producer_regs, SCORE_PIPE=SPQ_SCORE_PIPE, PAIRS=pairs, num_warps=4, maxnreg=SPQ_MAXNREG,
     )
     return parts

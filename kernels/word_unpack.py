@@ -86,6 +86,25 @@ def _scale_offset(scale_smem, zero_smem, g0, sub, NG: gl.constexpr, layout: gl.c
 
 
 @gluon.jit
+def _chunk_words(words_smem, scale_smem, zero_smem, g0, sub, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
+                 QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr, ROW0: gl.constexpr):
+    """(words (BLOCK_S, NG, WPG) int32, scale, offset (BLOCK_S, NG)) of a chunk for _unpack_chunk(_pairs): each
+    thread holds the whole words of one quant group of a slot, so one scale per run of words."""
+    CW: gl.constexpr = words_smem.shape[2]
+    WPG: gl.constexpr = QG // (32 // BITS)  # words per quant group
+    NG: gl.constexpr = CW // WPG
+    l3: gl.constexpr = gl.BlockedLayout([1, 1, WPG], [32 // NG, NG, 1], [4, 1, 1], [2, 1, 0])
+    w2: gl.constexpr = gl.BlockedLayout([1, WPG], [32 // NG, NG], [4, 1], [1, 0])
+    FULL: gl.constexpr = words_smem.shape[1]
+    words = gl.reshape(words_smem.reshape([FULL, CW]).slice(ROW0, BLOCK_S, dim=0).load(w2), (BLOCK_S, NG, WPG))
+    words = gl.convert_layout(words, l3)  # the same mapping, named (a no-op)
+    s_layout: gl.constexpr = gl.SliceLayout(2, l3)
+    scale, offset = _scale_offset(scale_smem, zero_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP, HAS_ZERO, BITS,
+                                  ROW0)
+    return words, scale, offset
+
+
+@gluon.jit
 def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
                   QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr, ROW0: gl.constexpr = 0):
     """Unpack one chunk into ``dst``: words (1, BLOCK_S, CW) int32, scales (and zero-points) of its quant
@@ -95,17 +114,10 @@ def _unpack_chunk(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.c
     VPW: gl.constexpr = 32 // BITS
     HALF_VPW: gl.constexpr = VPW // 2
     CW: gl.constexpr = words_smem.shape[2]
-    WPG: gl.constexpr = QG // VPW  # words per quant group
-    NG: gl.constexpr = CW // WPG
     DTYPE: gl.constexpr = dst.dtype
-    l3: gl.constexpr = gl.BlockedLayout([1, 1, WPG], [32 // NG, NG, 1], [4, 1, 1], [2, 1, 0])
-    w2: gl.constexpr = gl.BlockedLayout([1, WPG], [32 // NG, NG], [4, 1], [1, 0])
     FULL: gl.constexpr = words_smem.shape[1]
-    words = gl.reshape(words_smem.reshape([FULL, CW]).slice(ROW0, BLOCK_S, dim=0).load(w2), (BLOCK_S, NG, WPG))
-    words = gl.convert_layout(words, l3)  # the same mapping, named (a no-op)
-    s_layout: gl.constexpr = gl.SliceLayout(2, l3)
-    scale, offset = _scale_offset(scale_smem, zero_smem, g0, sub, NG, s_layout, BLOCK_S, SUB_STEP, HAS_ZERO, BITS,
-                                  ROW0)
+    words, scale, offset = _chunk_words(words_smem, scale_smem, zero_smem, g0, sub, BLOCK_S, BITS, QG, HAS_ZERO,
+                                        SUB_STEP, ROW0)
     scale = scale[:, :, None]
     offset = offset[:, :, None]
     MAGIC_BITS: gl.constexpr = _magic_bits(DTYPE)
@@ -151,6 +163,26 @@ def _key_word_layout(block_s, groups, words_per_group, flat=False):
 
 
 @gluon.jit
+def _key_words(words_smem, scale_smem, zero_smem, sub, BLOCK_S: gl.constexpr, BITS: gl.constexpr, QG: gl.constexpr,
+               HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr):
+    """(words (BLOCK_S, NG, MPG) int32, scale, offset (BLOCK_S, NG), lane (4,)) of a key tile for the register
+    unpackers, in the layouts of _key_word_layout: each thread its two rows' words, lane the position t of the
+    thread in its quad."""
+    CW: gl.constexpr = words_smem.shape[2]  # words per slot
+    MPG: gl.constexpr = QG // (32 // BITS)  # words per quant group
+    NG: gl.constexpr = CW // MPG
+    l4: gl.constexpr = _key_word_layout(BLOCK_S, NG, MPG)
+    w3: gl.constexpr = gl.SliceLayout(3, l4)
+    s2: gl.constexpr = gl.SliceLayout(2, w3)
+    w2: gl.constexpr = _key_word_layout(BLOCK_S, NG, MPG, flat=True)
+    words = words_smem.reshape([BLOCK_S, CW]).load(w2)
+    words = gl.convert_layout(gl.reshape(words, (BLOCK_S, NG, MPG)), w3)  # the same mapping, named
+    scale, offset = _scale_offset(scale_smem, zero_smem, 0, sub, NG, s2, BLOCK_S, SUB_STEP, HAS_ZERO, BITS)
+    lane = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, l4))))
+    return words, scale, offset, lane
+
+
+@gluon.jit
 def _unpack_key_regs(words_smem, scale_smem, zero_smem, sub, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
                      QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr, DTYPE: gl.constexpr,
                      A_LAYOUT: gl.constexpr):
@@ -164,20 +196,11 @@ def _unpack_key_regs(words_smem, scale_smem, zero_smem, sub, BLOCK_S: gl.constex
     each thread loads its rows' words (the four lanes of a quad the same ones) and keeps its bits of each: each
     pair of codes becomes one fp16x2 register of the operand."""
     VPW: gl.constexpr = 32 // BITS
-    CW: gl.constexpr = words_smem.shape[2]  # words per slot
-    R: gl.constexpr = CW * VPW
-    MPG: gl.constexpr = QG // VPW  # words per quant group
-    NG: gl.constexpr = CW // MPG
-    l4: gl.constexpr = _key_word_layout(BLOCK_S, NG, MPG)
-    w3: gl.constexpr = gl.SliceLayout(3, l4)
-    s2: gl.constexpr = gl.SliceLayout(2, w3)
-    w2: gl.constexpr = _key_word_layout(BLOCK_S, NG, MPG, flat=True)
-    words = words_smem.reshape([BLOCK_S, CW]).load(w2)
-    words = gl.convert_layout(gl.reshape(words, (BLOCK_S, NG, MPG)), w3)  # the same mapping, named
-    scale, offset = _scale_offset(scale_smem, zero_smem, 0, sub, NG, s2, BLOCK_S, SUB_STEP, HAS_ZERO, BITS)
+    R: gl.constexpr = words_smem.shape[2] * VPW
+    words, scale, offset, lane = _key_words(words_smem, scale_smem, zero_smem, sub, BLOCK_S, BITS, QG, HAS_ZERO,
+                                            SUB_STEP)
     scale = scale[:, :, None, None]
     offset = offset[:, :, None, None]
-    lane = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, l4))))
     x = words[:, :, :, None] >> (lane * (2 * BITS))[None, None, None, :]  # this lane's bits at the bottom
     MAGIC: gl.constexpr = _magic_bits(DTYPE) * 0x10001
     if BITS == 4:
@@ -197,3 +220,107 @@ def _code_pair(t, scale, offset, DTYPE: gl.constexpr):
     lo = _magic_code(t, DTYPE)
     hi = _magic_code(t >> 16, DTYPE)
     return gl.join(lo * scale + offset, hi * scale + offset)
+
+
+# Nibble pairs (SPQ_NIBBLE_PAIRS in kernels.single_pass_ws_quant; 4-bit codes, fp16): code c of a word at bits
+# [4c, 4c + 4) and code c + 4 at [16 + 4c, 20 + 4c) sit at the same place in the word's two 16-bit halves, so one
+# AND-OR (lop3) puts both into the mantissas of an fp16x2 1024, and packed fp16x2 instructions finish the pair: a
+# word's eight codes in 13 instructions (a shift, four lop3, two exact subtractions of the magic, two exact
+# rescales of the pairs read 16 times too large, four fp16x2 FMAs with the scale and offset), where the channel-order
+# unpacking above spends about 4 per code (offline sm_90 build: 808 instructions per tile in the dequant loop).
+# The pairs come out as channels (c, c + 4), not (2c, 2c + 1): within each octet the kernel works in the order
+# NIBBLE_PAIR_ORDER (logical channel j is code nibble_pair_channel(j) of its word), and whatever meets those
+# channels follows it: the folded rows' rank columns are permuted the same way (the score wgmma's K), the value
+# accumulators' rows are stored to the channels they hold.
+NIBBLE_PAIR_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
+
+
+def nibble_pair_channel(j: int) -> int:
+    """The code (channel) at logical position j in nibble-pair order: NIBBLE_PAIR_ORDER within each octet."""
+    return j // 8 * 8 + NIBBLE_PAIR_ORDER[j % 8]
+
+
+@gluon.jit
+def _nibble_pair_channel(j):
+    """nibble_pair_channel on integer tensors."""
+    return j // 8 * 8 + (j % 8) // 2 + (j % 2) * 4
+
+
+@gluon.jit
+def _pack_pair(x):
+    """An fp16 tensor as int32 words holding it twice (an fp16x2 operand)."""
+    return gl.inline_asm_elementwise("mov.b32 $0, {$1, $1};", "=r,h", [x], dtype=gl.int32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _word_pairs(w, s2, o2):
+    """The eight 4-bit codes of int32 words w as four fp16x2 words (int32), code * scale + offset with s2 / o2
+    (fp16x2 of _pack_pair): codes (0, 4), (1, 5), (2, 6), (3, 7). Codes 1, 3, 5, 7 land 16 times too large in
+    the magic's mantissa (bits 4-7 of a half): 1024 + 16 c, brought back exactly as x / 16 - 64."""
+    return gl.inline_asm_elementwise(
+        """{
+        .reg .b32 m, k16, k64, w8, a, b, c, d;
+        mov.b32 m, 0x64006400;
+        mov.b32 k16, 0x2C002C00;
+        mov.b32 k64, 0xD400D400;
+        shr.u32 w8, $4, 8;
+        lop3.b32 a, $4, 0x000F000F, 0x64006400, 0xEA;
+        lop3.b32 b, $4, 0x00F000F0, 0x64006400, 0xEA;
+        lop3.b32 c, w8, 0x000F000F, 0x64006400, 0xEA;
+        lop3.b32 d, w8, 0x00F000F0, 0x64006400, 0xEA;
+        sub.f16x2 a, a, m;
+        sub.f16x2 c, c, m;
+        fma.rn.f16x2 b, b, k16, k64;
+        fma.rn.f16x2 d, d, k16, k64;
+        fma.rn.f16x2 $0, a, $5, $6;
+        fma.rn.f16x2 $1, b, $5, $6;
+        fma.rn.f16x2 $2, c, $5, $6;
+        fma.rn.f16x2 $3, d, $5, $6;
+        }""",
+        "=r,=r,=r,=r,r,r,r", [w, s2, o2], dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
+
+
+@gluon.jit
+def _lane_pair(x, s2, o2):
+    """Codes 0 and 4 of int32 words x (a word shifted right by 4 t for lane t: its codes t and t + 4) as two fp16
+    values, code * scale + offset with s2 / o2 (fp16x2 of _pack_pair)."""
+    return gl.inline_asm_elementwise(
+        """{
+        .reg .b32 m, a;
+        mov.b32 m, 0x64006400;
+        lop3.b32 a, $2, 0x000F000F, 0x64006400, 0xEA;
+        sub.f16x2 a, a, m;
+        fma.rn.f16x2 a, a, $3, $4;
+        mov.b32 {$0, $1}, a;
+        }""",
+        "=h,=h,r,r,r", [x, s2, o2], dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+
+
+@gluon.jit
+def _unpack_chunk_pairs(words_smem, scale_smem, zero_smem, g0, sub, dst, BLOCK_S: gl.constexpr, BITS: gl.constexpr,
+                        QG: gl.constexpr, HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr, ROW0: gl.constexpr = 0):
+    """_unpack_chunk for 4-bit codes into fp16, in nibble-pair order (see NIBBLE_PAIR_ORDER): each word's four
+    fp16x2 pairs from _word_pairs, stored as 16 bytes (dst seen as int32 pairs of channels)."""
+    gl.static_assert(BITS == 4, "nibble pairs are 4-bit codes")
+    CW: gl.constexpr = words_smem.shape[2]
+    FULL: gl.constexpr = words_smem.shape[1]
+    words, scale, offset = _chunk_words(words_smem, scale_smem, zero_smem, g0, sub, BLOCK_S, BITS, QG, HAS_ZERO,
+                                        SUB_STEP, ROW0)
+    p0, p1, p2, p3 = _word_pairs(words, _pack_pair(scale)[:, :, None], _pack_pair(offset)[:, :, None])
+    pairs = gl.join(gl.join(p0, p2), gl.join(p1, p3))  # (.., 2, 2): element [i][j] is pair 2 i + j
+    dst32 = dst._reinterpret(gl.int32, [dst.shape[0], FULL, CW * 4],
+                             gl.NVMMASharedLayout(swizzle_byte_width=dst.layout.swizzle_byte_width,
+                                                  element_bitwidth=32, rank=3))
+    dst32.reshape([FULL, CW * 4]).slice(ROW0, BLOCK_S, dim=0).store(gl.reshape(pairs, (BLOCK_S, CW * 4)))
+
+
+@gluon.jit
+def _unpack_key_regs_pairs(words_smem, scale_smem, zero_smem, sub, BLOCK_S: gl.constexpr, QG: gl.constexpr,
+                           HAS_ZERO: gl.constexpr, SUB_STEP: gl.constexpr, A_LAYOUT: gl.constexpr):
+    """_unpack_key_regs for 4-bit codes into fp16, in nibble-pair order: lane t of a quad holds logical channels
+    8m + 2t, 8m + 2t + 1 of octet (word) m, codes t and t + 4 of the word (_lane_pair of the word shifted by 4 t)."""
+    R: gl.constexpr = words_smem.shape[2] * 8
+    words, scale, offset, lane = _key_words(words_smem, scale_smem, zero_smem, sub, BLOCK_S, 4, QG, HAS_ZERO, SUB_STEP)
+    x = words[:, :, :, None] >> (lane * 4)[None, None, None, :]
+    lo, hi = _lane_pair(x, _pack_pair(scale)[:, :, None, None], _pack_pair(offset)[:, :, None, None])
+    return gl.convert_layout(gl.reshape(gl.join(lo, hi), (BLOCK_S, R)), A_LAYOUT)

@@ -26,7 +26,7 @@ VARIANTS = [("single_pass_ws", {"SP_THREAD_L": False}), ("single_pass_ws", {"SP_
             ("single_pass_ws", {"SP_ROPE_CHAIN": 0, "SP_CONSUMER_REGS": 248}),
             ("fold_scores_ws", {"WS_FOLD_COLS": 256}),
             ("fold_scores_ws", {"WS_EARLY_TRIG": False}), ("fold_scores_ws", {"WS_STAGES": 8, "WS_FOLD_COLS": 256}),
-            ("single_pass_ws_quant", {"SPQ_REG_KEYS": False})]
+            ("single_pass_ws_quant", {"SPQ_REG_KEYS": False}), ("single_pass_ws_quant", {"SPQ_NIBBLE_PAIRS": True})]
 # The quantized single-pass kernel: (head_dim, heads per group, key rank, value rank, bits, sym, quant group), the
 # shapes and codes of its GPU tests (test_single_pass_ws_quant.py; bf16 with 2/4 bits only)
 QUANT_SHAPES = [(128, 4, 128, 384, 4, False, 32), (64, 2, 64, 128, 2, False, 32), (128, 2, 256, 192, 4, True, 64),

@@ -81,7 +81,8 @@ def test_quantized_llama_group_runs_in_one_program_with_register_keys(builds):
     llama = [b for b in builds if b["kernel"] == "single_pass_ws_quant" and b["dtype"] == "torch.float16"
              and b["shape"] == [128, 4, 128, 384, 4, False, 32]]
     heads = {tuple(sorted(b.get("variant", {}).items())): b["fold_heads"] for b in llama}
-    assert heads == {(): 4, (("SPQ_REG_KEYS", False),): 2, (("SPQ_SCORE_PIPE", True),): 4}, llama
+    assert heads == {(): 4, (("SPQ_REG_KEYS", False),): 2, (("SPQ_SCORE_PIPE", True),): 4,
+                     (("SPQ_NIBBLE_PAIRS", True),): 4}, llama
     two_bit = [b["fold_heads"] for b in builds if b["kernel"] == "single_pass_ws_quant"
                and b["shape"] == [128, 4, 128, 384, 2, False, 32]]
     assert two_bit and set(two_bit) == {4}, two_bit  # 2-bit keys are unpacked by the consumers too

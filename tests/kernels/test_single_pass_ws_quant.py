@@ -210,3 +210,37 @@ def test_gpu_auto_follows_spq_auto(monkeypatch):
     triton_path = latent_decode_attention(**inputs)
     assert not torch.equal(triton_path, forced)
     assert rel_error(triton_path, forced) < tolerance(torch.float16, torch.device("cuda"))
+
+
+def test_nibble_pairs_apply_to_4bit_fp16_register_keys_only(monkeypatch):
+    """SPQ_NIBBLE_PAIRS takes 4-bit fp16 codes that the consumers unpack; 2/8 bits, bf16 and the dequant-warp
+    keys keep the channel-order unpacking (their magic numbers and masks differ)."""
+    monkeypatch.setattr(spq, "SPQ_NIBBLE_PAIRS", True)
+    assert spq.spq_nibble_pairs(4, torch.float16)
+    assert not spq.spq_nibble_pairs(2, torch.float16) and not spq.spq_nibble_pairs(8, torch.float16)
+    assert not spq.spq_nibble_pairs(4, torch.bfloat16)
+    monkeypatch.setattr(spq, "SPQ_REG_KEYS", False)
+    assert not spq.spq_nibble_pairs(4, torch.float16)
+    monkeypatch.setattr(spq, "SPQ_REG_KEYS", True)
+    monkeypatch.setattr(spq, "SPQ_NIBBLE_PAIRS", False)
+    assert not spq.spq_nibble_pairs(4, torch.float16)
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("case", [
+    dict(), dict(sym=True, quant_group_size=64), dict(num_quantized=2800), dict(theta=5e5, llama3=True),
+    dict(num_slots=37, num_quantized=37), dict(batch=2, num_slots=70000, num_quantized=70000),
+], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "llama")
+def test_gpu_nibble_pairs(monkeypatch, case):
+    """The nibble-pair unpacking (SPQ_NIBBLE_PAIRS: keys and value boxes in nibble-pair order, rows permuted,
+    accumulators stored to their channels) against the torch reference, and against the channel-order kernel
+    (a different summation order of the score wgmmas' K: close, not equal)."""
+    c = dataclasses.replace(LLAMA_4BIT, **case)
+    monkeypatch.setattr(spq, "SPQ_NIBBLE_PAIRS", True)
+    check(c, torch.device("cuda"), method="single_pass", warp_specialized=True)
+    inputs = make_inputs(c, torch.device("cuda"))
+    pairs = latent_decode_attention(**inputs, method="single_pass", warp_specialized=True)
+    monkeypatch.setattr(spq, "SPQ_NIBBLE_PAIRS", False)
+    plain = latent_decode_attention(**inputs, method="single_pass", warp_specialized=True)
+    assert rel_error(pairs, plain) < tolerance(torch.float16, torch.device("cuda"))

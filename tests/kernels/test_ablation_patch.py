@@ -1,0 +1,81 @@
+"""The timing-ablation patch of the 4-bit kernel (benchmarks/ablations/spq_time_split.patch, which
+`gpu_kernels.sh spq_ablate` applies to a copy of the tree) still applies to the kernels, leaves them building
+for sm_90 without its constants, and builds with them. A patch that went stale as the kernels changed would
+otherwise cost a device call to find out."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PATCH = REPO / "benchmarks" / "ablations" / "spq_time_split.patch"
+
+# In the patched copy: the Llama-shape 4-bit build under each set of ablation constants (module prefix sp:
+# kernels.single_pass_ws, spq: kernels.single_pass_ws_quant), one JSON line each.
+_BUILD = """
+import importlib, json, sys
+import torch
+sys.path.insert(0, "tests/kernels")
+import gluon_builds
+from kernels.offline_build import set_constant
+MODULES = {"sp": "kernels.single_pass_ws", "spq": "kernels.single_pass_ws_quant"}
+for spec in json.loads(sys.argv[1]):
+    saved = []
+    for name, value in spec.items():
+        prefix, attr = name.split(".")
+        module = importlib.import_module(MODULES[prefix])
+        saved.append((module, attr, getattr(module, attr)))
+        set_constant(module, attr, value)
+    out = gluon_builds.build_single_pass_quant(128, 4, 128, 384, 4, False, 32, torch.float16)
+    print(json.dumps({"spec": spec, **out}), flush=True)
+    for module, attr, value in saved:
+        setattr(module, attr, value)
+"""
+
+# Every branch the patch adds: the constant fp16 key tile with half the score wgmmas and no RoPE, and the int8
+# score wgmmas with the value unpacking skipped (each set built in a process of its own: a Gluon kernel refuses a
+# constexpr global that changed after its first build in a process)
+SETS = [{"sp.SP_ABL_KEYS": True, "sp.SP_ABL_HALF_MMA": True, "sp.SP_ABL_ROPE": True},
+        {"sp.SP_ABL_KEYS": True, "sp.SP_ABL_INT8": True, "spq.SPQ_ABL_VDEQ": True}]
+
+
+@pytest.fixture(scope="module")
+def patched(tmp_path_factory) -> Path:
+    tree = tmp_path_factory.mktemp("ablation_tree")
+    shutil.copytree(REPO / "kernels", tree / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / "tests" / "kernels").mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "kernels" / "gluon_builds.py", tree / "tests" / "kernels")
+    proc = subprocess.run(["git", "apply", str(PATCH)], cwd=tree, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{PATCH.name} no longer applies to kernels/: {proc.stderr}"
+    return tree
+
+
+def _build(tree: Path, spec: dict, cache: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter never compiles
+    env["TRITON_CACHE_DIR"] = str(cache)
+    env["PYTHONPATH"] = str(tree)
+    proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps([spec])], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (line,) = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    return line
+
+
+def test_patch_touches_only_the_kernels_it_names(patched):
+    changed = {p.relative_to(patched).as_posix() for p in (patched / "kernels").glob("*.py")
+               if p.read_bytes() != (REPO / "kernels" / p.name).read_bytes()}
+    assert changed == {"kernels/single_pass_ws.py", "kernels/single_pass_ws_quant.py"}
+
+
+@pytest.mark.parametrize("spec", SETS, ids=["fp16_keys_half_mma_no_rope", "int8_scores_no_value_unpack"])
+def test_patched_kernel_builds_with_its_ablations(patched, spec, tmp_path):
+    out = _build(patched, spec, tmp_path / "cache")
+    assert out["spec"] == spec
+    assert out["name"] == "_ws_single_pass_quant_kernel" and out["fold_heads"] == 4
+    assert out["shared"] <= 232448  # sm_90's opt-in limit: the ablations add no buffer
