@@ -90,7 +90,7 @@ def _fold_rows_kernel(
     brows_ptr, brows_sb, brows_sg, score_scale, num_groups, cos_ptr, sin_ptr, rope_sb,
     HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr, GS: tl.constexpr, HG: tl.constexpr, N_REP: tl.constexpr,
     RK_PAD: tl.constexpr, RK_BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVE: tl.constexpr = False,
-    Q_ROPE: tl.constexpr = False, PDL_TRIGGER: tl.constexpr = False,
+    Q_ROPE: tl.constexpr = False, PDL_TRIGGER: tl.constexpr = False, PAIR_COLS: tl.constexpr = False,
 ):
     """Grid (B * G * HG, RK_PAD / RK_BLOCK): the folded rows of one query head (b, g, local head t), columns
     [pid1 * RK_BLOCK, + RK_BLOCK), written to
@@ -108,7 +108,11 @@ def _fold_rows_kernel(
     rounding of q (the compiler does not keep every intermediate rounding). It saves the module the five elementwise
     launches of RoPE on q per decode step.
 
-    PDL_TRIGGER: the next launch, a programmatic dependent, may start at once (it waits for these rows itself)."""
+    PDL_TRIGGER: the next launch, a programmatic dependent, may start at once (it waits for these rows itself).
+
+    PAIR_COLS: the rank columns in nibble-pair order (kernels.word_unpack.NIBBLE_PAIR_ORDER within each octet, for
+    the quantized kernel's SPQ_NIBBLE_PAIRS): column r is stored where that order puts code r, so the rows need no
+    gather before the launch. Octets never straddle a rank block (RK_BLOCK is a multiple of 8)."""
     if PDL_TRIGGER:
         gdc_launch_dependents()
     pid = tl.program_id(0)
@@ -148,7 +152,11 @@ def _fold_rows_kernel(
     else:
         mc_row = t * 2 * HALF_PAD + half_idx
         ms_step = HALF_PAD * RK_PAD
-    out = rows_ptr + b * rows_sb + g * rows_sg + mc_row[:, None] * RK_PAD + r_idx[None, :]
+    if PAIR_COLS:  # logical column j holds code nibble_pair_channel(j): code r goes to the j with r = that
+        col = r_idx // 8 * 8 + (r_idx % 4) * 2 + (r_idx % 8) // 4
+    else:
+        col = r_idx
+    out = rows_ptr + b * rows_sb + g * rows_sg + mc_row[:, None] * RK_PAD + col[None, :]
     tl.store(out, (q1[:, None] * u1 + q2[:, None] * u2).to(DTYPE))  # Mc = q1 U[i] + q2 U[i + D/2]
     tl.store(out + ms_step, (q2[:, None] * u1 - q1[:, None] * u2).to(DTYPE))  # Ms = q2 U[i] - q1 U[i + D/2]
     tl.static_assert(not (INTERLEAVE and HAS_BIAS), "interleaved rows are built for the bias-free Gluon kernel")

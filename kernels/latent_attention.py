@@ -953,13 +953,13 @@ def choose_fold_chunks(num_slots: int, batch_groups: int, num_sms: int) -> tuple
 
 
 def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, half_pad, rk_pad,
-                 interleave=False, ends: DecodeEnds = NO_ENDS, pdl: bool = False) -> tuple:
+                 interleave=False, ends: DecodeEnds = NO_ENDS, pdl: bool = False, pair_cols: bool = False) -> tuple:
     """(rows, brows, brows strides (b, g)): the folded query rows of every head, once per call
     (:func:`kernels.fold_scores._fold_rows_kernel`; read by all score programs of their (b, g)),
     (B, G, HG * 2 * half_pad, rk_pad) in q's dtype, and the folded key bias (B, G, HG * 2 * half_pad)
     fp32, or without a bias a pointer that is never read (the rows) and zero strides. With ends' cos / sin, q is
     the query before RoPE (rotated by the kernel). pdl: the kernel lets the next launch (a programmatic dependent)
-    start at once."""
+    start at once. pair_cols: the rank columns in nibble-pair order (_fold_rows_kernel's PAIR_COLS)."""
     from .fold_scores import _fold_rows_kernel
 
     batch, _, head_dim = q.shape
@@ -977,7 +977,7 @@ def _folded_rows(q, k_up, k_offsets, k_bias, sm_scale, rope_scale, gs, n_rep, ha
         num_groups, q if ends.q_cos is None else ends.q_cos, q if ends.q_sin is None else ends.q_sin, ends.rope_sb,
         HEAD_DIM=head_dim, HALF_PAD=half_pad, GS=gs, HG=hg, N_REP=n_rep, RK_PAD=rk_pad, RK_BLOCK=rk_block,
         HAS_BIAS=has_bias, INTERLEAVE=interleave, Q_ROPE=ends.q_cos is not None, PDL_TRIGGER=pdl,
-        num_warps=FOLD_ROWS_WARPS,
+        PAIR_COLS=pair_cols, num_warps=FOLD_ROWS_WARPS,
     )
     return rows, brows, brows_strides
 
@@ -1135,14 +1135,17 @@ def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv
     kernel (its own launch: positions and kv_start shifted by S_q), the partials of both merged together.
     fold_heads, when given, applies to each kernel (and must fit both)."""
     from .single_pass_ws import sp_fold_heads, ws_single_pass
-    from .single_pass_ws_quant import spq_fold_heads, ws_single_pass_quant
+    from .single_pass_ws_quant import spq_fold_heads, spq_nibble_pairs, ws_single_pass_quant
 
     batch, num_heads, head_dim = q.shape
     elt = q.element_size()
     n_q, n_fp = k_latent.num_quantized, k_latent.num_fp
     pdl = not n_q and decode_pdl(q.device)  # fp16 slots only: three launches, each the next one's primary
+    # Rows in the quantized kernel's nibble-pair column order straight from the fold (no gather per call), unless
+    # a full-precision window's fp16 kernel needs them in channel order too (the quantized launch gathers then)
+    pair_rows = bool(n_q) and not n_fp and spq_nibble_pairs(k_latent.bits, q.dtype)
     rows, _, _ = _folded_rows(q, k_up, k_offsets, None, sm_scale, rope_scale, gs, 1, head_dim // 2, rank,
-                              interleave=True, ends=ends, pdl=pdl)
+                              interleave=True, ends=ends, pdl=pdl, pair_cols=pair_rows)
 
     def parts_fn(n: int) -> tuple:
         return _partials(batch, num_heads, n, rank_v, q.device)
@@ -1152,7 +1155,8 @@ def _single_pass_decode_ws(q, k_latent, v_latent, k_up, k_offsets, positions, kv
         heads_q = spq_fold_heads(gs, head_dim, rank, rank_v, elt, k_latent.bits, k_latent.quant_group_size,
                                  k_latent.zero is not None, fold_heads)
         parts.append(ws_single_pass_quant(rows, k_latent, v_latent, positions[:, :n_q], kv_start, inv_freq,
-                                          num_heads, rank, rank_v, gs, heads_q, num_sms, num_splits, parts_fn))
+                                          num_heads, rank, rank_v, gs, heads_q, num_sms, num_splits, parts_fn,
+                                          rows_pair_order=pair_rows))
     if n_fp:
         heads_fp = sp_fold_heads(gs, head_dim, rank, rank_v, elt, fold_heads)
         # A small window after quantized slots: a few splits (each launch fills the GPU by itself otherwise)

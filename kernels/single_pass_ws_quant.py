@@ -98,8 +98,9 @@ SPQ_VALUE_PARTS = gl.constexpr(2)
 SPQ_SMEM_MARGIN = 1024
 # 4-bit codes with fp16 latents: unpack in nibble pairs (kernels.word_unpack.NIBBLE_PAIR_ORDER): codes c and c + 4
 # of a word with one AND-OR and packed fp16x2 instructions, the consumers' key operand and the dequant warps' value
-# boxes in that channel order within each octet, the folded rows' rank columns permuted to match (one gather per
-# call, on the host side) and the value accumulators stored to the channels they hold. Offline SASS (sm_90,
+# boxes in that channel order within each octet, the folded rows' rank columns permuted to match (written so by
+# _fold_rows_kernel's PAIR_COLS; gathered per call beside a full-precision window, whose fp16 launch keeps the
+# channel order) and the value accumulators stored to the channels they hold. Offline SASS (sm_90,
 # Llama shape, 4 bits): per tile and warp the dequant loop goes from 808 to 474 instructions and each consumer
 # loop from 1479 to 1301, stack 96 -> 80 B, no local memory (twenty-ninth session, kernels/NOTES.md). Its PTX is
 # checked on the CPU (tests/kernels/test_nibble_pairs.py); not yet run on a GPU (test_gpu_nibble_pairs), so off.
@@ -429,12 +430,15 @@ def _plain_layout(bits: int, rank: int):
 
 def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torch.Tensor, kv_start: torch.Tensor,
                          inv_freq: torch.Tensor, num_heads: int, rank: int, rank_v: int, heads_per_group: int,
-                         fold_heads: int, num_sms: int, num_splits: Optional[int], parts_fn) -> tuple:
+                         fold_heads: int, num_sms: int, num_splits: Optional[int], parts_fn,
+                         rows_pair_order: bool = False) -> tuple:
     """Partials (m, l, acc) of the whole call; ``parts_fn(num_splits)`` allocates them.
 
     rows: interleaved folded rows (B, G, heads_per_group * D, rank); k_latent / v_latent: LatentViews with
     every slot quantized (codes (B, S, G * rank[_v] / VPW) int32, scale [zero] (B, S, G * rank[_v] / QG));
     positions (B, S) int32; kv_start (B,) int32; inv_freq (D/2,) fp32; fold_heads from :func:`spq_fold_heads`.
+    rows_pair_order: the rows' rank columns are already in nibble-pair order (_folded_rows(pair_cols=True)), else
+    they are gathered into it here when the launch unpacks in nibble pairs (:func:`spq_nibble_pairs`).
     """
     batch, num_slots, _ = k_latent.codes.shape
     num_groups = rows.shape[1]
@@ -450,7 +454,9 @@ def ws_single_pass_quant(rows: torch.Tensor, k_latent, v_latent, positions: torc
     kz_desc = _plain_desc(k_latent.zero, sbk) if has_zero else ks_desc
     vz_desc = _plain_desc(v_latent.zero, sbv) if has_zero else vs_desc
     pairs = spq_nibble_pairs(bits, rows.dtype)
-    if pairs:  # the score wgmma's K in the order the consumers unpack the key codes
+    if rows_pair_order and not pairs:
+        raise ValueError("rows in nibble-pair column order for a launch that unpacks in channel order")
+    if pairs and not rows_pair_order:  # the score wgmma's K in the order the consumers unpack the key codes
         rows = rows.index_select(-1, _pair_columns(rank, rows.device))
     rows_desc, head_splits, bgs, chunk_len, chunks, parts = sp_launch(rows, half, heads_per_group, fold_heads,
                                                                       num_slots, num_sms, num_splits, parts_fn)

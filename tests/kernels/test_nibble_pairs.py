@@ -169,3 +169,20 @@ def test_permuted_rows_give_the_same_scores_and_values():
     stored = torch.empty_like(acc_logical)
     stored[:, perm] = acc_logical  # row i of the box to channel nibble_pair_channel(i)
     torch.testing.assert_close(stored, p @ vals)
+
+
+@pytest.mark.parametrize("rank_block", [0, 16])
+def test_fold_rows_in_pair_columns(device, rank_block, monkeypatch):
+    """_fold_rows_kernel(PAIR_COLS=True) (the interpreter on the CPU): the interleaved rows with their rank columns
+    in nibble-pair order, equal to the host's gather of the channel-order rows, whole and in rank blocks."""
+    import kernels.latent_attention as la
+    from tests.kernels.latent_cases import Case, make_inputs
+
+    monkeypatch.setattr(la, "FOLD_ROWS_RANK_BLOCK", rank_block)
+    inputs = make_inputs(Case(k_ranks=(64, 64), v_ranks=(32, 48), head_dim=64, dtype=torch.float32), device)
+    args = (inputs["q"], inputs["k_up"], inputs["k_offsets"], None, inputs["sm_scale"], inputs["rope_scale"],
+            inputs["head_group_size"], 1, 32, 64)
+    plain, _, _ = la._folded_rows(*args, interleave=True)
+    pairs, _, _ = la._folded_rows(*args, interleave=True, pair_cols=True)
+    assert torch.equal(pairs, plain.index_select(-1, _pair_columns(64, plain.device)))
+    assert not torch.equal(pairs, plain)

@@ -105,17 +105,27 @@ class _QuantStandIn:
     """What _ws_single_pass_quant_kernel computes, in torch: the fp16 kernel's partials (its stand-in) over
     latents dequantized from the descriptors' tensors."""
 
+    def __init__(self):
+        self.pairs = []  # PAIRS of each launch
+
     def __getitem__(self, grid):
         fp_run = _TorchStandIn()[grid]
 
-        def run(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, *rest, BITS, QG, HAS_ZERO, **kw):
+        def run(kw_desc, ks_desc, kz_desc, vw_desc, vs_desc, vz_desc, rows_desc, *rest, BITS, QG, HAS_ZERO,
+                PAIRS=False, **kw):
             assert kw_desc.block_shape[2] * (32 // BITS) == rest[9]  # rank
+            self.pairs.append(PAIRS)
             k, v = (dequantize_latent_ref(LatentView(fp=None, codes=w.base, scale=sc.base, zero=z.base if HAS_ZERO
                                                      else None, bits=BITS, quant_group_size=QG),
                                           w.base.shape[2] * (32 // BITS))
                     for w, sc, z in ((kw_desc, ks_desc, kz_desc), (vw_desc, vs_desc, vz_desc)))
+            if PAIRS:  # the kernel's keys and value boxes in nibble-pair order (the rows come in it)
+                k, v = (x[..., spq._pair_columns(x.shape[-1], x.device)] for x in (k, v))
             # k, v again: the fp16 kernel's L2 prefetch pointers
             fp_run(SimpleNamespace(base=k), SimpleNamespace(base=v), rows_desc, *rest, k, v, **kw)
+            if PAIRS:  # each accumulator row stored to the channel it holds
+                part_acc = rest[6]
+                part_acc[..., spq._pair_columns(part_acc.shape[-1], part_acc.device)] = part_acc.clone()
         return run
 
 
@@ -136,6 +146,35 @@ def test_host_wiring_with_torch_stand_ins(device, monkeypatch, change):
     out = la._single_pass_decode_ws(p["q"], p["k_latent"], p["v_latent"], p["k_up"], p["k_offsets"], p["positions"],
                                     p["kv_start"], p["inv_freq"], p["rope_scale"], p["sm_scale"], 2, 64, 128, 4,
                                     None, None, torch.float32)
+    assert rel_error(out, latent_decode_attention_ref(**p)) < tolerance(case.dtype, device)
+
+
+@pytest.mark.parametrize("change", [dict(num_quantized=300), dict(num_quantized=100, num_slots=230)],
+                         ids=["all_quantized", "window_130"])
+def test_host_wiring_nibble_pairs(device, monkeypatch, change):
+    """SPQ_NIBBLE_PAIRS through _single_pass_decode_ws with the kernels' stand-ins: the launch asks for nibble
+    pairs; the rows come in that order from _fold_rows_kernel (PAIR_COLS, no full-precision window) or from the
+    gather (a window, whose fp16 launch keeps the channel order); keys, values and stored accumulators as the
+    kernel orders them give the reference."""
+    if device.type != "cpu":
+        pytest.skip("the stand-ins replace the kernels on CPU tensors only")
+    import kernels.latent_attention as la
+
+    quant = _QuantStandIn()
+    monkeypatch.setattr(spq, "_ws_single_pass_quant_kernel", quant)
+    monkeypatch.setattr(sp, "_ws_single_pass_kernel", _TorchStandIn())
+    monkeypatch.setattr(spq, "SPQ_NIBBLE_PAIRS", True)
+    gathers = []
+    real_columns = spq._pair_columns
+    monkeypatch.setattr(spq, "_pair_columns", lambda n, dev: gathers.append(n) or real_columns(n, dev))
+    case = dataclasses.replace(SMALL, **change)
+    p = make_inputs(case, device)
+    out = la._single_pass_decode_ws(p["q"], p["k_latent"], p["v_latent"], p["k_up"], p["k_offsets"], p["positions"],
+                                    p["kv_start"], p["inv_freq"], p["rope_scale"], p["sm_scale"], 2, 64, 128, 4,
+                                    None, None, torch.float32)
+    assert quant.pairs == [True]
+    window = case.num_slots > case.num_quantized
+    assert (64 in gathers) == window  # the rows gathered on the host only beside a window
     assert rel_error(out, latent_decode_attention_ref(**p)) < tolerance(case.dtype, device)
 
 
