@@ -355,8 +355,7 @@ tests2)  # 34 of these 35 ran in 420 s (fifth session): the generate test has a 
 spq_ablate)  # name=CONSTANTS ... (constants as fold_heads_sweep.py takes them; "-" for none)
   tree=/tmp/spq_ablate_tree
   rm -rf "$tree" && mkdir -p "$tree" && tar cf - --exclude=./.git --exclude=./.venv --exclude=./benchmarks/results . | tar xf - -C "$tree"
-  (cd "$tree" && { git apply benchmarks/ablations/spq_time_split.patch 2>/dev/null \
-      || patch -p1 < benchmarks/ablations/spq_time_split.patch; }) || { echo "the ablation patch does not apply" >&2; exit 1; }
+  python3 benchmarks/ablations/apply_patch.py benchmarks/ablations/spq_time_split.patch "$tree" || exit 1
   sets=${SPQ_ABLATE:-"none=- no_value_unpack=spq.SPQ_ABL_VDEQ=True no_key_unpack=sp.SP_ABL_KEYS=True
     int8_scores=sp.SP_ABL_KEYS=True,sp.SP_ABL_INT8=True half_score_mma=sp.SP_ABL_HALF_MMA=True
     no_rope=sp.SP_ABL_ROPE=True no_unpack=spq.SPQ_ABL_VDEQ=True,sp.SP_ABL_KEYS=True"}

@@ -15,6 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PATCH = REPO / "benchmarks" / "ablations" / "spq_time_split.patch"
+sys.path.insert(0, str(PATCH.parent))
+import apply_patch  # noqa: E402
 
 # In the patched copy: the Llama-shape 4-bit build under each set of ablation constants (module prefix sp:
 # kernels.single_pass_ws, spq: kernels.single_pass_ws_quant), one JSON line each.
@@ -51,9 +53,29 @@ def patched(tmp_path_factory) -> Path:
     shutil.copytree(REPO / "kernels", tree / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
     (tree / "tests" / "kernels").mkdir(parents=True)
     shutil.copy(REPO / "tests" / "kernels" / "gluon_builds.py", tree / "tests" / "kernels")
-    proc = subprocess.run(["git", "apply", str(PATCH)], cwd=tree, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{PATCH.name} no longer applies to kernels/: {proc.stderr}"
+    changed = apply_patch.apply(PATCH.read_text(), tree)  # what gpu_kernels.sh spq_ablate runs (no git there)
+    assert sorted(changed) == ["kernels/single_pass_ws.py", "kernels/single_pass_ws_quant.py"]
     return tree
+
+
+def test_python_applier_agrees_with_git(patched, tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("no git here")
+    shutil.copytree(REPO / "kernels", tmp_path / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run(["git", "apply", str(PATCH)], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{PATCH.name} no longer applies to kernels/: {proc.stderr}"
+    for name in ("single_pass_ws.py", "single_pass_ws_quant.py"):
+        assert (tmp_path / "kernels" / name).read_text() == (patched / "kernels" / name).read_text()
+
+
+def test_a_stale_hunk_is_refused_and_nothing_written(tmp_path):
+    shutil.copytree(REPO / "kernels", tmp_path / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    quant = tmp_path / "kernels" / "single_pass_ws_quant.py"
+    quant.write_text(quant.read_text().replace("SPQ_NIBBLE_PAIRS = False", "SPQ_NIBBLE_PAIRS = None"))
+    before = (tmp_path / "kernels" / "single_pass_ws.py").read_text()
+    with pytest.raises(ValueError, match="single_pass_ws_quant.py: the hunk at line"):
+        apply_patch.apply(PATCH.read_text(), tmp_path)
+    assert (tmp_path / "kernels" / "single_pass_ws.py").read_text() == before
 
 
 def _build(tree: Path, spec: dict, cache: Path) -> dict:
