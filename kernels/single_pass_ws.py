@@ -548,13 +548,13 @@ def _consume(lat_desc, val_desc, rows_desc, kbufs, vbufs, rows_smem, p_smem, kre
         slots = start + out_slots
         valid = (slots >= kv_start) & (slots < hi)
         mbarrier.wait(kready.index(sk), (j // KST) & 1)
-        if PAIRS:
-            tile = _unpack_key_regs_pairs(kbufs.index(sk), lat_desc.index(sk), val_desc.index(sk), k_off, BLOCK_S,
-                                          KQG, KZERO, KSTEP, a_layout)
-            mbarrier.arrive(kempty.index(sk), count=1)  # the words are in registers
-        elif KEY_CODES:
-            tile = _unpack_key_regs(kbufs.index(sk), lat_desc.index(sk), val_desc.index(sk), k_off, BLOCK_S,
-                                    KEY_CODES, KQG, KZERO, KSTEP, vbufs.dtype, a_layout)
+        if KEY_CODES:
+            if PAIRS:
+                tile = _unpack_key_regs_pairs(kbufs.index(sk), lat_desc.index(sk), val_desc.index(sk), k_off,
+                                              BLOCK_S, KQG, KZERO, KSTEP, a_layout)
+            else:
+                tile = _unpack_key_regs(kbufs.index(sk), lat_desc.index(sk), val_desc.index(sk), k_off, BLOCK_S,
+                                        KEY_CODES, KQG, KZERO, KSTEP, vbufs.dtype, a_layout)
             mbarrier.arrive(kempty.index(sk), count=1)  # the words are in registers
         else:
             tile = kbufs.index(sk).reshape([BLOCK_S, R])

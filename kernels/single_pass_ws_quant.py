@@ -58,7 +58,7 @@ from .single_pass_ws import (DECODE_STEP_ARGS, DECODE_STEP_PTRS, SP_BLOCK_S, SP_
                              SP_THREAD_L, _consume, p_buffers, pick_fold_heads, single_pass_ws_unsupported, sp_launch,
                              sp_program, sp_shape_unsupported, sp_shared_bytes, sp_value_box, sp_value_stages,
                              value_buffer_free, value_empty_barriers)
-from .word_unpack import SPQ_SCALE_ALIGN, _scale_start, _unpack_chunk, _unpack_chunk_pairs
+from .word_unpack import SPQ_SCALE_ALIGN, _scale_start, _unpack_chunk, _unpack_chunk_pairs, nibble_pair_channel
 
 SPQ_BITS = (2, 4, 8)
 # Whether method="auto" takes this kernel for quantized latents where it applies (else the Triton kernels):
@@ -149,8 +149,7 @@ def spq_nibble_pairs(bits: int, dtype: torch.dtype) -> bool:
 def _pair_columns(rank: int, device: torch.device) -> torch.Tensor:
     """Rank columns in nibble-pair order: column j of the permuted rows is column nibble_pair_channel(j). Built
     by device arithmetic, not copied from the host: the first call may be inside a CUDA graph's capture."""
-    j = torch.arange(rank, device=device)
-    return j // 8 * 8 + (j % 8) // 2 + (j % 2) * 4
+    return nibble_pair_channel(torch.arange(rank, device=device))
 
 
 def spq_registers(bits: int) -> tuple[int, int, int]:

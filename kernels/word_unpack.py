@@ -235,14 +235,15 @@ def _code_pair(t, scale, offset, DTYPE: gl.constexpr):
 NIBBLE_PAIR_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
 
 
-def nibble_pair_channel(j: int) -> int:
-    """The code (channel) at logical position j in nibble-pair order: NIBBLE_PAIR_ORDER within each octet."""
-    return j // 8 * 8 + NIBBLE_PAIR_ORDER[j % 8]
+def nibble_pair_channel(j):
+    """The code (channel) at logical position j in nibble-pair order, NIBBLE_PAIR_ORDER within each octet: of an int
+    or elementwise of an integer tensor (the host's rows permutation)."""
+    return j // 8 * 8 + (j % 8) // 2 + (j % 2) * 4
 
 
 @gluon.jit
 def _nibble_pair_channel(j):
-    """nibble_pair_channel on integer tensors."""
+    """nibble_pair_channel inside a kernel (the value accumulators' channels)."""
     return j // 8 * 8 + (j % 8) // 2 + (j % 2) * 4
 
 

@@ -18,26 +18,17 @@ PATCH = REPO / "benchmarks" / "ablations" / "spq_time_split.patch"
 sys.path.insert(0, str(PATCH.parent))
 import apply_patch  # noqa: E402
 
-# In the patched copy: the Llama-shape 4-bit build under each set of ablation constants (module prefix sp:
-# kernels.single_pass_ws, spq: kernels.single_pass_ws_quant), one JSON line each.
+# In the patched copy: the Llama-shape 4-bit build with one set of ablation constants, set as gpu_kernels.sh
+# spq_ablate sets them (fold_heads_sweep.py's NAME=VALUE list), one JSON line.
 _BUILD = """
-import importlib, json, sys
+import json, sys
 import torch
-sys.path.insert(0, "tests/kernels")
+sys.path[:0] = ["tests/kernels", "benchmarks"]
 import gluon_builds
-from kernels.offline_build import set_constant
-MODULES = {"sp": "kernels.single_pass_ws", "spq": "kernels.single_pass_ws_quant"}
-for spec in json.loads(sys.argv[1]):
-    saved = []
-    for name, value in spec.items():
-        prefix, attr = name.split(".")
-        module = importlib.import_module(MODULES[prefix])
-        saved.append((module, attr, getattr(module, attr)))
-        set_constant(module, attr, value)
-    out = gluon_builds.build_single_pass_quant(128, 4, 128, 384, 4, False, 32, torch.float16)
-    print(json.dumps({"spec": spec, **out}), flush=True)
-    for module, attr, value in saved:
-        setattr(module, attr, value)
+from fold_heads_sweep import _set_process_constants
+done = _set_process_constants(sys.argv[1])
+out = gluon_builds.build_single_pass_quant(128, 4, 128, 384, 4, False, 32, torch.float16)
+print(json.dumps({"spec": done, **out}), flush=True)
 """
 
 # Every branch the patch adds: the constant fp16 key tile with half the score wgmmas and no RoPE, and the int8
@@ -51,8 +42,9 @@ SETS = [{"sp.SP_ABL_KEYS": True, "sp.SP_ABL_HALF_MMA": True, "sp.SP_ABL_ROPE": T
 def patched(tmp_path_factory) -> Path:
     tree = tmp_path_factory.mktemp("ablation_tree")
     shutil.copytree(REPO / "kernels", tree / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
-    (tree / "tests" / "kernels").mkdir(parents=True)
-    shutil.copy(REPO / "tests" / "kernels" / "gluon_builds.py", tree / "tests" / "kernels")
+    for script in ("tests/kernels/gluon_builds.py", "benchmarks/fold_heads_sweep.py"):
+        (tree / script).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / script, tree / script)
     changed = apply_patch.apply(PATCH.read_text(), tree)  # what gpu_kernels.sh spq_ablate runs (no git there)
     assert sorted(changed) == ["kernels/single_pass_ws.py", "kernels/single_pass_ws_quant.py"]
     return tree
@@ -82,7 +74,8 @@ def _build(tree: Path, spec: dict, cache: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter never compiles
     env["TRITON_CACHE_DIR"] = str(cache)
     env["PYTHONPATH"] = str(tree)
-    proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps([spec])], cwd=tree, env=env,
+    constants = ",".join(f"{name}={value}" for name, value in spec.items())
+    proc = subprocess.run([sys.executable, "-c", _BUILD, constants], cwd=tree, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     (line,) = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]

@@ -21,7 +21,7 @@ from kernels.single_pass_ws_quant import _pair_columns
 
 def _asm_of(fn) -> str:
     """The asm text of the inline_asm_elementwise call in a Gluon helper's source."""
-    tree = ast.parse(fn.src.strip() if hasattr(fn, "src") else fn)
+    tree = ast.parse(fn.src.strip())
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "inline_asm_elementwise":
             return node.args[0].value
@@ -68,7 +68,7 @@ def run_ptx(asm: str, n_out: int, args: list) -> list:
             lo, hi = [val(t) for t in ops[1].strip("{}").split(",")]
             regs[ops[0]] = (lo & 0xFFFF) | ((hi & 0xFFFF) << 16)
         elif op == "mov.b32":
-            regs[ops[0]] = np.broadcast_to(val(ops[1]), np.shape(val(ops[1]))).astype(np.uint32)
+            regs[ops[0]] = np.asarray(val(ops[1]), dtype=np.uint32)
         elif op == "shr.u32":
             regs[ops[0]] = val(ops[1]) >> val(ops[2])
         elif op == "lop3.b32":
@@ -147,6 +147,7 @@ def test_lane_pair_is_logical_pair_of_its_lane(lane):
 def test_channel_maps_agree():
     j = np.arange(512)
     host = np.array([wu.nibble_pair_channel(int(i)) for i in j])
+    assert tuple(host[:8]) == wu.NIBBLE_PAIR_ORDER
     assert sorted(host) == list(j)  # a permutation within each octet
     assert (host // 8 == j // 8).all()
     np.testing.assert_array_equal(wu._nibble_pair_channel.fn(j), host)  # the kernel's epilogue formula
