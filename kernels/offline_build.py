@@ -81,18 +81,60 @@ def set_constant(module, name: str, value) -> None:
 _FIELDS = ("REG", "STACK", "SHARED", "LOCAL")
 
 
-def resource_usage(kernel) -> dict:
-    """{'name', 'shared' (bytes the launch reserves), 'regs', 'stack', 'local' (per thread, bytes)} of a
-    compiled CUDA kernel, read from its cubin with the cuobjdump bundled with Triton."""
+def _cuobjdump(kernel, option: str) -> str:
+    """What the cuobjdump bundled with Triton prints for a compiled CUDA kernel's cubin with ``option``."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
             f.write(kernel.asm["cubin"])
-        text = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([tool, option, path], capture_output=True, text=True, check=True).stdout
+
+
+def resource_usage(kernel) -> dict:
+    """{'name', 'shared' (bytes the launch reserves), 'regs', 'stack', 'local' (per thread, bytes)} of a
+    compiled CUDA kernel, read from its cubin with the cuobjdump bundled with Triton."""
+    text = _cuobjdump(kernel, "-res-usage")
     found = {k: int(v) for k, v in re.findall(r"\b(" + "|".join(_FIELDS) + r"):(\d+)", text)}
     missing = [k for k in _FIELDS if k not in found]
     if missing:
         raise RuntimeError(f"cuobjdump -res-usage printed no {missing}: {text!r}")
     return {"name": kernel.metadata.name, "shared": int(kernel.metadata.shared), "regs": found["REG"],
             "stack": found["STACK"], "local": found["LOCAL"]}
+
+
+_INSTRUCTION = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", re.M)
+
+
+def sass(kernel) -> str:
+    """The SASS of a compiled CUDA kernel (cuobjdump -sass)."""
+    return _cuobjdump(kernel, "-sass")
+
+
+def partition_loops(sass_text: str) -> list[dict]:
+    """Per warp-specialized partition of a SASS listing (the code between two setmaxnreg instructions, USETMAXREG,
+    in address order), its longest loop: the most instructions from a backward branch's target to the branch.
+    [{'instructions' (the partition's), 'loop' (the loop's), 'ops' ({opcode: count in the loop}, most first)}]
+    for the partitions that have a loop. Where the time of a warp-specialized kernel goes per tile, without a GPU:
+    one loop iteration is one tile."""
+    code = [(int(a, 16), text) for a, text in _INSTRUCTION.findall(sass_text)]
+    cuts = [i for i, (_, text) in enumerate(code) if "USETMAXREG" in text] + [len(code)]
+    out = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        part = code[lo:hi]
+        where = {addr: i for i, (addr, _) in enumerate(part)}
+        best = None
+        for i, (addr, text) in enumerate(part):
+            m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+            if m and int(m.group(1), 16) < addr and int(m.group(1), 16) in where:
+                start = where[int(m.group(1), 16)]
+                if best is None or i - start > best[1] - best[0]:
+                    best = (start, i)
+        if best is not None:
+            ops: dict = {}
+            for _, text in part[best[0]:best[1] + 1]:
+                op = re.sub(r"^@!?U?P[T0-9]+\s+", "", text).split()[0].split(".")[0]
+                ops[op] = ops.get(op, 0) + 1
+            out.append({"instructions": len(part), "loop": best[1] - best[0] + 1,
+                        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))})
+    return out

@@ -101,8 +101,9 @@ SPQ_SMEM_MARGIN = 1024
 # boxes in that channel order within each octet, the folded rows' rank columns permuted to match (written so by
 # _fold_rows_kernel's PAIR_COLS; gathered per call beside a full-precision window, whose fp16 launch keeps the
 # channel order) and the value accumulators stored to the channels they hold. Offline SASS (sm_90,
-# Llama shape, 4 bits): per tile and warp the dequant loop goes from 808 to 474 instructions and each consumer
-# loop from 1479 to 1301, stack 96 -> 80 B, no local memory (twenty-ninth session, kernels/NOTES.md). Its PTX is
+# Llama shape, 4 bits): per tile and warp the dequant loop goes from 808 to 474 instructions and the consumer
+# loops from 1479 / 1509 to 1301 / 1319, stack 96 -> 80 B, no local memory (twenty-ninth session,
+# benchmarks/results/kernel/offline/session29/). Its PTX is
 # checked on the CPU (tests/kernels/test_nibble_pairs.py); not yet run on a GPU (test_gpu_nibble_pairs), so off.
 SPQ_NIBBLE_PAIRS = False
 # 13 warps in four warpgroups (two consumers, the dequant warps, the TMA warp): 128 registers per thread at

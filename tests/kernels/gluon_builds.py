@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Optional
 
 import torch
 
@@ -64,7 +65,8 @@ def build_single_pass(head_dim: int, gs: int, rank: int, rank_v: int, dtype: tor
 
 
 def build_single_pass_quant(head_dim: int, gs: int, rank: int, rank_v: int, bits: int, sym: bool, quant_group: int,
-                            dtype: torch.dtype) -> dict:
+                            dtype: torch.dtype, kernels: Optional[list] = None) -> dict:
+    """The build's resource_usage (and the compiled kernel appended to ``kernels`` when given)."""
     from kernels import single_pass_ws_quant as spq
     from kernels.latent_attention import LatentView
     from kernels.offline_build import compile_only, resource_usage
@@ -89,6 +91,8 @@ def build_single_pass_quant(head_dim: int, gs: int, rank: int, rank_v: int, bits
         spq.ws_single_pass_quant(rows, view(rank), view(rank_v), c["positions"], c["kv_start"], c["inv_freq"], heads,
                                  rank, rank_v, gs, fold_heads, 132, None, parts)
     (kernel,) = built
+    if kernels is not None:
+        kernels.append(kernel)
     return {"kernel": "single_pass_ws_quant", "shape": [head_dim, gs, rank, rank_v, bits, sym, quant_group],
             "dtype": str(dtype), "fold_heads": fold_heads,
             "estimate": spq.spq_shared_bytes(fold_heads, head_dim, rank, rank_v, elt, bits, quant_group, not sym),

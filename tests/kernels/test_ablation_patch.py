@@ -4,14 +4,14 @@ for sm_90 without its constants, and builds with them. A patch that went stale a
 otherwise cost a device call to find out."""
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .offline import build_in_subprocess
 
 REPO = Path(__file__).resolve().parents[2]
 PATCH = REPO / "benchmarks" / "ablations" / "spq_time_split.patch"
@@ -70,18 +70,6 @@ def test_a_stale_hunk_is_refused_and_nothing_written(tmp_path):
     assert (tmp_path / "kernels" / "single_pass_ws.py").read_text() == before
 
 
-def _build(tree: Path, spec: dict, cache: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter never compiles
-    env["TRITON_CACHE_DIR"] = str(cache)
-    env["PYTHONPATH"] = str(tree)
-    constants = ",".join(f"{name}={value}" for name, value in spec.items())
-    proc = subprocess.run([sys.executable, "-c", _BUILD, constants], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    (line,) = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    return line
-
-
 def test_patch_touches_only_the_kernels_it_names(patched):
     changed = {p.relative_to(patched).as_posix() for p in (patched / "kernels").glob("*.py")
                if p.read_bytes() != (REPO / "kernels" / p.name).read_bytes()}
@@ -90,7 +78,8 @@ def test_patch_touches_only_the_kernels_it_names(patched):
 
 @pytest.mark.parametrize("spec", SETS, ids=["fp16_keys_half_mma_no_rope", "int8_scores_no_value_unpack"])
 def test_patched_kernel_builds_with_its_ablations(patched, spec, tmp_path):
-    out = _build(patched, spec, tmp_path / "cache")
+    constants = ",".join(f"{name}={value}" for name, value in spec.items())
+    out = build_in_subprocess(_BUILD, tmp_path / "cache", (constants,), patched, timeout=900)
     assert out["spec"] == spec
     assert out["name"] == "_ws_single_pass_quant_kernel" and out["fold_heads"] == 4
     assert out["shared"] <= 232448  # sm_90's opt-in limit: the ablations add no buffer

@@ -18,6 +18,8 @@ import torch
 from kernels import word_unpack as wu
 from kernels.single_pass_ws_quant import _pair_columns
 
+from .offline import build_in_subprocess
+
 
 def _asm_of(fn) -> str:
     """The asm text of the inline_asm_elementwise call in a Gluon helper's source."""
@@ -187,3 +189,33 @@ def test_fold_rows_in_pair_columns(device, rank_block, monkeypatch):
     pairs, _, _ = la._folded_rows(*args, interleave=True, pair_cols=True)
     assert torch.equal(pairs, plain.index_select(-1, _pair_columns(64, plain.device)))
     assert not torch.equal(pairs, plain)
+
+
+_COUNT = """
+import json, sys
+import torch
+sys.path.insert(0, "tests/kernels")
+import gluon_builds
+import kernels.single_pass_ws_quant as spq
+from kernels.offline_build import partition_loops, sass
+out = []
+for pairs in (False, True):
+    spq.SPQ_NIBBLE_PAIRS = pairs  # a launch argument (PAIRS), not a constexpr global: one process builds both
+    built = []
+    gluon_builds.build_single_pass_quant(128, 4, 128, 384, 4, False, 32, torch.float16, kernels=built)
+    out.append([{"loop": p["loop"], "wgmma": p["ops"].get("HGMMA", 0)} for p in partition_loops(sass(built[0]))])
+print(json.dumps(out))
+"""
+
+
+def test_offline_build_unpacks_with_fewer_instructions(tmp_path):
+    """offline_build.partition_loops over the Llama-shape 4-bit builds (benchmarks/sass_loops.py's count): two
+    consumer loops holding every wgmma of a tile (8 score wgmmas of 8 k-steps, 24 value wgmmas), and with nibble
+    pairs the dequant warps' loop at most two thirds of the channel-order one and each consumer loop shorter."""
+    plain, pairs = build_in_subprocess(_COUNT, tmp_path)
+    for build in (plain, pairs):
+        assert [p["wgmma"] for p in build if p["wgmma"]] == [88, 88], build
+    consumers = [[p["loop"] for p in b if p["wgmma"]] for b in (plain, pairs)]
+    assert all(new < old for old, new in zip(*consumers)), consumers
+    dequant = [max(p["loop"] for p in b if not p["wgmma"]) for b in (plain, pairs)]  # (the TMA warp's is shorter)
+    assert dequant[1] <= dequant[0] * 2 / 3, dequant
